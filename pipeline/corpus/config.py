@@ -1,0 +1,77 @@
+"""The corpus stage's options: where the text comes from and how it becomes sequences."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from pipeline.corpus.builtin import BUILTIN_CORPORA
+from pipeline.errors import CorpusError
+
+FORMATS = ("auto", "txt", "jsonl", "parquet")
+TXT_UNITS = ("file", "line", "paragraph")
+INVALID_UTF8 = ("error", "replace")
+MODES = ("pack", "document")
+
+
+@dataclass
+class CorpusConfig:
+    """Options of the corpus stage (the Hydra ``corpus`` group mirrors these fields).
+
+    ``validate()`` runs on construction and again when the config is used, because
+    Hydra/OmegaConf may build or mutate the object after ``__init__``.
+    """
+
+    path: str | None = None  # file, directory (recursive) or glob; None -> built-in corpus
+    builtin: str = "stdlib_docstrings"  # built-in corpus used when path is None
+    format: str = "auto"  # auto (by extension) | txt | jsonl | parquet
+    txt_unit: str = "paragraph"  # txt: file | line | paragraph (blank-line separated)
+    text_field: str = "text"  # jsonl key / parquet column holding the text
+    invalid_utf8: str = "error"  # error | replace (U+FFFD)
+    max_documents: int | None = None
+    mode: str = "pack"  # pack: fixed seq_len sequences | document: one doc per sequence
+    seq_len: int = 256
+    max_tokens: int | None = None  # stop after this many stored tokens
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def label(self) -> str:
+        """The input as a user named it, for error messages."""
+        if self.path is None:
+            return f"builtin:{self.builtin}"
+        return os.fspath(self.path)
+
+    def validate(self) -> None:
+        """Raise CorpusError (one line) for any option value the stage cannot honour."""
+        _choice("format", self.format, FORMATS)
+        _choice("txt_unit", self.txt_unit, TXT_UNITS)
+        _choice("invalid_utf8", self.invalid_utf8, INVALID_UTF8)
+        _choice("mode", self.mode, MODES)
+        if self.path is not None and not isinstance(self.path, (str, os.PathLike)):
+            raise CorpusError(f"corpus.path must be a string, got {self.path!r}")
+        if self.path is not None and not os.fspath(self.path).strip():
+            raise CorpusError("corpus.path is empty (leave it unset for the built-in corpus)")
+        if self.path is None:
+            if self.builtin not in BUILTIN_CORPORA:
+                known = ", ".join(sorted(BUILTIN_CORPORA))
+                raise CorpusError(f"unknown built-in corpus {self.builtin!r} (known: {known})")
+        if not isinstance(self.text_field, str) or not self.text_field:
+            raise CorpusError(f"corpus.text_field must be a non-empty string, got {self.text_field!r}")
+        _int_at_least("seq_len", self.seq_len, 2)
+        if self.max_documents is not None:
+            _int_at_least("max_documents", self.max_documents, 1)
+        if self.max_tokens is not None:
+            _int_at_least("max_tokens", self.max_tokens, 1)
+
+
+def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise CorpusError(f"corpus.{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _int_at_least(name: str, value: object, low: int) -> None:
+    # bool is an int subclass; `seq_len: true` in a YAML file is a mistake, not 1.
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise CorpusError(f"corpus.{name} must be an integer >= {low}, got {value!r}")

@@ -1,0 +1,233 @@
+"""Capture every requested site in one forward pass.
+
+One forward hook per block writes that block's output straight into a
+preallocated buffer (``resid`` [batch, seq, layer, d_model], cast to the store
+dtype on the way), so there is one copy per layer and no per-site hook chain.
+Optional sites (resid_mid, attn_out, mlp_out) add a hook only where asked.
+Attention probabilities come from the registered SDPA-plus-probabilities
+function (attention.py), only for the requested layers and heads. When nothing
+after block k is needed, the hook of block k stops the forward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.models import attention
+from pipeline.models.loading import LoadedModel
+from pipeline.models.sites import Site
+
+TAP_KINDS = ("resid_mid", "attn_out", "mlp_out")
+
+
+class StopForward(Exception):
+    """Raised by the last needed block's hook: the rest of the model is not run."""
+
+
+@dataclass(frozen=True)
+class CaptureLayout:
+    """Which layers each captured array holds, in storage order."""
+
+    residual: tuple[int, ...] = ()  # residual indices: 0 = embeddings, i = output of block i-1
+    final: bool = False
+    taps: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (kind, block indices)
+    pattern_layers: tuple[int, ...] = ()
+    heads: tuple[int, ...] | None = None  # attention heads to keep; None = all
+
+    @classmethod
+    def from_sites(cls, sites: list[Site], heads: list[int] | None = None) -> CaptureLayout:
+        def layers(kind: str) -> tuple[int, ...]:
+            return tuple(sorted({s.layer for s in sites if s.kind == kind}))
+
+        residual = sorted({s.residual_index for s in sites if s.residual_index is not None})
+        return cls(
+            residual=tuple(residual),
+            final=any(s.kind == "final" for s in sites),
+            taps=tuple((k, layers(k)) for k in TAP_KINDS if layers(k)),
+            pattern_layers=layers("attn_pattern"),
+            heads=tuple(heads) if heads is not None else None,
+        )
+
+    def last_block(self, n_layers: int) -> int:
+        """The last block whose computation some site needs."""
+        if self.final:
+            return n_layers - 1
+        needed = [r - 1 for r in self.residual] + list(self.pattern_layers)
+        needed += [b for _, blocks in self.taps for b in blocks]
+        return max(needed, default=0)
+
+    def array_layers(self) -> dict[str, tuple[int, ...]]:
+        """Per-token arrays and the layers along their layer axis."""
+        arrays = {"resid": self.residual} if self.residual else {}
+        arrays.update(dict(self.taps))
+        return arrays
+
+
+class Capturer:
+    """Hooks a loaded model once; ``run`` fills buffers for one batch."""
+
+    def __init__(self, loaded: LoadedModel, layout: CaptureLayout, dtype: torch.dtype):
+        self.loaded, self.layout, self.dtype = loaded, layout, dtype
+        self.trunk = loaded.trunk
+        family, n_layers = loaded.family, loaded.n_layers
+        self.blocks = self.trunk.get_submodule(family.blocks)
+        self.n_heads = loaded.n_heads
+        self._out: dict[str, torch.Tensor] = {}
+        self._handles: list = []
+        self._scratch: dict[str, torch.Tensor] = {}
+        self._previous_attn: str | None = None
+
+        slots = {r: s for s, r in enumerate(layout.residual)}
+        stop_after = None if layout.final else layout.last_block(n_layers)
+        final_is_last_block = layout.final and family.final_norm is None
+        if 0 in slots:
+            self._handles.append(
+                self.blocks[0].register_forward_pre_hook(self._block_input_hook(slots[0]), with_kwargs=True)
+            )
+        for b, block in enumerate(self.blocks):
+            slot = slots.get(b + 1)
+            also_final = final_is_last_block and b == n_layers - 1
+            if slot is not None or also_final or b == stop_after:
+                hook = self._block_output_hook(slot, also_final, stop=b == stop_after)
+                self._handles.append(block.register_forward_hook(hook))
+        if layout.final and family.final_norm is not None:
+            norm = self.trunk.get_submodule(family.final_norm)
+            self._handles.append(norm.register_forward_hook(self._tap_hook("final", None, "output")))
+        for kind, blocks in layout.taps:
+            path, where = family.tap(kind, loaded.config)
+            for slot, b in enumerate(blocks):
+                module = self.blocks[b].get_submodule(path)
+                hook = self._tap_hook(kind, slot, where)
+                if where == "input":
+                    self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+                else:
+                    self._handles.append(module.register_forward_hook(hook))
+        if layout.pattern_layers:
+            self._install_pattern_sinks()
+
+    # -- hooks ---------------------------------------------------------------------------
+
+    def _write(self, name: str, slot: int | None, hidden: torch.Tensor) -> None:
+        dest = self._out[name]
+        (dest if slot is None else dest[:, :, slot]).copy_(hidden, non_blocking=True)
+
+    def _block_input_hook(self, slot: int):
+        def hook(module, args, kwargs):
+            self._write("resid", slot, args[0] if args else kwargs["hidden_states"])
+
+        return hook
+
+    def _block_output_hook(self, slot: int | None, also_final: bool, stop: bool):
+        def hook(module, args, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            if slot is not None:
+                self._write("resid", slot, hidden)
+            if also_final:
+                self._write("final", None, hidden)
+            if stop:
+                raise StopForward
+
+        return hook
+
+    def _tap_hook(self, name: str, slot: int | None, where: str):
+        if where == "input":
+            def pre_hook(module, args, kwargs):
+                self._write(name, slot, args[0] if args else next(iter(kwargs.values())))
+
+            return pre_hook
+
+        def hook(module, args, output):
+            self._write(name, slot, output[0] if isinstance(output, tuple) else output)
+
+        return hook
+
+    def _install_pattern_sinks(self) -> None:
+        for slot, b in enumerate(self.layout.pattern_layers):
+            sink = _PatternSink(self, slot, self.layout.heads)
+            # The attention function gets the module that calls it; marking every
+            # submodule of the block finds it whatever the family calls it.
+            for module in self.blocks[b].modules():
+                module.embwalk_pattern_sink = sink
+        model = self.loaded.model
+        self._previous_attn = model.config._attn_implementation
+        model.set_attn_implementation(attention.register())
+
+    # -- running -------------------------------------------------------------------------
+
+    def buffer_shapes(self, batch: int, seq: int) -> dict[str, tuple[int, ...]]:
+        d = self.loaded.d_model
+        shapes = {name: (batch, seq, len(layers), d) for name, layers in self.layout.array_layers().items()}
+        if self.layout.final:
+            shapes["final"] = (batch, seq, d)
+        if self.layout.pattern_layers:
+            n_heads = len(self.layout.heads) if self.layout.heads is not None else self.n_heads
+            shapes["pattern"] = (batch, len(self.layout.pattern_layers), n_heads, seq, seq)
+        return shapes
+
+    def scratch(self, batch: int, seq: int) -> dict[str, torch.Tensor]:
+        """Reusable buffers on the model's device, grown only when a batch is larger."""
+        out = {}
+        for name, shape in self.buffer_shapes(batch, seq).items():
+            buf = self._scratch.get(name)
+            if buf is None or buf.numel() < _numel(shape):
+                buf = torch.empty(_numel(shape), dtype=self.dtype, device=self.loaded.device)
+                self._scratch[name] = buf
+            out[name] = buf[: _numel(shape)].view(shape)
+        return out
+
+    @torch.inference_mode()
+    def run(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        out: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """One forward pass; returns {array name: [batch, seq, ...]} (``out`` if given).
+
+        ``out`` lets the caller pass views of its own host buffers so that the
+        hooks write straight into them (no padding, CPU): one copy in all.
+        """
+        batch, seq = input_ids.shape
+        self._out = out if out is not None else self.scratch(batch, seq)
+        kwargs = {"use_cache": False} if self.loaded.family.causal else {}
+        try:
+            self.trunk(
+                input_ids=input_ids.to(self.loaded.device),
+                attention_mask=None if attention_mask is None else attention_mask.to(self.loaded.device),
+                **kwargs,
+            )
+        except StopForward:
+            pass
+        return self._out
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        for block in self.blocks:
+            for module in block.modules():
+                if hasattr(module, "embwalk_pattern_sink"):
+                    del module.embwalk_pattern_sink
+        if self._previous_attn is not None:
+            self.loaded.model.set_attn_implementation(self._previous_attn)
+            self._previous_attn = None
+
+
+class _PatternSink:
+    """Receives one layer's probabilities [batch, heads, query, key]."""
+
+    def __init__(self, capturer: Capturer, slot: int, heads: tuple[int, ...] | None):
+        self.capturer, self.slot = capturer, slot
+        self.heads = list(heads) if heads is not None else None
+
+    def __call__(self, probs: torch.Tensor) -> None:
+        self.capturer._out["pattern"][:, self.slot].copy_(probs, non_blocking=True)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n

