@@ -1,0 +1,1 @@
+"""Thin Hydra entry points: each turns a config into a call into the pipeline package."""

@@ -1,0 +1,31 @@
+"""What every job does around its work: logging, and one-line errors with a non-zero exit."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.errors import EmbwalkError
+
+EXIT_USER_ERROR = 2
+
+
+def run_job(work: Callable[[dict], int | None], cfg: DictConfig) -> None:
+    logging.basicConfig(level=logging.WARNING, format="embwalk: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        code = work(resolved)
+    except EmbwalkError as exc:
+        print(f"embwalk: error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except Exception as exc:  # OmegaConf's missing-value errors are user errors too
+        if type(exc).__name__ == "MissingMandatoryValue":
+            print(f"embwalk: error: missing required option: {exc.full_key}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+        raise
+    sys.exit(code or 0)

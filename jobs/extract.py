@@ -1,0 +1,34 @@
+"""Extract activations: ``python -m jobs.extract [model=...] [corpus.path=...] ...``."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from jobs._entry import run_job
+from pipeline.errors import EmbwalkError
+from pipeline.job import ExtractConfig
+from pipeline.store.reader import Store
+
+
+def extract(config: dict) -> int:
+    cfg = ExtractConfig.from_dict(config)
+    if cfg.cluster.kind == "local":
+        from pipeline.executors.local import extract_local as execute
+    else:
+        raise EmbwalkError(f"unknown cluster.kind {cfg.cluster.kind!r}; choose local")
+    manifest = execute(cfg)
+    print(Store(cfg.store.path).summary())
+    seconds, tokens = manifest.get("run_seconds"), manifest.get("run_tokens")
+    if seconds and tokens:
+        print(f"this run: {tokens} tokens in {seconds:.1f} s ({tokens / seconds:.0f} tokens/s)")
+    return 0
+
+
+@hydra.main(config_path="../conf", config_name="extract", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_job(extract, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""The embedded default: every shard in this process, one model, no cluster."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from pipeline.corpus import vocabulary_strings
+from pipeline.extract import ShardRunner
+from pipeline.job import ExtractConfig, prepare
+from pipeline.models.loading import load_model
+from pipeline.store.writer import StoreWriter
+
+log = logging.getLogger(__name__)
+
+
+def extract_local(cfg: ExtractConfig) -> dict:
+    """Run (or resume) an extraction job here; returns the store's manifest."""
+    if cfg.cluster.threads:
+        torch.set_num_threads(cfg.cluster.threads)
+    loaded = load_model(cfg.model)
+    job = prepare(cfg, loaded)
+    writer = StoreWriter.open(cfg.store.path, job.manifest, job.specs, cfg.store.compressor)
+    done = writer.committed()
+    todo = [s for s in job.plan.shards if s.index not in done]
+    if done:
+        log.warning("resuming %s: %d of %d shards already committed", cfg.store.path, len(done), len(job.plan.shards))
+    runner = ShardRunner(
+        loaded, job.layout, job.corpus, writer, vocabulary_strings(loaded.tokenizer),
+        dtype=job.dtype, batch_size=cfg.cluster.batch_size, seq_len=cfg.corpus.seq_len,
+    )
+    already = sum(s.n_rows for s in job.plan.shards if s.index in done)
+    started = time.perf_counter()
+    with tqdm(
+        total=job.plan.n_tokens, initial=already, unit="tok", unit_scale=True,
+        desc="extract", disable=not cfg.cluster.progress, smoothing=0.1,
+    ) as bar:
+        try:
+            for shard in todo:
+                runner.run(shard, bar.update)
+        finally:
+            runner.close()  # flushes queued writes and commits, or re-raises their error
+    manifest = writer.finish()
+    manifest["run_seconds"] = round(time.perf_counter() - started, 2)
+    manifest["run_tokens"] = job.plan.n_tokens - already
+    return manifest

@@ -1,0 +1,207 @@
+"""Extract shards: batches through the hooked model, rows into the store.
+
+``ShardRunner`` owns one loaded model and processes any shard of a plan, so
+the local executor and Ray workers share it. Compute and I/O overlap: the
+store writes of shard n (and pattern writes of each batch) run on a
+background thread while shard n+1 computes; the queue is bounded so memory is
+too.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from pipeline.corpus import TokenizedCorpus
+from pipeline.models.capture import Capturer, CaptureLayout
+from pipeline.models.loading import LoadedModel
+from pipeline.plan import Shard
+from pipeline.store import layout as store_layout
+from pipeline.store.writer import StoreWriter, checksum
+
+
+class BackgroundWriter:
+    """One thread running write tasks in order; the first error is re-raised to the caller."""
+
+    def __init__(self, max_pending: int = 2):
+        self._tasks: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="embwalk-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable, *args) -> None:
+        self._raise_if_failed()
+        self._tasks.put((fn, args))
+
+    def close(self) -> None:
+        self._tasks.put(None)
+        self._thread.join()
+        self._raise_if_failed()
+
+    def _loop(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            if self._error is None:  # after a failure, drain without writing
+                try:
+                    task[0](*task[1])
+                except BaseException as exc:  # re-raised in the caller's thread
+                    self._error = exc
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+
+class ShardRunner:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        capture: CaptureLayout,
+        corpus: TokenizedCorpus,
+        writer: StoreWriter,
+        vocabulary: list[str],
+        dtype: torch.dtype = torch.float16,
+        batch_size: int = 8,
+        seq_len: int | None = None,
+    ):
+        self.loaded, self.corpus, self.writer = loaded, corpus, writer
+        self.capture, self.dtype, self.batch_size = capture, dtype, batch_size
+        self.capturer = Capturer(loaded, capture, dtype)
+        self.offsets = np.asarray(corpus.seq_offsets, dtype=np.int64)
+        self.seq_len = seq_len or int(np.diff(self.offsets).max(initial=1))
+        self.vocabulary = pa.array(vocabulary, type=pa.string())
+        self.pad_id = _pad_id(loaded.tokenizer)
+        self.background = BackgroundWriter()
+
+    def run(self, shard: Shard, on_tokens: Callable[[int], None] | None = None) -> None:
+        """Compute a shard and queue its writes; the commit follows its data."""
+        started = time.perf_counter()
+        r0, r1 = shard.rows
+        bufs = {
+            name: torch.empty((shard.n_rows, *shape), dtype=self.dtype)
+            for name, shape in self._per_token_shapes().items()
+        }
+        pattern_crc = 0
+        for batch in self._batches(shard):
+            lengths = [int(self.offsets[s + 1] - self.offsets[s]) for s in batch]
+            ids, mask = self._inputs(batch, lengths)
+            out = self._direct_views(batch, lengths, bufs, r0)
+            got = self.capturer.run(ids, mask, out)
+            if out is None:
+                self._scatter(got, batch, lengths, bufs, shard)
+            if "pattern" in got:
+                pattern_crc = self._queue_patterns(got["pattern"], batch, lengths, shard, pattern_crc)
+            if on_tokens:
+                on_tokens(_owned(batch, self.offsets, shard))
+        arrays = {name: buf.numpy() for name, buf in bufs.items()}
+        extra = {"seqs": list(shard.seqs), "compute_seconds": round(time.perf_counter() - started, 3)}
+        if self.capture.pattern_layers:
+            extra["checksums_pattern"] = pattern_crc
+        self.background.submit(
+            self.writer.write_shard, shard.index, shard.rows, arrays, self._token_table(shard), extra
+        )
+
+    def close(self) -> None:
+        try:
+            self.background.close()
+        finally:
+            self.capturer.close()
+
+    # -- batching ------------------------------------------------------------------------
+
+    def _batches(self, shard: Shard) -> list[list[int]]:
+        seqs = list(range(*shard.seqs))
+        # Longest first: batches of similar length waste little on padding.
+        seqs.sort(key=lambda s: self.offsets[s] - self.offsets[s + 1])
+        return [seqs[i : i + self.batch_size] for i in range(0, len(seqs), self.batch_size)]
+
+    def _inputs(self, batch: list[int], lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        width = max(lengths)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        for j, (s, n) in enumerate(zip(batch, lengths, strict=True)):
+            ids[j, :n] = torch.from_numpy(self.corpus.token_ids[self.offsets[s] : self.offsets[s] + n])
+        if min(lengths) == width:
+            return ids, None
+        mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
+        return ids, mask.long()
+
+    def _direct_views(self, batch, lengths, bufs, r0) -> dict[str, torch.Tensor] | None:
+        """Views of the shard buffers the hooks can fill in place: a CPU batch of
+        equal-length, consecutive sequences that lie inside the shard's rows."""
+        if not bufs or self.loaded.device.type != "cpu":
+            return None
+        first, width = int(self.offsets[batch[0]]), lengths[0]
+        n_rows = next(iter(bufs.values())).shape[0]
+        consecutive = batch == list(range(batch[0], batch[0] + len(batch)))
+        inside = r0 <= first and first - r0 + width * len(batch) <= n_rows
+        if not consecutive or min(lengths) != width or not inside:
+            return None
+        out = self.capturer.scratch(len(batch), width)
+        start = first - r0
+        for name, buf in bufs.items():
+            out[name] = buf[start : start + width * len(batch)].view(len(batch), width, *buf.shape[1:])
+        return out
+
+    def _scatter(self, got, batch, lengths, bufs, shard: Shard) -> None:
+        r0, r1 = shard.rows
+        for j, (s, n) in enumerate(zip(batch, lengths, strict=True)):
+            start = int(self.offsets[s])
+            lo, hi = max(start, r0), min(start + n, r1)  # the part of the sequence this shard owns
+            for name, buf in bufs.items():
+                buf[lo - r0 : hi - r0].copy_(got[name][j, lo - start : hi - start])
+
+    def _queue_patterns(self, pattern, batch, lengths, shard: Shard, crc: int) -> int:
+        p0, p1 = shard.pattern_seqs
+        for j, (s, n) in enumerate(zip(batch, lengths, strict=True)):
+            if not p0 <= s < p1:
+                continue
+            block = np.zeros((1, *pattern.shape[1:3], self.seq_len, self.seq_len), dtype=_np_dtype(self.dtype))
+            block[0, :, :, :n, :n] = pattern[j, :, :, :n, :n].cpu().numpy()
+            crc = checksum(block, crc)
+            self.background.submit(self.writer.write_patterns, s, block)
+        return crc
+
+    def _per_token_shapes(self) -> dict[str, tuple[int, ...]]:
+        d = self.loaded.d_model
+        shapes = {name: (len(layers), d) for name, layers in self.capture.array_layers().items()}
+        if self.capture.final:
+            shapes["final"] = (d,)
+        return shapes
+
+    def _token_table(self, shard: Shard) -> pa.Table:
+        r0, r1 = shard.rows
+        token_ids = self.corpus.token_ids[r0:r1]
+        seq_ids = np.searchsorted(self.offsets, np.arange(r0, r1), side="right") - 1
+        return pa.table(
+            {
+                "row": pa.array(np.arange(r0, r1, dtype=np.int64)),
+                "doc_id": pa.array(self.corpus.doc_ids[r0:r1].astype(np.int64)),
+                "seq_id": pa.array(seq_ids.astype(np.int64)),
+                "pos": pa.array(self.corpus.positions[r0:r1].astype(np.int32)),
+                "token_id": pa.array(token_ids.astype(np.int32)),
+                "token": self.vocabulary.take(pa.array(token_ids.astype(np.int64))),
+            },
+            schema=store_layout.TOKEN_SCHEMA,
+        )
+
+
+def _owned(batch: list[int], offsets: np.ndarray, shard: Shard) -> int:
+    r0, r1 = shard.rows
+    return int(sum(max(0, min(offsets[s + 1], r1) - max(offsets[s], r0)) for s in batch))
+
+
+def _pad_id(tokenizer) -> int:
+    for attr in ("pad_token_id", "eos_token_id", "sep_token_id"):
+        value = getattr(tokenizer, attr, None) if tokenizer is not None else None
+        if value is not None:
+            return int(value)
+    return 0  # padded positions are masked and never stored, so any id works
+
+
+def _np_dtype(dtype: torch.dtype):
+    return torch.empty((), dtype=dtype).numpy().dtype

@@ -1,0 +1,66 @@
+"""Plan: cut a tokenized corpus into shards before any model work.
+
+A shard owns a fixed range of token rows (``shard_tokens`` long, the last one
+shorter) and therefore whole Zarr shards of every per-token array: no two
+writers ever touch the same file. It runs every sequence that overlaps its rows
+and keeps only its rows, so a sequence that straddles a boundary (document mode
+only; in packing mode ``shard_tokens`` is a multiple of ``seq_len``) is computed
+twice and stored once. Attention patterns are per sequence: a sequence's
+pattern belongs to the shard holding its first token.
+
+Planning is pure arithmetic on the corpus, so a rerun plans the same shards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from pipeline.corpus import TokenizedCorpus
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    rows: tuple[int, int]  # token rows this shard owns, [start, stop)
+    seqs: tuple[int, int]  # sequences it runs (those overlapping its rows)
+    pattern_seqs: tuple[int, int]  # sequences whose attention it stores (first token in rows)
+
+    @property
+    def n_rows(self) -> int:
+        return self.rows[1] - self.rows[0]
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Plan:
+    n_tokens: int
+    n_sequences: int
+    shard_tokens: int
+    shards: tuple[Shard, ...]
+
+
+def shard_tokens_for(requested: int, seq_len: int, mode: str) -> int:
+    """Packing mode rounds the shard size up to whole sequences (no straddling)."""
+    if requested < 1:
+        raise ValueError("shard_tokens must be positive")
+    if mode == "pack":
+        return -(-requested // seq_len) * seq_len
+    return requested
+
+
+def make_plan(corpus: TokenizedCorpus, shard_tokens: int) -> Plan:
+    offsets = np.asarray(corpus.seq_offsets, dtype=np.int64)
+    n_tokens, n_seq = int(offsets[-1]), len(offsets) - 1
+    starts, ends = offsets[:-1], offsets[1:]
+    shards = []
+    for index, start in enumerate(range(0, n_tokens, shard_tokens)):
+        stop = min(start + shard_tokens, n_tokens)
+        first = int(np.searchsorted(ends, start, side="right"))  # first seq ending after start
+        last = int(np.searchsorted(starts, stop, side="left"))  # seqs starting before stop
+        p_first = int(np.searchsorted(starts, start, side="left"))
+        shards.append(Shard(index, (start, stop), (first, last), (p_first, last)))
+    return Plan(n_tokens, n_seq, shard_tokens, tuple(shards))

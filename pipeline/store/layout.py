@@ -1,0 +1,124 @@
+"""The store's on-disk layout (format version 1) and its array schema.
+
+    STORE/manifest.json
+    STORE/activations.zarr/{resid,final,resid_mid,attn_out,mlp_out}
+    STORE/attention.zarr/pattern
+    STORE/tokens/shard-00000.parquet
+    STORE/commits/shard-00000.json
+    STORE/stats/
+
+docs/store-format.md is the reader's version of this page.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+FORMAT = "embwalk-store"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+GROUPS = {"activations": "activations.zarr", "attention": "attention.zarr"}
+TOKENS_DIR, COMMITS_DIR, STATS_DIR = "tokens", "commits", "stats"
+
+TOKEN_SCHEMA = pa.schema(
+    [
+        ("row", pa.int64()),  # index on the token axis of every per-token array
+        ("doc_id", pa.int64()),
+        ("seq_id", pa.int64()),
+        ("pos", pa.int32()),  # position within the sequence
+        ("token_id", pa.int32()),
+        ("token", pa.string()),  # the token's text, decoded alone
+    ]
+)
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}"
+
+
+def tokens_path(root: Path, index: int) -> Path:
+    return root / TOKENS_DIR / f"{shard_name(index)}.parquet"
+
+
+def commit_path(root: Path, index: int) -> Path:
+    return root / COMMITS_DIR / f"{shard_name(index)}.json"
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One Zarr array: its shape, labelled axes, and how it is cut into files."""
+
+    name: str
+    group: str  # key of GROUPS
+    shape: tuple[int, ...]
+    dims: tuple[str, ...]
+    chunks: tuple[int, ...]  # inner chunk: the unit a reader decodes
+    shards: tuple[int, ...]  # Zarr shard: the unit one writer owns (one file)
+    dtype: str = "float16"
+    attributes: dict = field(default_factory=dict)
+
+    @property
+    def path(self) -> str:
+        return f"{GROUPS[self.group]}/{self.name}"
+
+
+def array_specs(
+    *,
+    n_tokens: int,
+    n_sequences: int,
+    seq_len: int,
+    d_model: int,
+    shard_tokens: int,
+    chunk_tokens: int,
+    per_token_layers: dict[str, tuple[int, ...]],
+    final: bool,
+    pattern_layers: tuple[int, ...],
+    heads: tuple[int, ...],
+    dtype: str = "float16",
+) -> list[ArraySpec]:
+    """Specs of every array a capture produces.
+
+    Per-token arrays chunk one layer at a time (a reader training on one layer
+    decodes only that layer) and shard on ``shard_tokens`` rows, the plan's
+    unit. Attention shards one sequence per file, so a shard's sequences are
+    its own files whatever their count.
+    """
+    chunk = min(chunk_tokens, shard_tokens)
+    specs = []
+    for name, layers in per_token_layers.items():
+        specs.append(
+            ArraySpec(
+                name, "activations", (n_tokens, len(layers), d_model), ("token", "layer", "d_model"),
+                chunks=(chunk, 1, d_model), shards=(shard_tokens, len(layers), d_model), dtype=dtype,
+                attributes={"layers": list(layers), "layer_axis": _LAYER_AXIS[name]},
+            )
+        )
+    if final:
+        specs.append(
+            ArraySpec(
+                "final", "activations", (n_tokens, d_model), ("token", "d_model"),
+                chunks=(chunk, d_model), shards=(shard_tokens, d_model), dtype=dtype,
+            )
+        )
+    if pattern_layers:
+        n_l, n_h = len(pattern_layers), len(heads)
+        specs.append(
+            ArraySpec(
+                "pattern", "attention", (n_sequences, n_l, n_h, seq_len, seq_len),
+                ("seq", "layer", "head", "query", "key"),
+                chunks=(1, 1, n_h, seq_len, seq_len), shards=(1, n_l, n_h, seq_len, seq_len), dtype=dtype,
+                attributes={"layers": list(pattern_layers), "heads": list(heads)},
+            )
+        )
+    return specs
+
+
+_LAYER_AXIS = {
+    "resid": "residual index: 0 = embeddings (resid_pre.0), i = output of block i-1 (resid_post.{i-1})",
+    "resid_mid": "block index: after the block's attention, before its MLP",
+    "attn_out": "block index: what the block's attention adds to the residual stream",
+    "mlp_out": "block index: what the block's MLP adds to the residual stream",
+}
