@@ -99,7 +99,9 @@ def prepare(cfg: ExtractConfig, loaded: LoadedModel) -> PreparedJob:
     heads = _heads(cfg.capture.heads, loaded.n_heads)
     layout = CaptureLayout.from_sites(sites, heads)
     corpus = tokenize_corpus(read_documents(cfg.corpus), loaded.tokenizer, cfg.corpus)
-    shard_tokens = shard_tokens_for(cfg.store.shard_tokens, cfg.corpus.seq_len, cfg.corpus.mode)
+    shard_tokens = shard_tokens_for(
+        cfg.store.shard_tokens, cfg.store.chunk_tokens, cfg.corpus.seq_len, cfg.corpus.mode
+    )
     plan = make_plan(corpus, shard_tokens)
     specs = store_layout.array_specs(
         n_tokens=plan.n_tokens,

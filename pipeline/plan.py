@@ -13,11 +13,13 @@ Planning is pure arithmetic on the corpus, so a rerun plans the same shards.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from pipeline.corpus import TokenizedCorpus
+from pipeline.errors import EmbwalkError
 
 
 @dataclass(frozen=True)
@@ -43,13 +45,13 @@ class Plan:
     shards: tuple[Shard, ...]
 
 
-def shard_tokens_for(requested: int, seq_len: int, mode: str) -> int:
-    """Packing mode rounds the shard size up to whole sequences (no straddling)."""
-    if requested < 1:
-        raise ValueError("shard_tokens must be positive")
-    if mode == "pack":
-        return -(-requested // seq_len) * seq_len
-    return requested
+def shard_tokens_for(requested: int, chunk_tokens: int, seq_len: int, mode: str) -> int:
+    """Round the shard size up to whole Zarr chunks, and in packing mode to whole
+    sequences too, so no sequence straddles two shards."""
+    if requested < 1 or chunk_tokens < 1:
+        raise EmbwalkError(f"store.shard_tokens ({requested}) and store.chunk_tokens ({chunk_tokens}) must be positive")
+    unit = math.lcm(chunk_tokens, seq_len) if mode == "pack" else chunk_tokens
+    return -(-requested // unit) * unit
 
 
 def make_plan(corpus: TokenizedCorpus, shard_tokens: int) -> Plan:

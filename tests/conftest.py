@@ -42,14 +42,17 @@ TINY_CONFIGS = {
 }
 
 
-def tiny_loaded(name: str, attn: str = "sdpa") -> LoadedModel:
+def tiny_loaded(name: str, tokenizer=None) -> LoadedModel:
+    """A tiny random-initialised model of a family; with a tokenizer, its vocabulary fits it."""
     torch.manual_seed(0)
     config = TINY_CONFIGS[name]()
+    if tokenizer is not None:
+        config.vocab_size = len(tokenizer)
     family = family_for(config)
     auto = T.AutoModelForCausalLM if family.causal else T.AutoModel
-    model = auto.from_config(config, attn_implementation=attn).eval().requires_grad_(False)
+    model = auto.from_config(config, attn_implementation="sdpa").eval().requires_grad_(False)
     return LoadedModel(
-        model=model, tokenizer=None, family=family, model_id=f"tiny-{name}",
+        model=model, tokenizer=tokenizer, family=family, model_id=f"tiny-{name}",
         weights_fingerprint=weights_fingerprint(model), device=torch.device("cpu"),
         dtype=torch.float32,
     )
@@ -58,3 +61,20 @@ def tiny_loaded(name: str, attn: str = "sdpa") -> LoadedModel:
 @pytest.fixture(params=sorted(TINY_CONFIGS))
 def tiny(request) -> LoadedModel:
     return tiny_loaded(request.param)
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> LoadedModel:
+    """The real SmolLM2-135M (converted from its GGUF once, then cached as safetensors)."""
+    from pipeline.models.loading import ModelConfig, load_model
+
+    return load_model(ModelConfig(name="smollm2-135m", device="cpu"))
+
+
+@pytest.fixture(scope="session")
+def minilm() -> LoadedModel:
+    """The real all-MiniLM-L6-v2 BERT encoder."""
+    from pipeline.models.loading import ModelConfig, load_model
+
+    return load_model(ModelConfig(name="all-minilm-l6-v2", device="cpu"))
+

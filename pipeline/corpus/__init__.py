@@ -1,0 +1,14 @@
+"""Corpus stage: read documents, tokenize them, and form the sequences to extract."""
+
+from pipeline.corpus.config import CorpusConfig
+from pipeline.corpus.documents import Document, read_documents
+from pipeline.corpus.sequences import TokenizedCorpus, tokenize_corpus, vocabulary_strings
+
+__all__ = [
+    "CorpusConfig",
+    "Document",
+    "TokenizedCorpus",
+    "read_documents",
+    "tokenize_corpus",
+    "vocabulary_strings",
+]

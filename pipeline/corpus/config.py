@@ -58,7 +58,8 @@ class CorpusConfig:
                 known = ", ".join(sorted(BUILTIN_CORPORA))
                 raise CorpusError(f"unknown built-in corpus {self.builtin!r} (known: {known})")
         if not isinstance(self.text_field, str) or not self.text_field:
-            raise CorpusError(f"corpus.text_field must be a non-empty string, got {self.text_field!r}")
+            got = self.text_field
+            raise CorpusError(f"corpus.text_field must be a non-empty string, got {got!r}")
         _int_at_least("seq_len", self.seq_len, 2)
         if self.max_documents is not None:
             _int_at_least("max_documents", self.max_documents, 1)

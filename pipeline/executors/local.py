@@ -11,17 +11,20 @@ from tqdm.auto import tqdm
 from pipeline.corpus import vocabulary_strings
 from pipeline.extract import ShardRunner
 from pipeline.job import ExtractConfig, prepare
-from pipeline.models.loading import load_model
+from pipeline.models.loading import LoadedModel, load_model
 from pipeline.store.writer import StoreWriter
 
 log = logging.getLogger(__name__)
 
 
-def extract_local(cfg: ExtractConfig) -> dict:
-    """Run (or resume) an extraction job here; returns the store's manifest."""
+def extract_local(cfg: ExtractConfig, loaded: LoadedModel | None = None) -> dict:
+    """Run (or resume) an extraction job here; returns the store's manifest.
+
+    ``loaded`` skips loading ``cfg.model`` (tests pass random-initialised models).
+    """
     if cfg.cluster.threads:
         torch.set_num_threads(cfg.cluster.threads)
-    loaded = load_model(cfg.model)
+    loaded = loaded or load_model(cfg.model)
     job = prepare(cfg, loaded)
     writer = StoreWriter.open(cfg.store.path, job.manifest, job.specs, cfg.store.compressor)
     done = writer.committed()

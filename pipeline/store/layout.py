@@ -86,7 +86,7 @@ def array_specs(
     unit. Attention shards one sequence per file, so a shard's sequences are
     its own files whatever their count.
     """
-    chunk = min(chunk_tokens, shard_tokens)
+    chunk = chunk_tokens  # divides shard_tokens (plan.shard_tokens_for)
     specs = []
     for name, layers in per_token_layers.items():
         specs.append(

@@ -164,7 +164,7 @@ def _check_same_job(root: Path, old: dict, new: dict) -> None:
     keys = sorted(set(old) | set(new))
     differ = [k for k in keys if old.get(k) != new.get(k)]
     if differ:
-        shown = "; ".join(f"{k}: store has {_short(old.get(k))}, job has {_short(new.get(k))}" for k in differ[:3])
+        shown = "; ".join(f"{k}: {_difference(old.get(k), new.get(k))}" for k in differ[:3])
         raise StoreError(
             f"store {root} was written by a different job ({shown}); "
             "use another store path or delete this one"
@@ -223,6 +223,16 @@ def _check_finite(name: str, data: np.ndarray, index: int, rows: tuple[int, int]
             f"overflow: {name} has values outside the {data.dtype} range (inf/nan) in shard {index} "
             f"(rows {rows[0]}..{rows[1]}); rerun with store.dtype=float32"
         )
+
+
+def _difference(old, new) -> str:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        return ", ".join(f"{k} {_short(old.get(k))} in the store, {_short(new.get(k))} now" for k in keys)
+    if isinstance(old, list) and isinstance(new, list):
+        gone, added = [x for x in old if x not in new], [x for x in new if x not in old]
+        return f"store has {len(old)} ({_short(gone)} not asked now), job has {len(new)} (adds {_short(added)})"
+    return f"store has {_short(old)}, job has {_short(new)}"
 
 
 def _short(value) -> str:

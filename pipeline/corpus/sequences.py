@@ -1,0 +1,181 @@
+"""Token sequences: the corpus tokenized and cut into the rows the model will see.
+
+Everything is flat arrays over the token axis, in the order the store's token
+table uses, so planning can count tokens exactly and shards can slice rows.
+Padding is never stored: it is the batcher's job.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.corpus.config import CorpusConfig
+from pipeline.corpus.documents import Document
+from pipeline.errors import CorpusError
+
+# Documents per tokenizer call: big enough for the Rust tokenizer's batch parallelism,
+# bounded in characters so a corpus of huge files does not tokenize far past max_tokens.
+BATCH_DOCS = 1024
+BATCH_CHARS = 4_000_000
+
+
+@dataclass
+class TokenizedCorpus:
+    """The stored tokens, one entry per token in row order."""
+
+    token_ids: np.ndarray  # int32 [n_tokens]
+    doc_ids: np.ndarray  # int64 [n_tokens]
+    positions: np.ndarray  # int32 [n_tokens], position within its sequence, from 0
+    seq_offsets: np.ndarray  # int64 [n_seq + 1]; sequence i is rows offsets[i]:offsets[i+1]
+    n_documents: int  # documents with at least one stored token
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.token_ids.shape[0])
+
+    @property
+    def n_sequences(self) -> int:
+        return int(self.seq_offsets.shape[0]) - 1
+
+    def seq_ids(self) -> np.ndarray:
+        """int64 [n_tokens]: the sequence each token belongs to."""
+        return np.repeat(np.arange(self.n_sequences, dtype=np.int64), np.diff(self.seq_offsets))
+
+    def sequence(self, i: int) -> np.ndarray:
+        """Token ids of sequence ``i``."""
+        if not -self.n_sequences <= i < self.n_sequences:
+            raise IndexError(f"sequence {i} out of range (n_sequences={self.n_sequences})")
+        i %= self.n_sequences
+        return self.token_ids[self.seq_offsets[i] : self.seq_offsets[i + 1]]
+
+
+def tokenize_corpus(documents: Iterable[Document], tokenizer, cfg: CorpusConfig) -> TokenizedCorpus:
+    """Tokenize documents into sequences as ``cfg.mode`` says.
+
+    pack: each document's tokens (no special tokens) then one separator (eos,
+    else sep) that belongs to that document; the stream is cut every
+    ``seq_len`` tokens, the last sequence may be shorter.
+    document: one sequence per document with the tokenizer's special tokens,
+    truncated to ``seq_len``.
+    Documents that tokenize to nothing are left out. Stops at exactly
+    ``cfg.max_tokens`` tokens, consuming no more documents than needed.
+    """
+    cfg.validate()
+    pack = cfg.mode == "pack"
+    sep = separator_id(tokenizer) if pack else None
+    kwargs = dict(
+        add_special_tokens=not pack,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+        verbose=False,  # packing tokenizes whole documents: no "longer than max length" spam
+    )
+    if not pack:
+        kwargs.update(truncation=True, max_length=cfg.seq_len)
+
+    token_chunks, doc_chunks, length_chunks = [], [], []
+    n_stored = 0
+    for batch in _batches(documents):
+        encoded = tokenizer([d.text for d in batch], **kwargs)["input_ids"]
+        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        flat = np.fromiter(
+            itertools.chain.from_iterable(encoded), dtype=np.int32, count=int(lengths.sum())
+        )
+        if pack:
+            flat, lengths = _append_separators(flat, lengths, sep)
+        ids = np.fromiter((d.doc_id for d in batch), dtype=np.int64, count=len(batch))
+        token_chunks.append(flat)
+        doc_chunks.append(np.repeat(ids, lengths))
+        length_chunks.append(lengths[lengths > 0])
+        n_stored += flat.shape[0]
+        if cfg.max_tokens is not None and n_stored >= cfg.max_tokens:
+            break
+    if n_stored == 0:
+        name = _name(tokenizer)
+        raise CorpusError(f"corpus produced no tokens with tokenizer {name}: {cfg.label}")
+
+    n = n_stored if cfg.max_tokens is None else min(n_stored, cfg.max_tokens)
+    token_ids = np.concatenate(token_chunks)[:n]
+    doc_ids = np.concatenate(doc_chunks)[:n]
+    if pack:
+        offsets = np.append(np.arange(0, n, cfg.seq_len, dtype=np.int64), n)
+    else:
+        ends = np.cumsum(np.concatenate(length_chunks))
+        offsets = np.concatenate([[0], ends[ends < n], [n]]).astype(np.int64)
+    starts = np.repeat(offsets[:-1], np.diff(offsets))
+    positions = (np.arange(n, dtype=np.int64) - starts).astype(np.int32)
+    n_documents = int(np.count_nonzero(np.diff(doc_ids))) + 1
+    return TokenizedCorpus(token_ids, doc_ids, positions, offsets, n_documents)
+
+
+def separator_id(tokenizer) -> int:
+    """The token put after each packed document: eos if the tokenizer has one, else sep."""
+    for candidate in (tokenizer.eos_token_id, tokenizer.sep_token_id):
+        if candidate is not None:
+            return int(candidate)
+    raise CorpusError(
+        f"tokenizer has no eos or sep token to separate packed documents"
+        f" (use corpus.mode=document): {_name(tokenizer)}"
+    )
+
+
+def vocabulary_strings(tokenizer) -> list[str]:
+    """For every id in ``range(len(tokenizer))``, the text ``tokenizer.decode([id])`` gives.
+
+    Fast tokenizers decode the whole vocabulary in one Rust call; the result is
+    checked against ``decode`` on a sample of ids and, should a transformers
+    version decode differently, the plain per-id ``decode`` is used instead.
+    """
+    n = len(tokenizer)
+    texts = _fast_vocabulary_strings(tokenizer, n)
+    sample = range(0, n, max(1, n // 97)) if n else range(0)
+    if texts is None or any(texts[i] != tokenizer.decode([i]) for i in sample):
+        texts = [tokenizer.decode([i]) for i in range(n)]
+    return texts
+
+
+def _fast_vocabulary_strings(tokenizer, n: int) -> list[str] | None:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    texts = backend.decode_batch([[i] for i in range(n)], skip_special_tokens=False)
+    # transformers' decode then cleans up spaces before punctuation, except for BPE models.
+    if getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        is_bpe = type(backend.model).__name__ == "BPE"
+        force = "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output"
+        if not is_bpe or getattr(tokenizer, force, False):
+            texts = [tokenizer.clean_up_tokenization(t) for t in texts]
+    return texts
+
+
+def _append_separators(
+    flat: np.ndarray, lengths: np.ndarray, sep: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Insert ``sep`` after each non-empty document; an empty one gets nothing."""
+    new_lengths = np.where(lengths > 0, lengths + 1, 0)
+    out = np.empty(int(new_lengths.sum()), dtype=np.int32)
+    is_sep = np.zeros(out.shape[0], dtype=bool)
+    is_sep[np.cumsum(new_lengths)[lengths > 0] - 1] = True
+    out[is_sep] = sep
+    out[~is_sep] = flat
+    return out, new_lengths
+
+
+def _batches(documents: Iterable[Document]) -> Iterator[list[Document]]:
+    batch: list[Document] = []
+    chars = 0
+    for doc in documents:
+        batch.append(doc)
+        chars += len(doc.text)
+        if len(batch) >= BATCH_DOCS or chars >= BATCH_CHARS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def _name(tokenizer) -> str:
+    return getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__

@@ -1,0 +1,214 @@
+"""Attention statistics per (layer, head), over visible (query i, key j) pairs only
+(causal: j <= i; bidirectional: all j).
+
+- position kernel: mean weight A[i, j] at each relative offset i - j, with the
+  kernel uniform attention would give (a causal row i spreads 1/(i+1)) beside it
+- self weight: mean A[i, i] against the uniform baseline mean 1/n_visible(i);
+  ``self_bias`` = their difference (negative = a token avoids itself)
+- entropy of each query's row (nats), beside the uniform row's log n_visible(i)
+- sink mass: mean A[i, 0]
+- association bias: Pearson correlation of A[i, j] with cos(x_i, x_j) (x = the
+  layer's input, its resid_pre), from n, sum a, sum c, sum a^2, sum c^2, sum ac,
+  which add exactly across sequences and shards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from pipeline.stats.base import Accumulator
+from pipeline.stats.ops import f32, unit
+
+SUMMARY_SCHEMA = pa.schema(
+    [
+        ("layer", pa.int64()), ("head", pa.int64()), ("n_queries", pa.int64()),
+        ("self_weight", pa.float64()), ("uniform_baseline", pa.float64()),
+        ("self_bias", pa.float64()), ("entropy", pa.float64()),
+        ("entropy_uniform", pa.float64()), ("sink_mass", pa.float64()),
+        ("assoc_pairs", pa.int64()), ("assoc_corr", pa.float64()),
+    ]
+)
+KERNEL_SCHEMA = pa.schema(
+    [
+        ("layer", pa.int64()), ("head", pa.int64()), ("offset", pa.int64()),
+        ("count", pa.int64()), ("mean_weight", pa.float64()), ("uniform_weight", pa.float64()),
+    ]
+)
+_KERNEL = ("kernel_sum", "kernel_count", "kernel_uniform")  # last axis: offsets -(M-1)..M-1
+
+
+class AttentionStats(Accumulator):
+    """Per-(layer, head) attention statistics of whole sequences, one per call."""
+
+    family = "attention"
+    labels = ("layers", "heads", "causal")
+
+    def update(
+        self,
+        pattern: torch.Tensor,
+        causal: bool,
+        inputs: torch.Tensor | None = None,
+        layers: Sequence[int] | None = None,
+        length: int | None = None,
+    ) -> None:
+        """``pattern`` [L_att, H, S, S] probabilities (query, key) of one sequence;
+        ``inputs`` [L_att, S, d] each layer's input vectors (for association bias,
+        skipped when None); ``layers``: the model layer ids of the L_att layers;
+        ``length``: the real length when the pattern is padded beyond it."""
+        if pattern.ndim != 4 or pattern.shape[-1] != pattern.shape[-2]:
+            raise ValueError(f"pattern must be [L_att, H, S, S], got {tuple(pattern.shape)}")
+        n_layers, n_heads, s, _ = pattern.shape
+        s = s if length is None else int(length)
+        dev = pattern.device
+        layer_ids = np.arange(n_layers) if layers is None else np.asarray(layers, np.int64)
+        if layer_ids.shape != (n_layers,):
+            raise ValueError(f"layers must list {n_layers} layer ids, got {list(layer_ids)}")
+        if inputs is not None and tuple(inputs.shape[:2]) != (n_layers, pattern.shape[-1]):
+            raise ValueError(f"inputs must be [L_att, S, d], got {tuple(inputs.shape)}")
+        self._init(layer_ids, n_heads, causal)
+        if s < 1:
+            return
+        self._grow(s)
+        m = self.state["kernel_count"].shape[0] // 2 + 1  # offsets held: -(m-1)..m-1
+        p = f32(pattern[..., :s, :s])
+        i = torch.arange(s, device=dev)[:, None]
+        j = torch.arange(s, device=dev)[None, :]
+        vis = (j <= i) if causal else torch.ones(s, s, dtype=torch.bool, device=dev)
+        n_vis = vis.sum(1).to(torch.float64)  # [S]
+        p = p * vis  # never count weight on invisible keys
+        st = self.state
+        st["n_queries"] += s
+        st["uniform_sum"] += (1.0 / n_vis).sum().item()
+        st["entropy_uniform_sum"] += n_vis.log().sum().item()
+        st["self_sum"] += _host(p.diagonal(dim1=-2, dim2=-1).sum(-1))
+        st["sink_sum"] += _host(p[..., :, 0].sum(-1))
+        st["entropy_sum"] += _host(-torch.special.xlogy(p, p).sum((-1, -2)))
+        # Position kernel: scatter every visible pair's weight into its offset bin.
+        off = (i - j + m - 1).expand(s, s)[vis]  # [pairs]
+        w = p[:, :, vis].reshape(n_layers * n_heads, -1)
+        ksum = torch.zeros(n_layers * n_heads, 2 * m - 1, device=dev).index_add_(1, off, w)
+        st["kernel_sum"] += _host(ksum.view(n_layers, n_heads, -1))
+        st["kernel_count"] += _host(torch.bincount(off, minlength=2 * m - 1))
+        uni = (1.0 / n_vis)[:, None].expand(s, s)[vis]
+        st["kernel_uniform"] += _host(torch.bincount(off, weights=uni, minlength=2 * m - 1))
+        if inputs is not None:
+            self._association(p, f32(inputs[:, :s]), vis)
+
+    def _association(self, p: torch.Tensor, x: torch.Tensor, vis: torch.Tensor) -> None:
+        pairs = vis if self.config.assoc_include_self else vis & ~torch.eye(
+            vis.shape[0], dtype=torch.bool, device=vis.device)
+        st = self.state
+        st["assoc_n"] += int(pairs.sum())
+        u = unit(x)
+        # One layer at a time, in float64: the correlation is a difference of sums
+        # that cancel when it is small, and a [H, pairs] float64 block stays modest.
+        for layer in range(p.shape[0]):
+            c = (u[layer] @ u[layer].T)[pairs].double()  # [pairs]
+            a = p[layer][:, pairs].double()  # [H, pairs]
+            st["assoc_a"][layer] += _host(a.sum(-1))
+            st["assoc_a2"][layer] += _host((a * a).sum(-1))
+            st["assoc_ac"][layer] += _host((a * c).sum(-1))
+            st["assoc_c"][layer] += c.sum().item()
+            st["assoc_c2"][layer] += (c * c).sum().item()
+
+    def _init(self, layer_ids: np.ndarray, n_heads: int, causal: bool) -> None:
+        if self.state:
+            st = self.state
+            if not np.array_equal(st["layers"], layer_ids) or len(st["heads"]) != n_heads:
+                raise ValueError(
+                    f"pattern layers {list(layer_ids)} x {n_heads} heads differ from the "
+                    f"accumulator's {list(st['layers'])} x {len(st['heads'])}"
+                )
+            if bool(st["causal"][0]) != bool(causal):
+                raise ValueError("cannot mix causal and bidirectional attention in one accumulator")
+            return
+        shape = (len(layer_ids), n_heads)
+        self.state = {
+            "layers": layer_ids.astype(np.int64),
+            "heads": np.arange(n_heads, dtype=np.int64),
+            "causal": np.array([int(bool(causal))], np.int64),
+            "n_queries": np.zeros(1, np.int64),
+            "uniform_sum": np.zeros(1),
+            "entropy_uniform_sum": np.zeros(1),
+            "assoc_n": np.zeros(1, np.int64),
+            "assoc_c": np.zeros(shape[0]),
+            "assoc_c2": np.zeros(shape[0]),
+            "kernel_sum": np.zeros(shape + (1,)),
+            "kernel_count": np.zeros(1, np.int64),
+            "kernel_uniform": np.zeros(1),
+        }
+        for key in ("self_sum", "sink_sum", "entropy_sum", "assoc_a", "assoc_a2", "assoc_ac"):
+            self.state[key] = np.zeros(shape)
+
+    def _grow(self, s: int) -> None:
+        self.state = _padded(self.state, s)
+
+    def _merge_state(self, theirs: dict[str, np.ndarray]) -> None:
+        width = max(self.state["kernel_count"].shape[0], theirs["kernel_count"].shape[0])
+        m = width // 2 + 1
+        self.state = _padded(self.state, m)
+        super()._merge_state(_padded(theirs, m))
+
+    def result(self) -> dict[str, pa.Table]:
+        """``attention``: layer, head, n_queries, self_weight, uniform_baseline, self_bias,
+        entropy, entropy_uniform, sink_mass, assoc_pairs, assoc_corr;
+        ``attention_kernel``: layer, head, offset, count, mean_weight, uniform_weight."""
+        st = self.state
+        if not st:
+            return {"attention": SUMMARY_SCHEMA.empty_table(),
+                    "attention_kernel": KERNEL_SCHEMA.empty_table()}
+        n_l, n_h = st["self_sum"].shape
+        lay = np.repeat(st["layers"], n_h)
+        head = np.tile(st["heads"], n_l)
+        nq = st["n_queries"][0]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            uniform = st["uniform_sum"][0] / nq
+            self_w = (st["self_sum"] / nq).ravel()
+            n = st["assoc_n"][0]
+            ma, mc = st["assoc_a"] / n, (st["assoc_c"] / n)[:, None]
+            cov = st["assoc_ac"] / n - ma * mc
+            var_a = st["assoc_a2"] / n - ma * ma
+            var_c = (st["assoc_c2"] / n)[:, None] - mc * mc
+            corr = (cov / np.sqrt(var_a * var_c)).ravel()
+        k = n_l * n_h
+        summary = pa.table(
+            [lay, head, np.full(k, nq), self_w, np.full(k, uniform), self_w - uniform,
+             (st["entropy_sum"] / nq).ravel(), np.full(k, st["entropy_uniform_sum"][0] / nq),
+             (st["sink_sum"] / nq).ravel(), np.full(k, n), corr],
+            schema=SUMMARY_SCHEMA,
+        )
+        count = st["kernel_count"]
+        m = count.shape[0] // 2 + 1
+        offsets = np.arange(-(m - 1), m)
+        has = count > 0
+        n_off = int(has.sum())
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = st["kernel_sum"][:, :, has] / count[has]
+            uni = st["kernel_uniform"][has] / count[has]
+        kernel = pa.table(
+            [np.repeat(lay, n_off), np.repeat(head, n_off), np.tile(offsets[has], k),
+             np.tile(count[has], k), mean.reshape(-1), np.tile(uni, k)],
+            schema=KERNEL_SCHEMA,
+        )
+        return {"attention": summary, "attention_kernel": kernel}
+
+
+def _host(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to(torch.float64 if t.is_floating_point() else torch.int64).cpu().numpy()
+
+
+def _padded(state: dict[str, np.ndarray], m: int) -> dict[str, np.ndarray]:
+    """State with kernel arrays widened (zeros) to offsets -(m-1)..m-1, centre kept."""
+    have = state["kernel_count"].shape[0] // 2 + 1
+    if have >= m:
+        return state
+    pad = m - have
+    out = dict(state)
+    for key in _KERNEL:
+        widths = [(0, 0)] * (state[key].ndim - 1) + [(pad, pad)]
+        out[key] = np.pad(state[key], widths)
+    return out

@@ -1,0 +1,161 @@
+"""Configuration of the walk-statistics accumulators.
+
+Everything that changes the *meaning* of a partial result (bin edges, the
+tracked token types, the nucleus mass, ...) is part of ``StatsConfig.fingerprint``;
+partials are only merged when their fingerprints agree, so a histogram never
+adds counts binned on different edges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+FAMILIES = ("encoding", "logit_lens", "decoding", "attention", "geometry")
+
+
+@dataclass(frozen=True)
+class Bins:
+    """Fixed, increasing histogram edges.
+
+    Values below the first edge or above the last are counted in an underflow and
+    an overflow bin. Bins are half-open ``[lo, hi)`` except the last, which is
+    closed, so that e.g. a cosine of exactly 1 lands in the top bin.
+    """
+
+    edges: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        e = np.asarray(self.edges, dtype=np.float64)
+        if e.ndim != 1 or e.size < 2 or not np.all(np.isfinite(e)) or np.any(np.diff(e) <= 0):
+            raise ValueError(f"bin edges must be >= 2 finite increasing numbers: {self.edges!r}")
+        object.__setattr__(self, "edges", tuple(float(v) for v in e))
+
+    @classmethod
+    def linear(cls, lo: float, hi: float, n: int) -> Bins:
+        return cls(tuple(np.linspace(lo, hi, int(n) + 1)))
+
+    @classmethod
+    def log(cls, lo: float, hi: float, n: int) -> Bins:
+        """``n`` bins evenly spaced in log(value) on [lo, hi] (lo > 0)."""
+        if lo <= 0:
+            raise ValueError(f"log bins need lo > 0, got {lo}")
+        return cls(tuple(np.geomspace(lo, hi, int(n) + 1)))
+
+    @classmethod
+    def pow2(cls, max_exp: int, zero: bool = True) -> Bins:
+        """Integer bins [0,1), [1,2), [2,4), ... [2^(max_exp-1), 2^max_exp] (ranks, sizes)."""
+        edges = [2.0**k for k in range(int(max_exp) + 1)]
+        return cls(tuple(([0.0] if zero else []) + edges))
+
+    @classmethod
+    def from_spec(cls, spec: Any) -> Bins:
+        """Accept a Bins, a list of edges, or ``{"linear"|"log": [lo, hi, n]}`` /
+        ``{"pow2": [max_exp, zero]}`` (the form a Hydra/YAML config gives)."""
+        if isinstance(spec, Bins):
+            return spec
+        if isinstance(spec, Mapping):
+            if len(spec) != 1 or next(iter(spec)) not in ("linear", "log", "pow2", "edges"):
+                raise ValueError(f"bin spec must be one of linear/log/pow2/edges, got {spec!r}")
+            (kind, args), = spec.items()
+            if kind == "edges":
+                return cls(tuple(args))
+            return getattr(cls, kind)(*args)
+        if isinstance(spec, Sequence) and not isinstance(spec, str):
+            return cls(tuple(spec))
+        raise ValueError(f"cannot read bins from {spec!r}")
+
+    @property
+    def array(self) -> np.ndarray:
+        return np.asarray(self.edges, dtype=np.float64)
+
+
+def default_bins() -> dict[str, Bins]:
+    """Bins per kind of quantity. Ranges are generous so real models rarely hit
+    the under/overflow bins (residual norms of large models reach 1e3-1e4)."""
+    return {
+        "cos": Bins.linear(-1.0, 1.0, 200),
+        "norm": Bins.log(1e-3, 1e5, 160),
+        "step": Bins.log(1e-3, 1e5, 160),
+        "rank": Bins.pow2(24),
+        "prob": Bins.log(1e-12, 1.0, 240),
+        "logprob": Bins.linear(-40.0, 0.0, 400),
+        "entropy": Bins.linear(0.0, 16.0, 320),
+        "kl": Bins.log(1e-8, 1e3, 220),
+        "dot": Bins.linear(-200.0, 200.0, 800),
+        "nucleus": Bins.pow2(24, zero=False),
+    }
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    """Which statistic families to compute and how.
+
+    - ``bins``: per kind (see ``default_bins``); entries given here replace the defaults.
+    - ``nucleus_p``: mass of the top-p nucleus whose size the decoding walk reports.
+    - ``self_sim_types``: token ids whose per-type sums of unit vectors are kept for
+      self-similarity. Memory is ``len * (L+1) * d * 8`` bytes, so the set is explicit
+      and fixed before any shard runs (pick the top-K by frequency with
+      ``pipeline.stats.geometry.most_frequent_types`` from the token table); a
+      set chosen per shard would not merge exactly.
+    - ``cov_layers``: layers whose d x d second-moment matrix is kept (None = all).
+    - ``assoc_include_self``: count the i == j pair in the association-bias correlation.
+    - ``chunk_tokens``: tokens per [chunk, vocab] logits block (memory only, not meaning).
+    """
+
+    families: tuple[str, ...] = FAMILIES
+    bins: Mapping[str, Bins] = field(default_factory=default_bins)
+    nucleus_p: float = 0.9
+    self_sim_types: tuple[int, ...] = ()
+    cov_layers: tuple[int, ...] | None = None
+    assoc_include_self: bool = True
+    chunk_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        unknown = set(self.families) - set(FAMILIES)
+        if unknown:
+            raise ValueError(f"unknown statistic families {sorted(unknown)}; known: {FAMILIES}")
+        bins = default_bins()
+        for kind, spec in dict(self.bins).items():
+            if kind not in bins:
+                raise ValueError(f"unknown bin kind {kind!r}; known: {sorted(bins)}")
+            bins[kind] = Bins.from_spec(spec)
+        if not 0.0 < self.nucleus_p <= 1.0:
+            raise ValueError(f"nucleus_p must be in (0, 1], got {self.nucleus_p}")
+        if self.chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens must be >= 1, got {self.chunk_tokens}")
+        object.__setattr__(self, "families", tuple(self.families))
+        object.__setattr__(self, "bins", bins)
+        types = tuple(sorted({int(t) for t in self.self_sim_types}))
+        object.__setattr__(self, "self_sim_types", types)
+        if self.cov_layers is not None:
+            object.__setattr__(self, "cov_layers", tuple(int(v) for v in self.cov_layers))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form (stored with every partial)."""
+        return {
+            "families": list(self.families),
+            "bins": {k: {"edges": list(b.edges)} for k, b in sorted(self.bins.items())},
+            "nucleus_p": self.nucleus_p,
+            "self_sim_types": list(self.self_sim_types),
+            "cov_layers": None if self.cov_layers is None else list(self.cov_layers),
+            "assoc_include_self": self.assoc_include_self,
+            "chunk_tokens": self.chunk_tokens,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> StatsConfig:
+        d = dict(d)
+        for key in ("families", "self_sim_types", "cov_layers"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The part of the config that partials must share to be merged."""
+        d = self.to_dict()
+        del d["families"], d["chunk_tokens"]
+        return d

@@ -1,0 +1,83 @@
+"""Encoding walk: how each token's vector moves through depth (layer 0 .. L).
+
+For x_l the residual vector of a token at layer l, per layer:
+
+- ``norm``      |x_l|                                   layers 0..L
+- ``step``      |x_{l+1} - x_l|  (the step out of l)    layers 0..L-1
+- ``step_cos``  cos(x_{l+1} - x_l, x_l - x_{l-1})       layers 1..L-1 (the turn at l)
+- ``cos_next``  cos(x_l, x_{l+1})                       layers 0..L-1
+- ``cos_last``  cos(x_l, x_L)                           layers 0..L-1
+
+Tokens are independent, so a call may hold any tokens of any sequences.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from pipeline.stats import hist
+from pipeline.stats.base import Accumulator
+from pipeline.stats.ops import cosine, f32
+
+# stat -> (bin kind, first layer, layers fewer than L+1)
+_STATS = {
+    "norm": ("norm", 0, 0),
+    "step": ("step", 0, 1),
+    "step_cos": ("cos", 1, 2),
+    "cos_next": ("cos", 0, 1),
+    "cos_last": ("cos", 0, 1),
+}
+
+
+class EncodingWalk(Accumulator):
+    """Per-layer binned moments of the depth-wise trajectory of every token."""
+
+    family = "encoding"
+    labels = ("n_layers",)
+
+    def update(self, resid: torch.Tensor) -> None:
+        """``resid`` [n_tok, L+1, d]: residual stream, layer 0 = embeddings."""
+        if resid.ndim != 3:
+            raise ValueError(f"resid must be [n_tok, L+1, d], got shape {tuple(resid.shape)}")
+        x = f32(resid)
+        n_layers = x.shape[1]
+        self._init(n_layers)
+        norms = x.norm(dim=-1)  # [n, L+1]
+        steps = x[:, 1:] - x[:, :-1]  # [n, L, d]; steps[:, l] = x_{l+1} - x_l
+        step_len = steps.norm(dim=-1)
+        values = {
+            "norm": norms,
+            "step": step_len,
+            "step_cos": cosine(steps[:, 1:], steps[:, :-1], step_len[:, 1:], step_len[:, :-1]),
+            "cos_next": cosine(x[:, :-1], x[:, 1:], norms[:, :-1], norms[:, 1:]),
+            "cos_last": cosine(x[:, :-1], x[:, -1:], norms[:, :-1], norms[:, -1:]),
+        }
+        for name, v in values.items():
+            hist.add(self.state, name, v, self.edges(_STATS[name][0]))
+
+    def _init(self, n_layers: int) -> None:
+        if self.state:
+            if int(self.state["n_layers"][0]) != n_layers:
+                raise ValueError(
+                    f"resid has {n_layers} layers, this accumulator holds "
+                    f"{int(self.state['n_layers'][0])}"
+                )
+            return
+        self.state["n_layers"] = np.array([n_layers], np.int64)
+        for name, (kind, _, fewer) in _STATS.items():
+            n_bins = len(self.config.bins[kind].edges) - 1
+            hist.init(self.state, name, max(n_layers - fewer, 0), n_bins)
+
+    def layer_labels(self, name: str) -> np.ndarray:
+        n_layers = int(self.state["n_layers"][0]) if self.state else 0
+        _, first, fewer = _STATS[name]
+        return np.arange(first, first + max(n_layers - fewer, 0))
+
+    def result(self) -> dict[str, pa.Table]:
+        """``encoding``: stat, layer, count, mean, std, q25, median, q75;
+        ``encoding_hist``: stat, layer, bin, lo, hi, count."""
+        stats = {name: (kind, self.layer_labels(name)) for name, (kind, _, _) in _STATS.items()}
+        summary, histogram = self._binned_tables(stats)
+        return {"encoding": summary, "encoding_hist": histogram}

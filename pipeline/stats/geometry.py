@@ -1,0 +1,215 @@
+"""Geometry of the representation space per layer (Ethayarajh 2019 and friends).
+
+All from additive sums, so shards merge exactly:
+
+- anisotropy: mean cosine between vectors of different tokens,
+  (|sum u|^2 - n) / (n (n - 1)) with u = x / |x|
+- self-similarity of token type w: the same formula over the occurrences of w
+  (types listed in ``config.self_sim_types`` with >= 2 occurrences); the layer
+  figure is the unweighted mean over types, and ``*_adj`` subtracts anisotropy
+- intra-sentence similarity: mean over sequences (>= 2 tokens) of the mean cosine
+  of each token with its sequence's mean vector; the sequence is the context unit
+- mean vector norm, norm of the mean vector
+- covariance spectrum from sum x and sum x x^T (float64), effective dimension
+  exp(entropy of the normalised eigenvalues) and participation ratio
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from pipeline.stats.base import Accumulator
+from pipeline.stats.ops import as_ids, cosine, f32, group_index, unit
+
+LAYER_SCHEMA = pa.schema(
+    [
+        ("layer", pa.int64()), ("n", pa.int64()), ("anisotropy", pa.float64()),
+        ("mean_norm", pa.float64()), ("norm_of_mean", pa.float64()),
+        ("intra_sim", pa.float64()), ("intra_sim_adj", pa.float64()), ("n_seqs", pa.int64()),
+        ("self_sim", pa.float64()), ("self_sim_adj", pa.float64()), ("n_types", pa.int64()),
+        ("total_variance", pa.float64()), ("eff_dim", pa.float64()),
+        ("participation_ratio", pa.float64()),
+    ]
+)
+SELF_SIM_SCHEMA = pa.schema(
+    [("layer", pa.int64()), ("token_id", pa.int64()), ("n", pa.int64()),
+     ("self_sim", pa.float64())]
+)
+SPECTRUM_SCHEMA = pa.schema(
+    [("layer", pa.int64()), ("index", pa.int64()), ("eigenvalue", pa.float64()),
+     ("fraction", pa.float64())]
+)
+
+
+def most_frequent_types(token_ids: Iterable[int] | np.ndarray, k: int) -> tuple[int, ...]:
+    """The ``k`` most frequent token ids (ties broken by smaller id), sorted by id, for
+    ``self_sim_types``. Feed it the corpus's token ids (the token table) before any shard runs."""
+    arr = token_ids if isinstance(token_ids, np.ndarray) else np.fromiter(token_ids, np.int64)
+    ids, counts = np.unique(arr.astype(np.int64), return_counts=True)
+    order = np.lexsort((ids, -counts))[:k]
+    return tuple(int(t) for t in sorted(ids[order]))
+
+
+def pairwise_mean_cos(usum: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Mean cosine over distinct pairs from a sum of n unit vectors (last axis = d)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = ((usum * usum).sum(-1) - n) / (n * (n - 1.0))
+    return np.where(n >= 2, out, np.nan)
+
+
+class Geometry(Accumulator):
+    """Per-layer anisotropy, self-similarity, intra-sentence similarity, norms, spectrum."""
+
+    family = "geometry"
+    labels = ("n_layers", "type_ids", "cov_layers")
+
+    def update(
+        self,
+        resid: torch.Tensor,
+        token_ids: torch.Tensor,
+        seq_ids: torch.Tensor | None = None,
+    ) -> None:
+        """``resid`` [n, L+1, d]; ``token_ids`` [n]; ``seq_ids`` [n] when the call holds
+        several sequences (each sequence must be complete within the call)."""
+        if resid.ndim != 3:
+            raise ValueError(f"resid must be [n_tok, L+1, d], got shape {tuple(resid.shape)}")
+        n, n_layers, d = resid.shape
+        dev = resid.device
+        tok = as_ids(token_ids, n, dev, "token_ids")
+        self._init(n_layers, d)
+        st = self.state
+        x = f32(resid)
+        norms = x.norm(dim=-1)  # [n, L+1]
+        u = unit(x)
+        st["n"] += n
+        st["usum"] += _host(u.sum(0, dtype=torch.float64))
+        st["xsum"] += _host(x.sum(0, dtype=torch.float64))
+        st["norm_sum"] += _host(norms.sum(0, dtype=torch.float64))
+        # Second moments in float64: the covariance is E[xx^T] - mu mu^T, and residual
+        # streams have large mean components that would cancel float32 precision away.
+        cov_l = torch.as_tensor(st["cov_layers"], device=dev)
+        xc = x[:, cov_l].double().transpose(0, 1)  # [Lc, n, d]
+        st["xxt"] += _host(xc.transpose(1, 2) @ xc)
+        self._self_sim(u, tok)
+        self._intra(x, norms, seq_ids)
+
+    def _self_sim(self, u: torch.Tensor, tok: torch.Tensor) -> None:
+        types = torch.as_tensor(self.state["type_ids"], device=u.device)
+        if types.numel() == 0:
+            return
+        slot = torch.searchsorted(types, tok).clamp_max(types.numel() - 1)
+        hit = types[slot] == tok
+        k = types.numel()
+        tsum = torch.zeros(k, *u.shape[1:], dtype=torch.float64, device=u.device)
+        tsum.index_add_(0, slot[hit], u[hit].double())
+        self.state["type_usum"] += _host(tsum)
+        self.state["type_n"] += _host(torch.bincount(slot[hit], minlength=k))
+
+    def _intra(self, x: torch.Tensor, norms: torch.Tensor, seq_ids: torch.Tensor | None) -> None:
+        n = x.shape[0]
+        idx, n_seq = group_index(seq_ids, n, x.device)
+        length = torch.bincount(idx, minlength=n_seq)
+        mean = torch.zeros(n_seq, *x.shape[1:], device=x.device).index_add_(0, idx, x)
+        mean = mean / length[:, None, None]
+        cos = cosine(x, mean[idx], norms)  # [n, L+1]
+        per_seq = torch.zeros(n_seq, x.shape[1], dtype=torch.float64, device=x.device)
+        per_seq = per_seq.index_add_(0, idx, cos.double()) / length[:, None]
+        keep = length >= 2  # a 1-token sequence is trivially similar to itself
+        self.state["intra_sum"] += _host(torch.nan_to_num(per_seq[keep]).sum(0))
+        self.state["intra_n"] += int(keep.sum())
+
+    def _init(self, n_layers: int, d: int) -> None:
+        if self.state:
+            if self.state["usum"].shape != (n_layers, d):
+                raise ValueError(f"resid is [*, {n_layers}, {d}], accumulator holds "
+                                 f"{self.state['usum'].shape}")
+            return
+        cov = self.config.cov_layers
+        if cov is None:
+            cov_layers = np.arange(n_layers)
+        else:
+            if any(not -n_layers <= c < n_layers for c in cov):
+                raise ValueError(f"cov_layers {list(cov)} out of range for {n_layers} layers")
+            cov_layers = np.array(sorted({c % n_layers for c in cov}), np.int64)
+        types = np.asarray(self.config.self_sim_types, np.int64)
+        self.state = {
+            "n_layers": np.array([n_layers], np.int64),
+            "type_ids": types,
+            "cov_layers": cov_layers.astype(np.int64),
+            "n": np.zeros(1, np.int64),
+            "usum": np.zeros((n_layers, d)),
+            "xsum": np.zeros((n_layers, d)),
+            "norm_sum": np.zeros(n_layers),
+            "xxt": np.zeros((len(cov_layers), d, d)),
+            "type_usum": np.zeros((len(types), n_layers, d)),
+            "type_n": np.zeros(len(types), np.int64),
+            "intra_sum": np.zeros(n_layers),
+            "intra_n": np.zeros(1, np.int64),
+        }
+
+    def result(self) -> dict[str, pa.Table]:
+        """``geometry``: one row per layer (see LAYER_SCHEMA);
+        ``geometry_self_sim``: layer, token_id, n, self_sim (types with >= 2 occurrences);
+        ``geometry_spectrum``: layer, index, eigenvalue, fraction (covariance, descending)."""
+        st = self.state
+        if not st:
+            return {"geometry": LAYER_SCHEMA.empty_table(),
+                    "geometry_self_sim": SELF_SIM_SCHEMA.empty_table(),
+                    "geometry_spectrum": SPECTRUM_SCHEMA.empty_table()}
+        n_layers = int(st["n_layers"][0])
+        n = float(st["n"][0])
+        layers = np.arange(n_layers)
+        aniso = pairwise_mean_cos(st["usum"], np.float64(n))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            intra = st["intra_sum"] / st["intra_n"][0]
+            mean_norm = st["norm_sum"] / n
+            norm_of_mean = np.linalg.norm(st["xsum"], axis=-1) / n
+        # self-similarity: [types, layers]
+        tn = st["type_n"].astype(np.float64)
+        ts = pairwise_mean_cos(st["type_usum"], tn[:, None])
+        seen = st["type_n"] >= 2
+        n_types = int(seen.sum())
+        self_sim = ts[seen].mean(0) if n_types else np.full(n_layers, np.nan)
+        # covariance spectrum
+        total = np.full(n_layers, np.nan)
+        eff = np.full(n_layers, np.nan)
+        part = np.full(n_layers, np.nan)
+        spec_cols: list[list[np.ndarray]] = [[], [], [], []]
+        if n >= 2:
+            for row, layer in enumerate(st["cov_layers"]):
+                mu = st["xsum"][layer] / n
+                cov = (st["xxt"][row] - n * np.outer(mu, mu)) / (n - 1.0)
+                lam = np.clip(np.linalg.eigvalsh((cov + cov.T) / 2)[::-1], 0.0, None)
+                tot = lam.sum()
+                frac = lam / tot if tot > 0 else np.full_like(lam, np.nan)
+                pos = frac[frac > 0]
+                total[layer] = tot
+                eff[layer] = np.exp(-(pos * np.log(pos)).sum())
+                part[layer] = tot**2 / (lam**2).sum() if tot > 0 else np.nan
+                for col, v in zip(spec_cols, (np.full(len(lam), layer), np.arange(len(lam)),
+                                              lam, frac), strict=True):
+                    col.append(v)
+        geometry = pa.table(
+            [layers, np.full(n_layers, int(n)), aniso, mean_norm, norm_of_mean, intra,
+             intra - aniso, np.full(n_layers, int(st["intra_n"][0])), self_sim,
+             self_sim - aniso, np.full(n_layers, n_types), total, eff, part],
+            schema=LAYER_SCHEMA,
+        )
+        ids = st["type_ids"][seen]
+        self_tab = pa.table(
+            [np.repeat(layers, len(ids)), np.tile(ids, n_layers),
+             np.tile(st["type_n"][seen], n_layers), ts[seen].T.reshape(-1)],
+            schema=SELF_SIM_SCHEMA,
+        )
+        spectrum = pa.table(
+            [np.concatenate(c) if c else np.zeros(0) for c in spec_cols], schema=SPECTRUM_SCHEMA
+        )
+        return {"geometry": geometry, "geometry_self_sim": self_tab, "geometry_spectrum": spectrum}
+
+
+def _host(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()

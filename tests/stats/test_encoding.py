@@ -1,0 +1,66 @@
+"""Encoding walk against a float64 loop reference."""
+
+import numpy as np
+import torch
+
+from pipeline.stats import EncodingWalk, StatsConfig
+
+from .helpers import check_moments, np64, ref_encoding, rng, walk
+
+KIND = {"norm": "norm", "step": "step", "step_cos": "cos", "cos_next": "cos", "cos_last": "cos"}
+
+
+def test_encoding_matches_reference():
+    resid = walk(rng(0), 60, 6, 16)
+    acc = EncodingWalk()
+    acc.update(resid)
+    table = acc.result()["encoding"]
+    ref = ref_encoding(np64(resid))
+    for stat, values in ref.items():
+        check_moments(table, stat, values)
+    layers = {s: sorted(v for st, v in zip(table["stat"].to_pylist(), table["layer"].to_pylist(),
+                                             strict=True) if st == s) for s in KIND}
+    assert layers["norm"] == [0, 1, 2, 3, 4, 5]
+    assert layers["step"] == layers["cos_next"] == layers["cos_last"] == [0, 1, 2, 3, 4]
+    assert layers["step_cos"] == [1, 2, 3, 4]
+
+
+def test_encoding_quartiles_dense():
+    cfg = StatsConfig(bins={"cos": {"linear": [-1, 1, 100]}})
+    resid = walk(rng(1), 3000, 3, 6)
+    acc = EncodingWalk(cfg)
+    acc.update(resid)
+    table = acc.result()["encoding"]
+    ref = ref_encoding(np64(resid))
+    for stat, values in ref.items():
+        check_moments(table, stat, values, bins=cfg.bins[KIND[stat]].array)
+
+
+def test_histogram_table_shape():
+    acc = EncodingWalk()
+    acc.update(walk(rng(2), 5, 3, 4))
+    h = acc.result()["encoding_hist"]
+    d = h.to_pydict()
+    rows = [i for i, (s, lay) in enumerate(zip(d["stat"], d["layer"], strict=True))
+            if s == "norm" and lay == 1]
+    assert sum(d["count"][i] for i in rows) == 5
+    assert d["lo"][rows[0]] == -np.inf and d["hi"][rows[-1]] == np.inf
+
+
+def test_low_precision_input_is_computed_in_float32():
+    resid = walk(rng(3), 8, 4, 8)
+    a, b = EncodingWalk(), EncodingWalk()
+    a.update(resid.to(torch.bfloat16))
+    b.update(resid.to(torch.bfloat16).float())
+    assert a.result()["encoding"].equals(b.result()["encoding"])
+
+
+def test_single_token_and_single_layer():
+    acc = EncodingWalk()
+    acc.update(walk(rng(4), 1, 3, 4))
+    t = acc.result()["encoding"].to_pydict()
+    assert set(t["count"]) == {1}
+    one = EncodingWalk()
+    one.update(torch.randn(3, 1, 4))
+    rows = one.result()["encoding"].to_pydict()
+    assert rows["stat"] == ["norm"] and rows["count"] == [3]

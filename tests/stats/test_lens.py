@@ -1,0 +1,60 @@
+"""Logit lens against a float64 loop reference."""
+
+import numpy as np
+import torch
+
+from pipeline.stats import LogitLens, StatsConfig
+
+from .helpers import check_moments, np64, ref_lens, rng, summary_rows, walk
+
+D, V = 12, 40
+
+
+def rms_norm(weight: torch.Tensor):
+    return lambda x: x / torch.sqrt((x * x).mean(-1, keepdim=True) + 1e-6) * weight
+
+
+def data(seed: int, n: int, n_layers: int = 5):
+    g = rng(seed)
+    resid = walk(g, n, n_layers, D)
+    w = torch.tensor(g.normal(size=(V, D)) * 0.6, dtype=torch.float32)
+    nw = torch.tensor(1 + 0.1 * g.normal(size=D), dtype=torch.float32)
+    nxt = torch.tensor(g.integers(0, V, n))
+    nxt[-1] = -1
+    return resid, nxt, w, nw
+
+
+def test_lens_matches_reference():
+    resid, nxt, w, nw = data(0, 50)
+    bias = torch.tensor(rng(9).normal(size=V), dtype=torch.float32)
+    acc = LogitLens(StatsConfig(chunk_tokens=16))  # several chunks
+    acc.update(resid, nxt, w, rms_norm(nw), bias)
+    table = acc.result()["logit_lens"]
+    ref = ref_lens(np64(resid), nxt.numpy(), np64(w), np64(nw), np64(bias))
+    for stat in ("rank", "prob", "logprob", "entropy"):
+        check_moments(table, stat, ref[stat])
+    # KL(p_L || p_L) is exactly 0 at the last layer; compare the others relatively.
+    kl = summary_rows(table, "kl")
+    check_moments(table.filter(np.array(table["layer"].to_pylist()) < 4), "kl", ref["kl"][:-1])
+    assert kl["mean"][-1] == 0.0 and kl["count"][-1] == 50
+    assert summary_rows(table, "rank")["count"].tolist() == [49] * 5  # last token excluded
+
+
+def test_lens_quartiles_dense():
+    resid, nxt, w, nw = data(1, 1500, n_layers=2)
+    cfg = StatsConfig()
+    acc = LogitLens(cfg)
+    acc.update(resid, nxt, w, rms_norm(nw))
+    table = acc.result()["logit_lens"]
+    ref = ref_lens(np64(resid), nxt.numpy(), np64(w), np64(nw))
+    for stat in ("rank", "prob", "logprob", "entropy"):
+        check_moments(table, stat, ref[stat], bins=cfg.bins[stat].array)
+
+
+def test_lens_single_token_without_next():
+    resid, nxt, w, nw = data(2, 1)
+    acc = LogitLens()
+    acc.update(resid, nxt, w, rms_norm(nw))
+    rows = summary_rows(acc.result()["logit_lens"], "rank")
+    assert rows["count"].tolist() == [0] * 5 and np.isnan(rows["mean"]).all()
+    assert summary_rows(acc.result()["logit_lens"], "entropy")["count"].tolist() == [1] * 5
