@@ -19,7 +19,7 @@ import pyarrow as pa
 import torch
 
 from pipeline.corpus import TokenizedCorpus
-from pipeline.models.capture import Capturer, CaptureLayout
+from pipeline.models.capture import CaptureLayout, Capturer
 from pipeline.models.loading import LoadedModel
 from pipeline.plan import Shard
 from pipeline.store import layout as store_layout

@@ -75,7 +75,7 @@ class Store:
             f"  sites: {_compact_sites(m['sites'])}",
         ]
         total = 0
-        for name, spec in m["arrays"].items():
+        for spec in m["arrays"].values():
             nbytes = int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize
             total += nbytes
             dims = " x ".join(f"{d}={n}" for d, n in zip(spec["dims"], spec["shape"], strict=True))
