@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 
+import transformers
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.errors import EmbwalkError
@@ -17,6 +18,7 @@ EXIT_USER_ERROR = 2
 def run_job(work: Callable[[dict], int | None], cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.WARNING, format="embwalk: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    transformers.utils.logging.disable_progress_bar()  # our own bar is the one to watch
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
         code = work(resolved)

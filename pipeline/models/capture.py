@@ -11,6 +11,7 @@ after block k is needed, the hook of block k stops the forward pass.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -171,10 +172,10 @@ class Capturer:
         out = {}
         for name, shape in self.buffer_shapes(batch, seq).items():
             buf = self._scratch.get(name)
-            if buf is None or buf.numel() < _numel(shape):
-                buf = torch.empty(_numel(shape), dtype=self.dtype, device=self.loaded.device)
+            if buf is None or buf.numel() < math.prod(shape):
+                buf = torch.empty(math.prod(shape), dtype=self.dtype, device=self.loaded.device)
                 self._scratch[name] = buf
-            out[name] = buf[: _numel(shape)].view(shape)
+            out[name] = buf[: math.prod(shape)].view(shape)
         return out
 
     @torch.inference_mode()
@@ -202,7 +203,14 @@ class Capturer:
             pass
         return self._out
 
+    def __enter__(self) -> Capturer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
+        """Remove every hook: until then, any forward of the model writes into the buffers."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -226,8 +234,3 @@ class _PatternSink:
         self.capturer._out["pattern"][:, self.slot].copy_(probs, non_blocking=True)
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
