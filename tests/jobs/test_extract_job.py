@@ -68,7 +68,8 @@ def test_bad_corpus_files(tmp_path, content, fragment):
 def test_invalid_utf8_can_be_replaced(tmp_path):
     path = tmp_path / "latin1.txt"
     path.write_bytes(b"caf\xe9 au lait, a drink.\n")
-    result = extract("corpus=files", f"corpus.path={path}", f"store.path={tmp_path / 's'}", "corpus.invalid_utf8=replace")
+    store = f"store.path={tmp_path / 's'}"
+    result = extract("corpus=files", f"corpus.path={path}", store, "corpus.invalid_utf8=replace")
     assert result.returncode == 0, result.stderr
 
 

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from pipeline.models.capture import Capturer, CaptureLayout
+from pipeline.models.capture import CaptureLayout, Capturer
 from pipeline.models.sites import parse_sites
 
 SENTENCES = [

@@ -94,6 +94,8 @@ def test_padded_pattern_with_length():
     b.update(p, True, x)
     for key in ("attention", "attention_kernel"):
         assert a.result()[key].equals(b.result()[key])
+    with pytest.raises(ValueError):
+        a.update(padded, True, xpad, length=11)
 
 
 def test_without_inputs_and_mixing_rejected():

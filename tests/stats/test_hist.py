@@ -8,10 +8,15 @@ from pipeline.stats import hist
 from pipeline.stats.config import Bins, StatsConfig
 
 
+def _add(state: dict, values: torch.Tensor, edges: np.ndarray, keep=None) -> None:
+    for key, inc in hist.binned("v", values, edges, keep).items():
+        state[key] += inc.numpy()
+
+
 def _fill(values: np.ndarray, edges: np.ndarray) -> dict:
     state: dict = {}
     hist.init(state, "v", 1, len(edges) - 1)
-    hist.add(state, "v", torch.tensor(values)[:, None], edges)
+    _add(state, torch.tensor(values)[:, None], edges)
     return state
 
 
@@ -31,7 +36,7 @@ def test_moments_and_grouping():
     state: dict = {}
     hist.init(state, "v", 3, 20)
     keep = torch.tensor(g.random(500) > 0.3)
-    hist.add(state, "v", torch.tensor(v), np.linspace(-4, 4, 21), keep)
+    _add(state, torch.tensor(v), np.linspace(-4, 4, 21), keep)
     kept = v[keep.numpy()]
     s = hist.summary(state, "v", np.linspace(-4, 4, 21))
     assert list(s["count"]) == [len(kept)] * 3
