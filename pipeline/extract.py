@@ -2,17 +2,18 @@
 
 ``ShardRunner`` owns one loaded model and processes any shard of a plan, so
 the local executor and Ray workers share it. Compute and I/O overlap: the
-store writes of shard n (and pattern writes of each batch) run on a
-background thread while shard n+1 computes; the queue is bounded so memory is
-too.
+store writes of shard n (and the pattern writes of each batch) run on one
+writer thread, in order, while shard n+1 computes. ``run`` returns a future
+that resolves to the shard's commit record once its data is durable; at most
+``max_pending`` shards wait for their writes, which bounds memory.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 import numpy as np
 import pyarrow as pa
@@ -26,37 +27,6 @@ from pipeline.store import layout as store_layout
 from pipeline.store.writer import StoreWriter, checksum
 
 
-class BackgroundWriter:
-    """One thread running write tasks in order; the first error is re-raised to the caller."""
-
-    def __init__(self, max_pending: int = 2):
-        self._tasks: queue.Queue = queue.Queue(maxsize=max_pending)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._loop, name="embwalk-writer", daemon=True)
-        self._thread.start()
-
-    def submit(self, fn: Callable, *args) -> None:
-        self._raise_if_failed()
-        self._tasks.put((fn, args))
-
-    def close(self) -> None:
-        self._tasks.put(None)
-        self._thread.join()
-        self._raise_if_failed()
-
-    def _loop(self) -> None:
-        while (task := self._tasks.get()) is not None:
-            if self._error is None:  # after a failure, drain without writing
-                try:
-                    task[0](*task[1])
-                except BaseException as exc:  # re-raised in the caller's thread
-                    self._error = exc
-
-    def _raise_if_failed(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-
 class ShardRunner:
     def __init__(
         self,
@@ -68,6 +38,7 @@ class ShardRunner:
         dtype: torch.dtype = torch.float16,
         batch_size: int = 8,
         seq_len: int | None = None,
+        max_pending: int = 2,
     ):
         self.loaded, self.corpus, self.writer = loaded, corpus, writer
         self.capture, self.dtype, self.batch_size = capture, dtype, batch_size
@@ -76,17 +47,36 @@ class ShardRunner:
         self.seq_len = seq_len or int(np.diff(self.offsets).max(initial=1))
         self.vocabulary = pa.array(vocabulary, type=pa.string())
         self.pad_id = _pad_id(loaded.tokenizer)
-        self.background = BackgroundWriter()
+        # One writer thread: writes run in submission order, so a shard's commit
+        # always follows its own pattern writes.
+        self.writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embwalk-writer")
+        self.max_pending = max_pending
+        self.pending: list[Future] = []
+        self.compute_lock = threading.Lock()  # Ray workers call run from two threads
 
-    def run(self, shard: Shard, on_tokens: Callable[[int], None] | None = None) -> None:
-        """Compute a shard and queue its writes; the commit follows its data."""
+    def run(self, shard: Shard, on_tokens: Callable[[int], None] | None = None) -> Future:
+        """Compute a shard and queue its writes; the future resolves after its commit."""
+        with self.compute_lock:
+            self._wait_for_room()
+            future = self._compute(shard, on_tokens)
+            self.pending.append(future)
+        return future
+
+    def _wait_for_room(self) -> None:
+        """Block while ``max_pending`` shards still wait for their writes (errors
+        stay in each shard's own future, for its caller to see)."""
+        self.pending = [f for f in self.pending if not f.done()]
+        while len(self.pending) >= self.max_pending:
+            wait([self.pending.pop(0)])
+
+    def _compute(self, shard: Shard, on_tokens: Callable[[int], None] | None) -> Future:
         started = time.perf_counter()
         r0, r1 = shard.rows
         bufs = {
             name: torch.empty((shard.n_rows, *shape), dtype=self.dtype)
             for name, shape in self._per_token_shapes().items()
         }
-        pattern_crc = 0
+        pattern_crc, pattern_writes = 0, []
         for batch in self._batches(shard):
             lengths = [int(self.offsets[s + 1] - self.offsets[s]) for s in batch]
             ids, mask = self._inputs(batch, lengths)
@@ -95,20 +85,26 @@ class ShardRunner:
             if out is None:
                 self._scatter(got, batch, lengths, bufs, shard)
             if "pattern" in got:
-                pattern_crc = self._queue_patterns(got["pattern"], batch, lengths, shard, pattern_crc)
+                pattern_crc = self._queue_patterns(got["pattern"], batch, lengths, shard, pattern_crc, pattern_writes)
             if on_tokens:
                 on_tokens(_owned(batch, self.offsets, shard))
         arrays = {name: buf.numpy() for name, buf in bufs.items()}
         extra = {"seqs": list(shard.seqs), "compute_seconds": round(time.perf_counter() - started, 3)}
         if self.capture.pattern_layers:
             extra["checksums_pattern"] = pattern_crc
-        self.background.submit(
-            self.writer.write_shard, shard.index, shard.rows, arrays, self._token_table(shard), extra
-        )
+        tokens = self._token_table(shard)
+
+        def commit() -> dict:
+            for write in pattern_writes:
+                write.result()  # a failed pattern write fails the shard: no commit
+            return self.writer.write_shard(shard.index, shard.rows, arrays, tokens, extra)
+
+        return self.writer_thread.submit(commit)
 
     def close(self) -> None:
+        """Wait for every queued write and remove the hooks."""
         try:
-            self.background.close()
+            self.writer_thread.shutdown(wait=True)
         finally:
             self.capturer.close()
 
@@ -155,7 +151,7 @@ class ShardRunner:
             for name, buf in bufs.items():
                 buf[lo - r0 : hi - r0].copy_(got[name][j, lo - start : hi - start])
 
-    def _queue_patterns(self, pattern, batch, lengths, shard: Shard, crc: int) -> int:
+    def _queue_patterns(self, pattern, batch, lengths, shard: Shard, crc: int, writes: list[Future]) -> int:
         p0, p1 = shard.pattern_seqs
         for j, (s, n) in enumerate(zip(batch, lengths, strict=True)):
             if not p0 <= s < p1:
@@ -163,7 +159,7 @@ class ShardRunner:
             block = np.zeros((1, *pattern.shape[1:3], self.seq_len, self.seq_len), dtype=_np_dtype(self.dtype))
             block[0, :, :, :n, :n] = pattern[j, :, :, :n, :n].cpu().numpy()
             crc = checksum(block, crc)
-            self.background.submit(self.writer.write_patterns, s, block)
+            writes.append(self.writer_thread.submit(self.writer.write_patterns, s, block))
         return crc
 
     def _per_token_shapes(self) -> dict[str, tuple[int, ...]]:

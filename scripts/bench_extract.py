@@ -73,9 +73,10 @@ def embwalk(loaded, job, cfg: ExtractConfig, store: Path) -> float:
         dtype=job.dtype, batch_size=cfg.cluster.batch_size, seq_len=cfg.corpus.seq_len,
     )
     start = time.perf_counter()
-    for shard in job.plan.shards:
-        runner.run(shard)
+    commits = [runner.run(shard) for shard in job.plan.shards]
     runner.close()  # waits for the last writes and commits
+    for commit in commits:
+        commit.result()
     _sync(loaded.device)
     return time.perf_counter() - start
 

@@ -41,11 +41,16 @@ def extract_local(cfg: ExtractConfig, loaded: LoadedModel | None = None) -> dict
         total=job.plan.n_tokens, initial=already, unit="tok", unit_scale=True,
         desc="extract", disable=not cfg.cluster.progress, smoothing=0.1,
     ) as bar:
+        commits = []
         try:
             for shard in todo:
-                runner.run(shard, bar.update)
+                commits.append(runner.run(shard, bar.update))
+                for done in [c for c in commits if c.done()]:
+                    done.result()  # a failed write stops the job now
         finally:
-            runner.close()  # flushes queued writes and commits, or re-raises their error
+            runner.close()  # waits for the queued writes and commits
+        for commit in commits:
+            commit.result()
     manifest = writer.finish()
     manifest["run_seconds"] = round(time.perf_counter() - started, 2)
     manifest["run_tokens"] = job.plan.n_tokens - already
