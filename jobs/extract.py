@@ -15,8 +15,10 @@ def extract(config: dict) -> int:
     cfg = ExtractConfig.from_dict(config)
     if cfg.cluster.kind == "local":
         from pipeline.executors.local import extract_local as execute
+    elif cfg.cluster.kind == "ray":
+        from pipeline.executors.ray import extract_ray as execute
     else:
-        raise EmbwalkError(f"unknown cluster.kind {cfg.cluster.kind!r}; choose local")
+        raise EmbwalkError(f"unknown cluster.kind {cfg.cluster.kind!r}; choose local or ray")
     manifest = execute(cfg)
     print(Store(cfg.store.path).summary())
     seconds, tokens = manifest.get("run_seconds"), manifest.get("run_tokens")

@@ -43,10 +43,13 @@ class StoreConfig:
 
 @dataclass
 class ClusterConfig:
-    kind: str = "local"  # local (this process)
+    kind: str = "local"  # local (this process) | ray
     batch_size: int = 8
-    threads: int | None = None  # torch intra-op threads; None = torch's default
+    threads: int | None = None  # torch intra-op threads (per Ray worker); None = torch's default
     progress: bool = True
+    address: str | None = None  # ray: None starts a local instance; "auto" or host:port joins a cluster
+    workers: int | None = None  # ray: None = one per GPU, or 1 without GPUs
+    max_retries: int = 3  # ray: further attempts of a shard whose worker died or raised
 
 
 @dataclass

@@ -1,0 +1,174 @@
+"""Ray executor: one worker per GPU (or per CPU slice), shards from a queue.
+
+The driver plans (exactly as the local executor does), creates or resumes the
+store, and hands out shard indices; workers load the model once and write
+their shards straight to the store, so only shard ids and commit records
+travel through Ray. A worker that dies costs only its in-flight shards, which
+go back on the queue (up to ``max_retries`` more attempts each); the commit
+markers on disk are the truth, so a killed driver resumes by rerunning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter, deque
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pipeline.corpus import vocabulary_strings
+from pipeline.errors import EmbwalkError
+from pipeline.executors import faults
+from pipeline.extract import ShardRunner
+from pipeline.job import ExtractConfig, PreparedJob, prepare
+from pipeline.models.loading import LoadedModel, load_model
+from pipeline.plan import Shard
+from pipeline.store.writer import StoreWriter, read_manifest
+
+log = logging.getLogger(__name__)
+
+IN_FLIGHT_PER_WORKER = 2  # one computing, one writing: compute overlaps I/O
+
+
+class ShardWorker:
+    """A Ray actor: one model, one ShardRunner, any shard of the plan."""
+
+    def __init__(self, cfg: ExtractConfig, job: PreparedJob, loaded: LoadedModel | None, fault: str | None):
+        if cfg.cluster.threads:
+            torch.set_num_threads(cfg.cluster.threads)
+        loaded = loaded or load_model(cfg.model)
+        writer = StoreWriter(_root(cfg), read_manifest(_root(cfg)))
+        faults.install(fault, writer)
+        self.fault = fault
+        self.runner = ShardRunner(
+            loaded, job.layout, job.corpus, writer, vocabulary_strings(loaded.tokenizer),
+            dtype=job.dtype, batch_size=cfg.cluster.batch_size, seq_len=cfg.corpus.seq_len,
+            max_pending=IN_FLIGHT_PER_WORKER,
+        )
+
+    def run(self, shard: Shard) -> dict:
+        faults.before_shard(self.fault, shard.index)
+        return self.runner.run(shard).result()  # returns once the shard is committed
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+def extract_ray(cfg: ExtractConfig, loaded: LoadedModel | None = None) -> dict:
+    """Run (or resume) an extraction job on Ray; returns the store's manifest.
+
+    ``loaded`` ships an in-memory model to the workers (tests use random ones);
+    otherwise each worker loads ``cfg.model`` itself.
+    """
+    import ray
+
+    c = cfg.cluster
+    use_gpu = torch.cuda.is_available() if cfg.model.device == "auto" else cfg.model.device.startswith("cuda")
+    # The driver plans on the CPU; workers put the model where cfg.model says.
+    planner = loaded or load_model(replace(cfg.model, device="cpu"))
+    job = prepare(cfg, planner)
+    writer = StoreWriter.open(cfg.store.path, job.manifest, job.specs, cfg.store.compressor)
+    done = writer.committed()
+    todo = deque(s for s in job.plan.shards if s.index not in done)
+    if done:
+        log.warning("resuming %s: %d of %d shards already committed", cfg.store.path, len(done), len(job.plan.shards))
+
+    if not ray.is_initialized():
+        # A local instance gets enough CPU slots for every worker asked for.
+        slots = max(os.cpu_count() or 1, (c.workers or 1) * (c.threads or 1))
+        init = {"address": c.address} if c.address else {"num_cpus": slots}
+        ray.init(**init, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    n_workers = c.workers or (max(1, int(ray.cluster_resources().get("GPU", 0))) if use_gpu else 1)
+    actor_cls = ray.remote(ShardWorker).options(
+        num_cpus=c.threads or 1, num_gpus=1 if use_gpu else 0,
+        max_concurrency=IN_FLIGHT_PER_WORKER, max_restarts=0,
+    )
+    model_ref = ray.put(loaded) if loaded is not None else None
+    job_ref = ray.put(job)
+    fault = os.environ.get(faults.ENV)
+
+    def spawn():
+        return actor_cls.remote(cfg, job_ref, model_ref, fault)
+
+    workers = [spawn() for _ in range(min(n_workers, max(1, len(todo))))]
+    inflight: dict = {}  # ObjectRef -> (worker, shard)
+    attempts: Counter = Counter()
+    started, written = time.perf_counter(), 0
+    bytes_per_token = _bytes_per_token(job)
+
+    def feed(worker) -> None:
+        while todo and sum(w is worker for w, _ in inflight.values()) < IN_FLIGHT_PER_WORKER:
+            shard = todo.popleft()
+            inflight[worker.run.remote(shard)] = (worker, shard)
+
+    already = job.plan.n_tokens - sum(s.n_rows for s in todo)
+    bar = tqdm(total=job.plan.n_tokens, initial=already, unit="tok", unit_scale=True, desc="extract",
+               disable=not c.progress, smoothing=0.1)
+    failed = 0
+    try:
+        for worker in workers:
+            feed(worker)
+        while inflight:
+            ready, _ = ray.wait(list(inflight), num_returns=1)
+            worker, shard = inflight.pop(ready[0])
+            try:
+                ray.get(ready[0])
+                written += shard.n_rows
+                bar.update(shard.n_rows)
+            except ray.exceptions.RayActorError as exc:
+                failed += 1
+                _retry(shard, attempts, c.max_retries, f"worker died: {_first_line(exc)}", todo)
+                if worker in workers:  # replace it once; its other in-flight shards fail here too
+                    workers.remove(worker)
+                    ray.kill(worker, no_restart=True)
+                    workers.append(spawn())
+            except ray.exceptions.RayTaskError as exc:
+                failed += 1
+                _retry(shard, attempts, c.max_retries, _first_line(exc.cause or exc), todo)
+            seconds = time.perf_counter() - started
+            bar.set_postfix_str(
+                f"{written * bytes_per_token / max(seconds, 1e-9) / 1e6:.1f} MB/s, "
+                f"shards {len(job.plan.shards) - len(todo) - len(inflight)}/{len(job.plan.shards)} done, "
+                f"{len(inflight)} running, {failed} failed"
+            )
+            for w in workers:
+                feed(w)
+        ray.get([w.close.remote() for w in workers])
+    finally:
+        bar.close()
+        for w in workers:
+            ray.kill(w, no_restart=True)
+        manifest = writer.finish()  # records what is committed, also after a failure
+    manifest["run_seconds"] = round(time.perf_counter() - started, 2)
+    manifest["run_tokens"] = written
+    return manifest
+
+
+def _retry(shard: Shard, attempts: Counter, max_retries: int, cause: str, todo: deque) -> None:
+    attempts[shard.index] += 1
+    if attempts[shard.index] > max_retries:
+        raise EmbwalkError(
+            f"shard {shard.index} (token rows {shard.rows[0]}..{shard.rows[1]}) failed "
+            f"{attempts[shard.index]} times; last error: {cause}"
+        )
+    log.warning("shard %d failed (%s); retrying (attempt %d)", shard.index, cause, attempts[shard.index] + 1)
+    todo.appendleft(shard)
+
+
+def _bytes_per_token(job: PreparedJob) -> float:
+    per_token = [s for s in job.specs if s.dims[0] == "token"]
+    return float(sum(np.prod(s.shape[1:]) * np.dtype(s.dtype).itemsize for s in per_token))
+
+
+def _root(cfg: ExtractConfig) -> Path:
+    return Path(cfg.store.path).expanduser()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
