@@ -39,6 +39,7 @@ KERNEL_SCHEMA = pa.schema(
     ]
 )
 _KERNEL = ("kernel_sum", "kernel_count", "kernel_uniform")  # last axis: offsets -(M-1)..M-1
+_ASSOC = ("assoc_a", "assoc_a2", "assoc_ac", "assoc_c", "assoc_c2")
 
 
 class AttentionStats(Accumulator):
@@ -62,6 +63,8 @@ class AttentionStats(Accumulator):
         if pattern.ndim != 4 or pattern.shape[-1] != pattern.shape[-2]:
             raise ValueError(f"pattern must be [L_att, H, S, S], got {tuple(pattern.shape)}")
         n_layers, n_heads, s, _ = pattern.shape
+        if length is not None and not 0 <= int(length) <= s:
+            raise ValueError(f"length {length} outside the pattern's 0..{s} positions")
         s = s if length is None else int(length)
         dev = pattern.device
         layer_ids = np.arange(n_layers) if layers is None else np.asarray(layers, np.int64)
@@ -80,40 +83,39 @@ class AttentionStats(Accumulator):
         vis = (j <= i) if causal else torch.ones(s, s, dtype=torch.bool, device=dev)
         n_vis = vis.sum(1).to(torch.float64)  # [S]
         p = p * vis  # never count weight on invisible keys
-        st = self.state
-        st["n_queries"] += s
-        st["uniform_sum"] += (1.0 / n_vis).sum().item()
-        st["entropy_uniform_sum"] += n_vis.log().sum().item()
-        st["self_sum"] += _host(p.diagonal(dim1=-2, dim2=-1).sum(-1))
-        st["sink_sum"] += _host(p[..., :, 0].sum(-1))
-        st["entropy_sum"] += _host(-torch.special.xlogy(p, p).sum((-1, -2)))
+        self.state["n_queries"] += s
+        self._add("uniform_sum", (1.0 / n_vis).sum()[None])
+        self._add("entropy_uniform_sum", n_vis.log().sum()[None])
+        self._add("self_sum", p.diagonal(dim1=-2, dim2=-1).sum(-1))
+        self._add("sink_sum", p[..., :, 0].sum(-1))
+        self._add("entropy_sum", -torch.special.xlogy(p, p).sum((-1, -2)))
         # Position kernel: scatter every visible pair's weight into its offset bin.
         off = (i - j + m - 1).expand(s, s)[vis]  # [pairs]
         w = p[:, :, vis].reshape(n_layers * n_heads, -1)
         ksum = torch.zeros(n_layers * n_heads, 2 * m - 1, device=dev).index_add_(1, off, w)
-        st["kernel_sum"] += _host(ksum.view(n_layers, n_heads, -1))
-        st["kernel_count"] += _host(torch.bincount(off, minlength=2 * m - 1))
+        self._add("kernel_sum", ksum.view(n_layers, n_heads, -1))
+        self._add("kernel_count", torch.bincount(off, minlength=2 * m - 1))
         uni = (1.0 / n_vis)[:, None].expand(s, s)[vis]
-        st["kernel_uniform"] += _host(torch.bincount(off, weights=uni, minlength=2 * m - 1))
+        self._add("kernel_uniform", torch.bincount(off, weights=uni, minlength=2 * m - 1))
         if inputs is not None:
             self._association(p, f32(inputs[:, :s]), vis)
 
     def _association(self, p: torch.Tensor, x: torch.Tensor, vis: torch.Tensor) -> None:
         pairs = vis if self.config.assoc_include_self else vis & ~torch.eye(
             vis.shape[0], dtype=torch.bool, device=vis.device)
-        st = self.state
-        st["assoc_n"] += int(pairs.sum())
+        self._add("assoc_n", pairs.sum()[None])
         u = unit(x)
+        sums: dict[str, list[torch.Tensor]] = {k: [] for k in _ASSOC}
         # One layer at a time, in float64: the correlation is a difference of sums
         # that cancel when it is small, and a [H, pairs] float64 block stays modest.
         for layer in range(p.shape[0]):
             c = (u[layer] @ u[layer].T)[pairs].double()  # [pairs]
             a = p[layer][:, pairs].double()  # [H, pairs]
-            st["assoc_a"][layer] += _host(a.sum(-1))
-            st["assoc_a2"][layer] += _host((a * a).sum(-1))
-            st["assoc_ac"][layer] += _host((a * c).sum(-1))
-            st["assoc_c"][layer] += c.sum().item()
-            st["assoc_c2"][layer] += (c * c).sum().item()
+            for key, v in zip(_ASSOC, (a.sum(-1), (a * a).sum(-1), (a * c).sum(-1), c.sum(),
+                                       (c * c).sum()), strict=True):
+                sums[key].append(v)
+        for key, vs in sums.items():
+            self._add(key, torch.stack(vs))
 
     def _init(self, layer_ids: np.ndarray, n_heads: int, causal: bool) -> None:
         if self.state:
@@ -145,7 +147,8 @@ class AttentionStats(Accumulator):
             self.state[key] = np.zeros(shape)
 
     def _grow(self, s: int) -> None:
-        self.state = _padded(self.state, s)
+        if self.state["kernel_count"].shape[0] // 2 + 1 < s:
+            self.state = _padded(self.export_state(), s)  # flush first: widths change
 
     def _merge_state(self, theirs: dict[str, np.ndarray]) -> None:
         width = max(self.state["kernel_count"].shape[0], theirs["kernel_count"].shape[0])
@@ -157,7 +160,7 @@ class AttentionStats(Accumulator):
         """``attention``: layer, head, n_queries, self_weight, uniform_baseline, self_bias,
         entropy, entropy_uniform, sink_mass, assoc_pairs, assoc_corr;
         ``attention_kernel``: layer, head, offset, count, mean_weight, uniform_weight."""
-        st = self.state
+        st = self.export_state()
         if not st:
             return {"attention": SUMMARY_SCHEMA.empty_table(),
                     "attention_kernel": KERNEL_SCHEMA.empty_table()}
@@ -195,10 +198,6 @@ class AttentionStats(Accumulator):
             schema=KERNEL_SCHEMA,
         )
         return {"attention": summary, "attention_kernel": kernel}
-
-
-def _host(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to(torch.float64 if t.is_floating_point() else torch.int64).cpu().numpy()
 
 
 def _padded(state: dict[str, np.ndarray], m: int) -> dict[str, np.ndarray]:

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from pipeline.errors import EmbwalkError
 from pipeline.stats import hist
@@ -69,6 +70,9 @@ class Accumulator:
         self.config = config if config is not None else StatsConfig()
         self.shard_ids: set[str] = {shard_ids} if isinstance(shard_ids, str) else set(shard_ids)
         self.state: dict[str, np.ndarray] = {}
+        # Device-side float64/int64 twins of state arrays that updates add into, so an
+        # update never waits on a device-to-host copy (d x d second moments are large).
+        self._pending: dict[str, torch.Tensor] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(shards={len(self.shard_ids)}, empty={self.empty})"
@@ -79,6 +83,24 @@ class Accumulator:
 
     def edges(self, kind: str) -> np.ndarray:
         return self.config.bins[kind].array
+
+    def _acc(self, key: str, device: torch.device) -> torch.Tensor:
+        """The device-side accumulator of ``state[key]`` (zeros until flushed)."""
+        t = self._pending.get(key)
+        if t is None:
+            arr = self.state[key]
+            dtype = torch.float64 if arr.dtype.kind == "f" else torch.int64
+            t = self._pending[key] = torch.zeros(arr.shape, dtype=dtype, device=device)
+        return t
+
+    def _add(self, key: str, value: torch.Tensor) -> None:
+        t = self._acc(key, value.device)
+        t += value.detach().to(device=t.device, dtype=t.dtype)
+
+    def _add_binned(self, name: str, values: torch.Tensor, kind: str,
+                    keep: torch.Tensor | None = None) -> None:
+        for key, inc in hist.binned(name, values, self.edges(kind), keep).items():
+            self._add(key, inc)
 
     # ---- merging -----------------------------------------------------------------
 
@@ -127,10 +149,14 @@ class Accumulator:
                 mine[key] += theirs[key]
 
     def export_state(self) -> dict[str, np.ndarray]:
-        """The complete state (subclasses that buffer work flush it here)."""
+        """The complete state as host numpy arrays (pending device sums flushed)."""
+        for key, t in self._pending.items():
+            self.state[key] += t.cpu().numpy()
+        self._pending = {}
         return self.state
 
     def import_state(self, state: dict[str, np.ndarray]) -> None:
+        self._pending = {}
         self.state = state
 
     # ---- results -----------------------------------------------------------------
@@ -146,6 +172,7 @@ class Accumulator:
         Summary: stat, [group], count, mean, std, q25, median, q75.
         Histogram: stat, [group], bin (0 = underflow), lo, hi, count.
         """
+        self.export_state()
         summ: dict[str, list[np.ndarray]] = {}
         hcols: dict[str, list[np.ndarray]] = {}
         for name, (kind, labels) in stats.items():

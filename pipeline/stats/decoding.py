@@ -66,7 +66,7 @@ class DecodingWalk(Accumulator):
         super().__init__(*args, **kwargs)
         # Per-call (doc ids, counts, sums) waiting to be folded into the doc table:
         # folding on every call would cost O(#docs) each time.
-        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._docs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def update(
         self,
@@ -105,16 +105,16 @@ class DecodingWalk(Accumulator):
         values["cos_unembed"] = values["dot_unembed"] / (c.norm(dim=-1) * w_next.norm(dim=-1))
         for k, v in values.items():
             keep = valid if k in _NEXT_TOKEN else None
-            hist.add(self.state, k, v[:, None], self.edges(_STATS[k]), keep)
+            self._add_binned(k, v[:, None], _STATS[k], keep)
         pairs = same_sequence_pairs(seq_ids, n, dev)
         step = cosine(c[:-1], c[1:])[pairs]
-        hist.add(self.state, "cos_step", step[:, None], self.edges("cos"))
+        self._add_binned("cos_step", step[:, None], "cos")
         # Path log-probability per document: reduce on device, then queue the small table.
         d, lp = docs[valid], values["logprob"][valid].double()
         uniq, inv = torch.unique(d, return_inverse=True)
         sums = torch.zeros(len(uniq), dtype=torch.float64, device=dev).index_add_(0, inv, lp)
         counts = torch.bincount(inv, minlength=len(uniq))
-        self._pending.append((uniq.cpu().numpy(), counts.cpu().numpy(), sums.cpu().numpy()))
+        self._docs.append((uniq, counts, sums))
 
     def _init(self) -> None:
         if self.state:
@@ -126,16 +126,16 @@ class DecodingWalk(Accumulator):
         self.state["doc_logprob"] = np.zeros(0, np.float64)
 
     def export_state(self) -> dict[str, np.ndarray]:
-        if self._pending:
-            self._fold(self._pending)
-            self._pending = []
-        return self.state
+        if self._docs:
+            self._fold([tuple(t.cpu().numpy() for t in part) for part in self._docs])
+            self._docs = []
+        return super().export_state()
 
     def import_state(self, state: dict[str, np.ndarray]) -> None:
-        self._pending = []
-        self.state = state
+        self._docs = []
+        super().import_state(state)
 
-    def _fold(self, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+    def _fold(self, parts: list[tuple[np.ndarray, ...]]) -> None:
         s = self.state
         ids = np.concatenate([s["doc_id"]] + [p[0] for p in parts])
         ns = np.concatenate([s["doc_n"]] + [p[1] for p in parts])
@@ -147,7 +147,7 @@ class DecodingWalk(Accumulator):
 
     def _merge_state(self, theirs: dict[str, np.ndarray]) -> None:
         super()._merge_state(theirs)  # checks and adds everything but the doc table
-        pass  # a document may span shards
+        self._fold([tuple(theirs[k] for k in _DOCS)])  # a document may span shards
 
     def result(self) -> dict[str, pa.Table]:
         """``decoding``: stat, count, mean, std, q25, median, q75;

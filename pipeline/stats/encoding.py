@@ -55,7 +55,7 @@ class EncodingWalk(Accumulator):
             "cos_last": cosine(x[:, :-1], x[:, -1:], norms[:, :-1], norms[:, -1:]),
         }
         for name, v in values.items():
-            hist.add(self.state, name, v, self.edges(_STATS[name][0]))
+            self._add_binned(name, v, _STATS[name][0])
 
     def _init(self, n_layers: int) -> None:
         if self.state:

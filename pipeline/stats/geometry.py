@@ -81,19 +81,18 @@ class Geometry(Accumulator):
         dev = resid.device
         tok = as_ids(token_ids, n, dev, "token_ids")
         self._init(n_layers, d)
-        st = self.state
         x = f32(resid)
         norms = x.norm(dim=-1)  # [n, L+1]
         u = unit(x)
-        st["n"] += n
-        st["usum"] += _host(u.sum(0, dtype=torch.float64))
-        st["xsum"] += _host(x.sum(0, dtype=torch.float64))
-        st["norm_sum"] += _host(norms.sum(0, dtype=torch.float64))
+        self.state["n"] += n
+        self._add("usum", u.sum(0, dtype=torch.float64))
+        self._add("xsum", x.sum(0, dtype=torch.float64))
+        self._add("norm_sum", norms.sum(0, dtype=torch.float64))
         # Second moments in float64: the covariance is E[xx^T] - mu mu^T, and residual
         # streams have large mean components that would cancel float32 precision away.
-        cov_l = torch.as_tensor(st["cov_layers"], device=dev)
+        cov_l = torch.as_tensor(self.state["cov_layers"], device=dev)
         xc = x[:, cov_l].double().transpose(0, 1)  # [Lc, n, d]
-        st["xxt"] += _host(xc.transpose(1, 2) @ xc)
+        self._add("xxt", xc.transpose(1, 2) @ xc)
         self._self_sim(u, tok)
         self._intra(x, norms, seq_ids)
 
@@ -103,11 +102,9 @@ class Geometry(Accumulator):
             return
         slot = torch.searchsorted(types, tok).clamp_max(types.numel() - 1)
         hit = types[slot] == tok
-        k = types.numel()
-        tsum = torch.zeros(k, *u.shape[1:], dtype=torch.float64, device=u.device)
-        tsum.index_add_(0, slot[hit], u[hit].double())
-        self.state["type_usum"] += _host(tsum)
-        self.state["type_n"] += _host(torch.bincount(slot[hit], minlength=k))
+        # straight into the device-side accumulator: no [K, L+1, d] temporary per call
+        self._acc("type_usum", u.device).index_add_(0, slot[hit], u[hit].double())
+        self._add("type_n", torch.bincount(slot[hit], minlength=types.numel()))
 
     def _intra(self, x: torch.Tensor, norms: torch.Tensor, seq_ids: torch.Tensor | None) -> None:
         n = x.shape[0]
@@ -119,8 +116,8 @@ class Geometry(Accumulator):
         per_seq = torch.zeros(n_seq, x.shape[1], dtype=torch.float64, device=x.device)
         per_seq = per_seq.index_add_(0, idx, cos.double()) / length[:, None]
         keep = length >= 2  # a 1-token sequence is trivially similar to itself
-        self.state["intra_sum"] += _host(torch.nan_to_num(per_seq[keep]).sum(0))
-        self.state["intra_n"] += int(keep.sum())
+        self._add("intra_sum", torch.nan_to_num(per_seq[keep]).sum(0))
+        self._add("intra_n", keep.sum()[None])
 
     def _init(self, n_layers: int, d: int) -> None:
         if self.state:
@@ -155,7 +152,7 @@ class Geometry(Accumulator):
         """``geometry``: one row per layer (see LAYER_SCHEMA);
         ``geometry_self_sim``: layer, token_id, n, self_sim (types with >= 2 occurrences);
         ``geometry_spectrum``: layer, index, eigenvalue, fraction (covariance, descending)."""
-        st = self.state
+        st = self.export_state()
         if not st:
             return {"geometry": LAYER_SCHEMA.empty_table(),
                     "geometry_self_sim": SELF_SIM_SCHEMA.empty_table(),
@@ -209,7 +206,3 @@ class Geometry(Accumulator):
             [np.concatenate(c) if c else np.zeros(0) for c in spec_cols], schema=SPECTRUM_SCHEMA
         )
         return {"geometry": geometry, "geometry_self_sim": self_tab, "geometry_spectrum": spectrum}
-
-
-def _host(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().numpy()

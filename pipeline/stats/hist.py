@@ -22,17 +22,17 @@ def init(state: dict[str, np.ndarray], name: str, n_groups: int, n_bins: int) ->
     state[f"{name}.hist"] = np.zeros((n_groups, n_bins + 2), np.int64)
 
 
-def add(
-    state: dict[str, np.ndarray],
+def binned(
     name: str,
     values: torch.Tensor,
     edges: np.ndarray,
     keep: torch.Tensor | None = None,
-) -> None:
-    """Add ``values`` [n, G] (column g belongs to group g); ``keep`` [n] selects rows.
+) -> dict[str, torch.Tensor]:
+    """Increments of ``{name}.*`` for ``values`` [n, G] (column g belongs to group g);
+    ``keep`` [n] selects rows.
 
     Non-finite values (e.g. the cosine of a zero vector) are skipped, not counted.
-    Sums are taken in float64 on the values' device; only G-sized results move to host.
+    Sums are taken in float64 and stay on the values' device (no host sync here).
     """
     v = values.detach().to(torch.float64)
     ok = torch.isfinite(v)
@@ -45,10 +45,12 @@ def add(
     flat = (idx + torch.arange(n_groups, device=v.device) * n_cols)[ok]
     hist = torch.bincount(flat, minlength=n_groups * n_cols).view(n_groups, n_cols)
     vz = torch.where(ok, v, 0.0)
-    state[f"{name}.count"] += ok.sum(0).cpu().numpy()
-    state[f"{name}.sum"] += vz.sum(0).cpu().numpy()
-    state[f"{name}.sumsq"] += (vz * vz).sum(0).cpu().numpy()
-    state[f"{name}.hist"] += hist.cpu().numpy()
+    return {
+        f"{name}.count": ok.sum(0),
+        f"{name}.sum": vz.sum(0),
+        f"{name}.sumsq": (vz * vz).sum(0),
+        f"{name}.hist": hist,
+    }
 
 
 def quantile(edges: np.ndarray, hist: np.ndarray, q: float) -> float:

@@ -87,7 +87,7 @@ class LogitLens(Accumulator):
                 cols["kl"].append((p_last * (last - s["logp"])).sum(-1))
             for k, kind in _STATS.items():
                 keep = valid if k in _NEXT_TOKEN else None
-                hist.add(self.state, k, torch.stack(cols[k], 1), self.edges(kind), keep)
+                self._add_binned(k, torch.stack(cols[k], 1), kind, keep)
 
     def _init(self, n_layers: int) -> None:
         if self.state:

@@ -32,6 +32,9 @@ def check(acc: AttentionStats, seqs: list, causal: bool, include_self: bool = Tr
     baseline = sum(w * r[1] for w, r in zip(weights, refs, strict=True))
     assert_rel(t["uniform_baseline"], np.full(len(t["layer"]), baseline), what="baseline")
     assert_rel(np.array(t["self_bias"]), np.array(t["self_weight"]) - baseline, what="bias")
+    ent_uniform = np.mean([np.log(i + 1 if causal else p.shape[-1])
+                           for p, _ in seqs for i in range(p.shape[-1])])
+    assert_rel(t["entropy_uniform"], np.full(len(t["layer"]), ent_uniform), what="H uniform")
     # the kernel: mean over all visible pairs at each offset, pooled over sequences
     pooled: dict = {}
     for _, _, kernel in refs:
@@ -96,6 +99,16 @@ def test_padded_pattern_with_length():
         assert a.result()[key].equals(b.result()[key])
     with pytest.raises(ValueError):
         a.update(padded, True, xpad, length=11)
+
+
+def test_weight_on_invisible_keys_is_ignored():
+    p, x = data(6, 7, True)
+    noisy = p + torch.triu(torch.rand_like(p), diagonal=1)  # junk above the diagonal
+    a, b = AttentionStats(), AttentionStats()
+    a.update(noisy, True, x)
+    b.update(p, True, x)
+    for key in ("attention", "attention_kernel"):
+        assert a.result()[key].equals(b.result()[key])
 
 
 def test_without_inputs_and_mixing_rejected():

@@ -64,6 +64,15 @@ def test_quartiles_within_one_bin_of_numpy(bins, sample):
         assert abs(s[col][0] - ref) <= edges[k] - edges[k - 1], (col, s[col][0], ref)
 
 
+def test_quantile_interpolates_inside_the_bin():
+    # uniform data in wide bins: linear interpolation is far better than one bin
+    vals = np.random.default_rng(2).random(50000)
+    edges = Bins.linear(0, 1, 7).array
+    s = hist.summary(_fill(vals, edges), "v", edges)
+    for col, q in (("q25", 0.25), ("median", 0.5), ("q75", 0.75)):
+        assert abs(s[col][0] - np.quantile(vals, q)) < 0.01
+
+
 def test_quantile_of_empty_and_out_of_range():
     edges = np.array([0.0, 1.0, 2.0])
     assert np.isnan(hist.quantile(edges, np.zeros(4, np.int64), 0.5))

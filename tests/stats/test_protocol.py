@@ -144,7 +144,8 @@ def test_incompatible_partials_are_refused():
     a = feed(EncodingWalk(CFG, "a"), A)
     with pytest.raises(StatsMergeError):
         a.merge(feed(LogitLens(CFG, "b"), A))
-    other_bins = StatsConfig(bins={"cos": {"linear": [-1, 1, 10]}}, self_sim_types=(0, 1, 2))
+    # same number of bins on another range: only the config tells them apart
+    other_bins = StatsConfig(bins={"cos": {"linear": [-2, 2, 200]}}, self_sim_types=(0, 1, 2))
     with pytest.raises(StatsMergeError):
         a.merge(feed(EncodingWalk(other_bins, "b"), A))
     with pytest.raises(StatsMergeError):
