@@ -98,6 +98,7 @@ def extract_ray(cfg: ExtractConfig, loaded: LoadedModel | None = None) -> dict:
     workers = [spawn() for _ in range(min(n_workers, max(1, len(todo))))]
     inflight: dict = {}  # ObjectRef -> (worker, shard)
     attempts: Counter = Counter()
+    given_up: dict[int, str] = {}  # shard -> last error, once its retries are spent
     started, written = time.perf_counter(), 0
     bytes_per_token = _bytes_per_token(job)
 
@@ -122,14 +123,14 @@ def extract_ray(cfg: ExtractConfig, loaded: LoadedModel | None = None) -> dict:
                 bar.update(shard.n_rows)
             except ray.exceptions.RayActorError as exc:
                 failed += 1
-                _retry(shard, attempts, c.max_retries, f"worker died: {_first_line(exc)}", todo)
+                _retry(shard, attempts, c.max_retries, f"worker died: {_first_line(exc)}", todo, given_up)
                 if worker in workers:  # replace it once; its other in-flight shards fail here too
                     workers.remove(worker)
                     ray.kill(worker, no_restart=True)
                     workers.append(spawn())
             except ray.exceptions.RayTaskError as exc:
                 failed += 1
-                _retry(shard, attempts, c.max_retries, _first_line(exc.cause or exc), todo)
+                _retry(shard, attempts, c.max_retries, _first_line(exc.cause or exc), todo, given_up)
             seconds = time.perf_counter() - started
             bar.set_postfix_str(
                 f"{written * bytes_per_token / max(seconds, 1e-9) / 1e6:.1f} MB/s, "
@@ -139,6 +140,14 @@ def extract_ray(cfg: ExtractConfig, loaded: LoadedModel | None = None) -> dict:
             for w in workers:
                 feed(w)
         ray.get([w.close.remote() for w in workers])
+        if given_up:  # the other shards ran to the end and stay committed
+            index, cause = next(iter(given_up.items()))
+            rows = job.plan.shards[index].rows
+            others = f" (and {len(given_up) - 1} more shards)" if len(given_up) > 1 else ""
+            raise EmbwalkError(
+                f"shard {index} (token rows {rows[0]}..{rows[1]}) failed {attempts[index]} times{others}; "
+                f"last error: {cause}"
+            )
     finally:
         bar.close()
         for w in workers:
@@ -149,13 +158,11 @@ def extract_ray(cfg: ExtractConfig, loaded: LoadedModel | None = None) -> dict:
     return manifest
 
 
-def _retry(shard: Shard, attempts: Counter, max_retries: int, cause: str, todo: deque) -> None:
+def _retry(shard: Shard, attempts: Counter, max_retries: int, cause: str, todo: deque, given_up: dict) -> None:
     attempts[shard.index] += 1
     if attempts[shard.index] > max_retries:
-        raise EmbwalkError(
-            f"shard {shard.index} (token rows {shard.rows[0]}..{shard.rows[1]}) failed "
-            f"{attempts[shard.index]} times; last error: {cause}"
-        )
+        given_up[shard.index] = cause
+        return
     log.warning("shard %d failed (%s); retrying (attempt %d)", shard.index, cause, attempts[shard.index] + 1)
     todo.appendleft(shard)
 
