@@ -47,6 +47,8 @@ class ShardRunner:
         self.seq_len = seq_len or int(np.diff(self.offsets).max(initial=1))
         self.vocabulary = pa.array(vocabulary, type=pa.string())
         self.pad_id = _pad_id(loaded.tokenizer)
+        per_token = [a for a in writer.manifest["arrays"].values() if a["dims"][0] == "token"]
+        self.chunk_rows = per_token[0]["chunks"][0] if per_token else 1  # the same for every per-token array
         # One writer thread: writes run in submission order, so a shard's commit
         # always follows its own pattern writes.
         self.writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embwalk-writer")
@@ -70,17 +72,14 @@ class ShardRunner:
             wait([self.pending.pop(0)])
 
     def _compute(self, shard: Shard, on_tokens: Callable[[int], None] | None) -> Future:
-        started = time.perf_counter()
+        started, started_at = time.perf_counter(), time.time()
         r0, r1 = shard.rows
-        bufs = {
-            name: torch.empty((shard.n_rows, *shape), dtype=self.dtype)
-            for name, shape in self._per_token_shapes().items()
-        }
+        bufs = self._shard_buffers(shard)
         pattern_crc, pattern_writes = 0, []
         for batch in self._batches(shard):
             lengths = [int(self.offsets[s + 1] - self.offsets[s]) for s in batch]
             ids, mask = self._inputs(batch, lengths)
-            out = self._direct_views(batch, lengths, bufs, r0)
+            out = self._direct_views(batch, lengths, bufs, shard)
             got = self.capturer.run(ids, mask, out)
             if out is None:
                 self._scatter(got, batch, lengths, bufs, shard)
@@ -89,7 +88,11 @@ class ShardRunner:
             if on_tokens:
                 on_tokens(_owned(batch, self.offsets, shard))
         arrays = {name: buf.numpy() for name, buf in bufs.items()}
-        extra = {"seqs": list(shard.seqs), "compute_seconds": round(time.perf_counter() - started, 3)}
+        extra = {
+            "seqs": list(shard.seqs),
+            "started_at": started_at,
+            "compute_seconds": round(time.perf_counter() - started, 3),
+        }
         if self.capture.pattern_layers:
             extra["checksums_pattern"] = pattern_crc
         tokens = self._token_table(shard)
@@ -126,21 +129,40 @@ class ShardRunner:
         mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
         return ids, mask.long()
 
-    def _direct_views(self, batch, lengths, bufs, r0) -> dict[str, torch.Tensor] | None:
+    def _shard_buffers(self, shard: Shard) -> dict[str, torch.Tensor]:
+        """Host buffers for a shard's per-token arrays, layer-major ([layer, row, d]).
+
+        Layer-major makes every hook's copy contiguous and every Zarr chunk
+        (a block of rows of one layer) a contiguous slice, so the store writes
+        the buffer as it lies (store/shardfile.py). Rows are padded to whole
+        chunks; the padding is zeroed so the files are deterministic.
+        """
+        rows = -(-shard.n_rows // self.chunk_rows) * self.chunk_rows
+        bufs = {}
+        for name, shape in self._per_token_shapes().items():
+            buf = torch.empty((shape[0], rows, shape[1]) if len(shape) == 2 else (rows, shape[0]), dtype=self.dtype)
+            (buf[:, shard.n_rows :] if buf.ndim == 3 else buf[shard.n_rows :]).zero_()
+            bufs[name] = buf
+        return bufs
+
+    def _direct_views(self, batch, lengths, bufs, shard: Shard) -> dict[str, torch.Tensor] | None:
         """Views of the shard buffers the hooks can fill in place: a CPU batch of
         equal-length, consecutive sequences that lie inside the shard's rows."""
         if not bufs or self.loaded.device.type != "cpu":
             return None
-        first, width = int(self.offsets[batch[0]]), lengths[0]
-        n_rows = next(iter(bufs.values())).shape[0]
-        consecutive = batch == list(range(batch[0], batch[0] + len(batch)))
-        inside = r0 <= first and first - r0 + width * len(batch) <= n_rows
+        first, width, n = int(self.offsets[batch[0]]), lengths[0], len(batch)
+        consecutive = batch == list(range(batch[0], batch[0] + n))
+        inside = shard.rows[0] <= first and first + width * n <= shard.rows[1]
         if not consecutive or min(lengths) != width or not inside:
             return None
-        out = self.capturer.scratch(len(batch), width)
-        start = first - r0
+        out = self.capturer.scratch(n, width)
+        start = first - shard.rows[0]
         for name, buf in bufs.items():
-            out[name] = buf[start : start + width * len(batch)].view(len(batch), width, *buf.shape[1:])
+            rows = buf[:, start : start + width * n] if buf.ndim == 3 else buf[start : start + width * n]
+            # [layer, batch*seq, d] seen as [batch, seq, layer, d]: the layout the hooks write.
+            out[name] = rows.view(buf.shape[0], n, width, -1).permute(1, 2, 0, 3) if buf.ndim == 3 else rows.view(
+                n, width, -1
+            )
         return out
 
     def _scatter(self, got, batch, lengths, bufs, shard: Shard) -> None:
@@ -149,7 +171,11 @@ class ShardRunner:
             start = int(self.offsets[s])
             lo, hi = max(start, r0), min(start + n, r1)  # the part of the sequence this shard owns
             for name, buf in bufs.items():
-                buf[lo - r0 : hi - r0].copy_(got[name][j, lo - start : hi - start])
+                src = got[name][j, lo - start : hi - start]
+                if buf.ndim == 3:
+                    buf[:, lo - r0 : hi - r0].copy_(src.transpose(0, 1))
+                else:
+                    buf[lo - r0 : hi - r0].copy_(src)
 
     def _queue_patterns(self, pattern, batch, lengths, shard: Shard, crc: int, writes: list[Future]) -> int:
         p0, p1 = shard.pattern_seqs

@@ -175,3 +175,15 @@ def test_manifest_describes_the_store(tmp_path, corpus_file, smollm2):
     assert manifest["arrays"]["pattern"]["heads"] == list(range(loaded.n_heads))
     assert all(s["status"] == "committed" for s in manifest["shards"])
     assert manifest["versions"]["zarr"]
+
+
+def test_compressed_store_holds_the_same_values(tmp_path, corpus_file, smollm2):
+    """zstd goes through zarr's own writer, the default through direct shard files."""
+    loaded = tiny_loaded("llama", smollm2.tokenizer)
+    plain = _config(tmp_path / "a", corpus_file, sites=["resid_pre.0", "resid_post", "final"])
+    packed = _config(tmp_path / "b", corpus_file, sites=["resid_pre.0", "resid_post", "final"])
+    packed.store.compressor = "zstd"
+    extract_local(plain, loaded)
+    extract_local(packed, loaded)
+    for name in ("resid", "final"):
+        np.testing.assert_array_equal(Store(plain.store.path).array(name)[:], Store(packed.store.path).array(name)[:])

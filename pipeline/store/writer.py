@@ -23,6 +23,7 @@ import zarr
 from pipeline.errors import StoreError
 from pipeline.store import layout
 from pipeline.store.durable import atomic_write, atomic_write_json, disk_errors, fsync_path
+from pipeline.store.shardfile import supports_direct_write, write_shard_file
 
 COMPRESSORS = ("none", "zstd")
 
@@ -34,9 +35,15 @@ def checksum(data: np.ndarray, previous: int = 0) -> int:
 class StoreWriter:
     def __init__(self, root: Path, manifest: dict):
         self.root, self.manifest = root, manifest
+        self.local = root.is_dir()  # fsync and direct shard writes need a local filesystem
         self.arrays = {
             name: zarr.open_array(root / spec["path"], mode="r+")
             for name, spec in manifest["arrays"].items()
+        }
+        # Local, uncompressed, sharded per-token arrays take the one-write path.
+        self.direct = {
+            name: self.local and name != "pattern" and arr.shape[0] > 0 and supports_direct_write(arr)
+            for name, arr in self.arrays.items()
         }
 
     # -- opening -------------------------------------------------------------------------
@@ -86,25 +93,36 @@ class StoreWriter:
 
     def write_patterns(self, seq0: int, patterns: np.ndarray) -> None:
         """Write whole sequences' attention: each sequence is its own Zarr shard."""
-        arr = self.arrays["pattern"]
-        with disk_errors(self.root / arr.path):
-            arr[seq0 : seq0 + len(patterns)] = patterns
-        self._fsync_chunks(arr, [(s,) + (0,) * (arr.ndim - 1) for s in range(seq0, seq0 + len(patterns))])
+        with disk_errors(self._dir("pattern")):
+            self.arrays["pattern"][seq0 : seq0 + len(patterns)] = patterns
+        self._fsync_chunks("pattern", [(s, 0, 0, 0, 0) for s in range(seq0, seq0 + len(patterns))])
 
     def write_shard(
         self, index: int, rows: tuple[int, int], arrays: dict[str, np.ndarray], tokens: pa.Table,
         extra: dict | None = None,
     ) -> dict:
-        """Write a shard's per-token arrays and token table, then commit it."""
+        """Write a shard's per-token arrays and token table, then commit it.
+
+        Arrays with a layer axis come layer-major, [layer, row, d_model], and
+        may carry zero rows past the shard's end up to a whole chunk (the
+        runner's buffers); ``final`` comes as [row, d_model].
+        """
         start, stop = rows
-        record = {"shard": index, "rows": [start, stop], "n_tokens": stop - start, "checksums": {}}
+        n = stop - start
+        record = {"shard": index, "rows": [start, stop], "n_tokens": n, "checksums": {}}
         for name, data in arrays.items():
-            _check_finite(name, data, index, rows)
-            arr = self.arrays[name]
-            with disk_errors(self.root / arr.path):
-                arr[start:stop] = data
-            self._fsync_chunks(arr, [(index,) + (0,) * (arr.ndim - 1)])
-            record["checksums"][name] = checksum(data)
+            valid = data[:, :n] if data.ndim == 3 else data[:n]
+            _check_finite(name, valid, index, rows)
+            arr, spec = self.arrays[name], self.manifest["arrays"][name]
+            key = (index,) + (0,) * (arr.ndim - 1)
+            with disk_errors(self._dir(name)):
+                if self.direct[name]:
+                    path = self._dir(name) / arr.metadata.encode_chunk_key(key)
+                    write_shard_file(path, data, spec["chunks"][0], spec["shards"][0])
+                else:
+                    arr[start:stop] = valid.transpose(1, 0, 2) if valid.ndim == 3 else valid
+                    self._fsync_chunks(name, [key])
+            record["checksums"][name] = checksum(valid)
         atomic_write(layout.tokens_path(self.root, index), lambda tmp: pq.write_table(tokens, tmp))
         record["checksums"]["tokens"] = checksum(tokens.column("token_id").to_numpy())
         record.update(extra or {})
@@ -121,13 +139,16 @@ class StoreWriter:
         atomic_write_json(self.root / layout.MANIFEST, self.manifest)
         return self.manifest
 
-    def _fsync_chunks(self, arr: zarr.Array, coords: list[tuple[int, ...]]) -> None:
-        base = self.root / arr.path
-        if not base.exists():  # not a local filesystem store
+    def _dir(self, name: str) -> Path:
+        return self.root / self.manifest["arrays"][name]["path"]
+
+    def _fsync_chunks(self, name: str, coords: list[tuple[int, ...]]) -> None:
+        """Make the Zarr shard files zarr itself wrote durable before the commit."""
+        if not self.local:
             return
         for c in coords:
-            f = base / arr.metadata.encode_chunk_key(c)
-            if f.exists():
+            f = self._dir(name) / self.arrays[name].metadata.encode_chunk_key(c)
+            if f.exists():  # an all-zero chunk zarr chose not to write
                 fsync_path(f)
 
 

@@ -71,10 +71,10 @@ def test_commit_marker_follows_the_data(tmp_path):
     import pyarrow as pa
 
     writer = StoreWriter.open(tmp_path / "s", _manifest(), [_spec(16)])
-    data = np.arange(8 * 2 * 4, dtype=np.float16).reshape(8, 2, 4)
+    data = np.arange(2 * 8 * 4, dtype=np.float16).reshape(2, 8, 4)  # layer-major, as the runner hands it over
     columns = {c.name: pa.array(["t" if c.type == pa.string() else 0] * 8, type=c.type) for c in layout.TOKEN_SCHEMA}
     tokens = pa.table(columns, schema=layout.TOKEN_SCHEMA)
     record = writer.write_shard(1, (8, 16), {"resid": data}, tokens)
     assert writer.committed() == {1}
     assert record["n_tokens"] == 8 and record["checksums"]["resid"]
-    np.testing.assert_array_equal(writer.arrays["resid"][8:16], data)
+    np.testing.assert_array_equal(writer.arrays["resid"][8:16], data.transpose(1, 0, 2))
