@@ -10,6 +10,8 @@ that resolves to the shard's commit record once its data is durable; at most
 
 from __future__ import annotations
 
+import math
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -49,6 +51,8 @@ class ShardRunner:
         self.pad_id = _pad_id(loaded.tokenizer)
         per_token = [a for a in writer.manifest["arrays"].values() if a["dims"][0] == "token"]
         self.chunk_rows = per_token[0]["chunks"][0] if per_token else 1  # the same for every per-token array
+        self.max_rows = -(-writer.manifest["shard_tokens"] // self.chunk_rows) * self.chunk_rows
+        self._buffer_pool: queue.SimpleQueue = queue.SimpleQueue()
         # One writer thread: writes run in submission order, so a shard's commit
         # always follows its own pattern writes.
         self.writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embwalk-writer")
@@ -74,7 +78,7 @@ class ShardRunner:
     def _compute(self, shard: Shard, on_tokens: Callable[[int], None] | None) -> Future:
         started, started_at = time.perf_counter(), time.time()
         r0, r1 = shard.rows
-        bufs = self._shard_buffers(shard)
+        bufs, flats = self._shard_buffers(shard)
         pattern_crc, pattern_writes = 0, []
         for batch in self._batches(shard):
             lengths = [int(self.offsets[s + 1] - self.offsets[s]) for s in batch]
@@ -87,6 +91,8 @@ class ShardRunner:
                 pattern_crc = self._queue_patterns(got["pattern"], batch, lengths, shard, pattern_crc, pattern_writes)
             if on_tokens:
                 on_tokens(_owned(batch, self.offsets, shard))
+        if self.loaded.device.type == "cuda":
+            torch.cuda.current_stream(self.loaded.device).synchronize()  # asynchronous copies into pinned buffers
         arrays = {name: buf.numpy() for name, buf in bufs.items()}
         extra = {
             "seqs": list(shard.seqs),
@@ -98,9 +104,12 @@ class ShardRunner:
         tokens = self._token_table(shard)
 
         def commit() -> dict:
-            for write in pattern_writes:
-                write.result()  # a failed pattern write fails the shard: no commit
-            return self.writer.write_shard(shard.index, shard.rows, arrays, tokens, extra)
+            try:
+                for write in pattern_writes:
+                    write.result()  # a failed pattern write fails the shard: no commit
+                return self.writer.write_shard(shard.index, shard.rows, arrays, tokens, extra)
+            finally:
+                self._buffer_pool.put(flats)
 
         return self.writer_thread.submit(commit)
 
@@ -129,7 +138,7 @@ class ShardRunner:
         mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
         return ids, mask.long()
 
-    def _shard_buffers(self, shard: Shard) -> dict[str, torch.Tensor]:
+    def _shard_buffers(self, shard: Shard) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Host buffers for a shard's per-token arrays, layer-major ([layer, row, d]).
 
         Layer-major makes every hook's copy contiguous and every Zarr chunk
@@ -138,12 +147,30 @@ class ShardRunner:
         chunks; the padding is zeroed so the files are deterministic.
         """
         rows = -(-shard.n_rows // self.chunk_rows) * self.chunk_rows
+        shapes = {
+            name: (shape[0], rows, shape[1]) if len(shape) == 2 else (rows, shape[0])
+            for name, shape in self._per_token_shapes().items()
+        }
+        flats = self._take_flat_buffers(shapes)
         bufs = {}
-        for name, shape in self._per_token_shapes().items():
-            buf = torch.empty((shape[0], rows, shape[1]) if len(shape) == 2 else (rows, shape[0]), dtype=self.dtype)
+        for name, shape in shapes.items():
+            buf = flats[name][: math.prod(shape)].view(shape)
             (buf[:, shard.n_rows :] if buf.ndim == 3 else buf[shard.n_rows :]).zero_()
             bufs[name] = buf
-        return bufs
+        return bufs, flats
+
+    def _take_flat_buffers(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+        """Reuse the buffers of a committed shard: fresh pages cost page faults on
+        the CPU, and pinned memory (for asynchronous copies from a GPU) is slow to
+        allocate. At most max_pending + 1 sets exist."""
+        try:
+            return self._buffer_pool.get_nowait()
+        except queue.Empty:
+            pin = self.loaded.device.type == "cuda"
+            return {
+                name: torch.empty(math.prod(shape[:-2]) * self.max_rows * shape[-1], dtype=self.dtype, pin_memory=pin)
+                for name, shape in shapes.items()
+            }
 
     def _direct_views(self, batch, lengths, bufs, shard: Shard) -> dict[str, torch.Tensor] | None:
         """Views of the shard buffers the hooks can fill in place: a CPU batch of
@@ -173,9 +200,9 @@ class ShardRunner:
             for name, buf in bufs.items():
                 src = got[name][j, lo - start : hi - start]
                 if buf.ndim == 3:
-                    buf[:, lo - r0 : hi - r0].copy_(src.transpose(0, 1))
+                    buf[:, lo - r0 : hi - r0].copy_(src.transpose(0, 1), non_blocking=True)
                 else:
-                    buf[lo - r0 : hi - r0].copy_(src)
+                    buf[lo - r0 : hi - r0].copy_(src, non_blocking=True)
 
     def _queue_patterns(self, pattern, batch, lengths, shard: Shard, crc: int, writes: list[Future]) -> int:
         p0, p1 = shard.pattern_seqs
