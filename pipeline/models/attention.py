@@ -42,27 +42,34 @@ def attention_probabilities(
     decides, as SDPA's is_causal would), boolean (True = visible) or additive.
     """
     n_heads, n_kv = query.shape[1], key.shape[1]
-    head_index = torch.arange(n_heads, device=query.device) if heads is None else torch.as_tensor(
-        heads, device=query.device
-    )
-    q = query.index_select(1, head_index).float()
-    k = key.index_select(1, head_index // (n_heads // n_kv)).float()
+    groups = n_heads // n_kv
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if heads is None:
+        # All heads: group query heads by their key head and broadcast, so
+        # grouped-query keys are never copied.
+        b, _, q_len, d = query.shape
+        q = query.float().view(b, n_kv, groups, q_len, d)
+        scores = torch.matmul(q, key.float().unsqueeze(2).transpose(-1, -2)).view(b, n_heads, q_len, -1)
+    else:
+        index = torch.as_tensor(heads, device=query.device)
+        q = query.index_select(1, index).float()
+        k = key.index_select(1, index // groups).float()
+        scores = torch.matmul(q, k.transpose(-1, -2))
+    scores.mul_(scale)
     if attention_mask is not None:
-        mask = attention_mask[:, :, :, : k.shape[-2]]
+        mask = attention_mask[:, :, :, : scores.shape[-1]]
         if mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask, float("-inf"))
+            scores.masked_fill_(~mask, float("-inf"))
         else:
-            scores = scores + mask.float()
+            scores.add_(mask.float())
     elif causal and scores.shape[-2] > 1:
         q_len, k_len = scores.shape[-2:]
-        hidden = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).triu(
-            k_len - q_len + 1
-        )
-        scores = scores.masked_fill(hidden, float("-inf"))
-    # A query row with no visible key (only ever a padding row) gives NaN; zero it.
-    return torch.softmax(scores, dim=-1).nan_to_num_(0.0)
+        hidden = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).triu_(k_len - q_len + 1)
+        scores.masked_fill_(hidden, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    if attention_mask is not None:
+        probs.nan_to_num_(0.0)  # a query row with no visible key (only ever a padding row)
+    return probs
 
 
 def embwalk_sdpa_attention(
@@ -76,6 +83,8 @@ def embwalk_sdpa_attention(
     is_causal: bool | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
+    # The output always comes from SDPA, so the residual stream is the same
+    # whether or not a capture asks for this layer's probabilities.
     output, _ = sdpa_attention_forward(
         module, query, key, value, attention_mask,
         dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs,
