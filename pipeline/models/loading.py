@@ -37,6 +37,7 @@ class ModelConfig:
     trust_remote_code: bool = False
     revision: str | None = None
     cache_dir: str | None = None  # GGUF conversion cache; default $EMBWALK_CACHE or ~/.cache/embwalk
+    device_map: str | None = None  # e.g. "auto": spread a model too large for one GPU over several (accelerate)
 
 
 @dataclass(frozen=True)
@@ -147,13 +148,20 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
             attn_implementation=cfg.attn_implementation,
             trust_remote_code=cfg.trust_remote_code,
             use_safetensors=True,
+            **({"device_map": cfg.device_map} if cfg.device_map else {}),
         )
         tokenizer = AutoTokenizer.from_pretrained(
             source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
         )
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load model {cfg.name!r}: {_first_line(exc)}") from exc
-    model.to(device).eval().requires_grad_(False)
+    if cfg.device_map:
+        # Layers sit on several devices; inputs go where the embeddings are, and
+        # the capture hooks copy each layer's output from wherever it was computed.
+        device = model.get_input_embeddings().weight.device
+    else:
+        model.to(device)
+    model.eval().requires_grad_(False)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
