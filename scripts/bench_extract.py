@@ -10,7 +10,9 @@ noisy neighbour hurts less):
 - embwalk:  full extraction of every residual layer + final to a store
             (float16, fsynced, committed), through the same ShardRunner the jobs use;
 - hf_loop:  what users write today: ``output_hidden_states=True`` and
-            ``np.save`` of float16 arrays.
+            ``np.save`` of float16 arrays;
+- with ``--peers`` (in .venv-bench): nnsight ``.save()`` of every layer and
+  TransformerLens ``run_with_cache`` with a names filter, each saved likewise.
 
 Prints a Markdown table of tokens/s and the ratio to bare; ``--out FILE``
 appends it, with the machine description, to FILE.
@@ -38,6 +40,13 @@ from pipeline.extract import ShardRunner  # noqa: E402
 from pipeline.job import CaptureConfig, ClusterConfig, ExtractConfig, StoreConfig, prepare  # noqa: E402
 from pipeline.models.loading import ModelConfig, load_model  # noqa: E402
 from pipeline.store.writer import StoreWriter  # noqa: E402
+from scripts import peers  # noqa: E402
+
+# TransformerLens picks its adapter by name; the weights are ours (hf_model=).
+HUB_NAMES = {
+    "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    "all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2",
+}
 
 
 def batches(job, batch_size: int) -> list[torch.Tensor]:
@@ -52,16 +61,6 @@ def bare(loaded, inputs) -> float:
         for x in inputs:
             loaded.trunk(input_ids=x.to(loaded.device), use_cache=False)
     _sync(loaded.device)
-    return time.perf_counter() - start
-
-
-def hf_loop(loaded, inputs, out_dir: Path) -> float:
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for i, x in enumerate(inputs):
-            out = loaded.trunk(input_ids=x.to(loaded.device), use_cache=False, output_hidden_states=True)
-            stacked = torch.stack(out.hidden_states, dim=2).half().cpu().numpy()
-            np.save(out_dir / f"batch{i}.npy", stacked)
     return time.perf_counter() - start
 
 
@@ -102,6 +101,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--peers", action="store_true", help="also nnsight and TransformerLens (.venv-bench)")
     parser.add_argument("--out", type=Path, help="append the results (Markdown) to this file")
     parser.add_argument("--workdir", type=Path, default=None, help="where stores are written (default: a temp dir)")
     args = parser.parse_args()
@@ -122,14 +122,23 @@ def main() -> None:
     assert n_tokens == job.plan.n_tokens, "every method must see the same tokens"
 
     bare(loaded, inputs[:1])  # warm-up: first-call allocations and kernel selection
-    times: dict[str, list[float]] = {"bare": [], "embwalk": [], "hf_loop": []}
-    cpu: dict[str, list[float]] = {k: [] for k in times}
     loop_dir = work / "loop"
     methods = {
         "bare": lambda: bare(loaded, inputs),
         "embwalk": lambda: embwalk(loaded, job, cfg, work / "store"),
-        "hf_loop": lambda: hf_loop(loaded, inputs, loop_dir),
+        "hf_loop": lambda: peers.hf_loop(loaded, inputs, loop_dir),
     }
+    if args.peers:
+        nnsight = peers.nnsight_method(loaded)
+        tlens = peers.transformer_lens_method(loaded, HUB_NAMES.get(args.model, args.model))
+        if nnsight:
+            methods["nnsight"] = lambda: nnsight(inputs, loop_dir)
+        if tlens:
+            methods["transformer_lens"] = lambda: tlens(inputs, loop_dir)
+        if not (nnsight and tlens):
+            print("peers missing: run with the .venv-bench environment (see scripts/peers.py)", file=sys.stderr)
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    cpu: dict[str, list[float]] = {name: [] for name in methods}
     for _ in range(args.reps):
         for name, method in methods.items():
             loop_dir.mkdir(exist_ok=True)
