@@ -1,0 +1,65 @@
+"""Query a store: ``python -m jobs.query store=PATH [doc=3] [regex='^ the$'] [sites=[resid_post.6]] ...``.
+
+Prints the selected token rows (with vector norms at ``sites``) or, with
+``export.path``, writes their vectors. ``sql=...`` prints any DuckDB query.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+import numpy as np
+import pyarrow as pa
+from omegaconf import DictConfig
+
+from jobs._entry import run_job
+from pipeline.errors import EmbwalkError
+from pipeline.query import open_store
+from pipeline.query.display import format_table
+
+SELECTORS = ("row", "doc", "seq", "pos", "token_id", "token", "regex", "where")
+
+
+def query(config: dict) -> int:
+    store_cfg = config.get("store") or {}
+    store = open_store(store_cfg["path"], store_cfg.get("storage_options") or None)
+    if config.get("summary"):
+        print(store.summary())
+    sites = list(config.get("sites") or [])
+    export = config.get("export") or {}
+    if config.get("sql") and not export.get("path"):
+        print(format_table(store.sql(config["sql"]), config["show"]))
+        return 0
+    if config.get("sql"):
+        selection = store.select(sql=config["sql"], limit=config.get("limit"))
+    else:
+        chosen = {k: config.get(k) for k in SELECTORS}
+        selection = store.select(**chosen, columns=list(config.get("columns") or []) or None, limit=config.get("limit"))
+    if export.get("path"):
+        if not sites:
+            raise EmbwalkError("export.path needs the sites to export, e.g. sites=[resid_post.6]")
+        path = selection.export(export["path"], sites if len(sites) > 1 else sites[0], export.get("format"))
+        print(f"wrote {len(selection)} rows x {', '.join(sites)} to {path}")
+        return 0
+    shown = selection.table.slice(0, max(0, config["show"]))
+    for site in [s.name for s in store.sites(sites)] if sites else []:
+        vectors = store.vectors(shown, site).astype(np.float32)
+        shown = shown.append_column(f"|{site}|", pa.array(np.linalg.norm(vectors, axis=-1)))
+    print(format_table(shown, config["show"], total=len(selection)))
+    return 0
+
+
+@hydra.main(config_path="../conf", config_name="query", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_job(query, cfg)
+
+
+def _store_shorthand(argv: list[str]) -> list[str]:
+    # `store` is also the extract job's config group, so Hydra would read store=PATH as a group choice
+    return [f"store.path={a[len('store='):]}" if a.startswith("store=") else a for a in argv]
+
+
+if __name__ == "__main__":
+    sys.argv = _store_shorthand(sys.argv)
+    main()

@@ -1,0 +1,40 @@
+"""One sequence's attention probabilities from ``pattern[seq, layer, head, query, key]``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.errors import SiteError, StoreError
+from pipeline.query.sites import pattern_index
+from pipeline.query.source import StoreSource
+
+
+def sequence_pattern(
+    source: StoreSource, manifest: dict, committed: list[int], seq: int,
+    layers: list[int | str] | None = None, heads: list[int] | None = None,
+) -> tuple[np.ndarray, list[int], list[int]]:
+    """``[layer, head, query, key]`` cropped to the sequence's length, with the block and head numbers.
+
+    The pattern of a sequence is stored by the shard holding its first token,
+    so that shard's commit is what makes it readable.
+    """
+    blocks, positions = pattern_index(manifest, layers)
+    spec = manifest["arrays"]["pattern"]
+    stored_heads = list(spec["heads"])
+    head_list = stored_heads if heads is None else [int(h) for h in heads]
+    missing = [h for h in head_list if h not in stored_heads]
+    if missing:
+        raise SiteError(f"attention head {missing[0]} is not in this store; it has heads {stored_heads}")
+    seq = int(seq)
+    if not 0 <= seq < manifest["n_sequences"]:
+        raise StoreError(f"sequence {seq} is outside this store (sequences 0..{manifest['n_sequences'] - 1})")
+    owner = next(s for s in manifest["shards"] if s["pattern_seqs"][0] <= seq < s["pattern_seqs"][1])
+    if owner["index"] not in committed:
+        raise StoreError(f"sequence {seq} belongs to shard {owner['index']}, which is not committed (yet)")
+    array = source.open_array(spec["path"])
+    data = array.get_orthogonal_selection((seq, positions, [stored_heads.index(h) for h in head_list]))
+    # Padding queries past the sequence's end are stored as zeros; every real query row sums to 1.
+    if data.size == 0:
+        return data, blocks, head_list
+    length = int(np.count_nonzero(data[0, 0].astype(np.float32).sum(axis=-1) > 0.5))
+    return data[:, :, :length, :length], blocks, head_list

@@ -1,0 +1,114 @@
+"""Write a selection's vectors to .npy, .safetensors or a HuggingFace ``datasets`` directory.
+
+.npy and .safetensors are written piece by piece (``PIECE_ROWS`` rows at a
+time) to a temporary name and renamed, so an export of millions of rows never
+holds them all in memory and a failed export leaves no half file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.query.errors import QueryError
+
+if TYPE_CHECKING:
+    from pipeline.query.selection import Selection
+
+FORMATS = ("npy", "safetensors", "datasets")
+PIECE_ROWS = 65536
+_SAFETENSORS_DTYPES = {"float16": "F16", "float32": "F32", "int64": "I64"}
+
+
+def export(selection: Selection, path: str | Path, sites: str | list[str], format: str | None = None) -> Path:
+    """Write ``selection``'s vectors at ``sites``; the format comes from the suffix unless given.
+
+    - npy: ``[n, d_model]`` for one site named as a string, else ``[n, n_sites, d_model]``;
+    - safetensors: one ``[n, d_model]`` tensor per site (named by the site) and ``row`` [n] int64,
+      with the store, model and sites in the metadata;
+    - datasets: ``Dataset.save_to_disk`` of the token columns plus one vector column per site.
+    """
+    path = Path(path).expanduser()
+    by_suffix = {".npy": "npy", ".safetensors": "safetensors", "": "datasets"}
+    fmt = format or by_suffix.get(path.suffix)
+    if fmt not in FORMATS:
+        raise QueryError(f"cannot tell the export format of {path}; use a .npy or .safetensors name, or a "
+                         f"directory with format=datasets (one of: {', '.join(FORMATS)})")
+    names = [s.name for s in selection.store.sites(sites)]
+    if not path.parent.is_dir():
+        raise QueryError(f"cannot write {path}: its directory does not exist")
+    if fmt == "datasets":
+        _datasets(selection, path, names)
+        return path
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        if fmt == "npy":
+            _npy(selection, tmp, sites if isinstance(sites, str) and len(names) == 1 else names)
+        else:
+            _safetensors(selection, tmp, names)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _pieces(n: int):
+    for start in range(0, n, PIECE_ROWS):
+        yield start, min(start + PIECE_ROWS, n)
+
+
+def _npy(selection: Selection, path: Path, sites: str | list[str]) -> None:
+    store, rows = selection.store, selection.rows
+    d = int(store.manifest["model"]["d_model"])
+    shape = (len(rows), d) if isinstance(sites, str) else (len(rows), len(sites), d)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(store.manifest["dtype"]), shape=shape)
+    for a, b in _pieces(len(rows)):
+        out[a:b] = store.vectors(rows[a:b], sites)
+    out.flush()
+    del out
+
+
+def _safetensors(selection: Selection, path: Path, names: list[str]) -> None:
+    """The safetensors layout: u64 header size, JSON header (offsets into the data), then raw bytes."""
+    store, rows = selection.store, selection.rows
+    dtype = np.dtype(store.manifest["dtype"])
+    d = int(store.manifest["model"]["d_model"])
+    header: dict = {"__metadata__": {
+        "store": store.location, "model": store.manifest["model"]["id"], "sites": json.dumps(names),
+        "format": "embwalk selection: one [n, d_model] tensor per site, row = token row in the store",
+    }}
+    offset = 0
+    for name, dt, shape in [("row", np.dtype(np.int64), [len(rows)])] + [(n, dtype, [len(rows), d]) for n in names]:
+        size = int(np.prod(shape)) * dt.itemsize
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[dt.name], "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data section starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        f.write(np.ascontiguousarray(rows, dtype="<i8").tobytes())
+        for name in names:
+            for a, b in _pieces(len(rows)):
+                f.write(np.ascontiguousarray(store.vectors(rows[a:b], name)).tobytes())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _datasets(selection: Selection, path: Path, names: list[str]) -> None:
+    try:
+        import datasets
+    except ImportError as exc:
+        raise QueryError("exporting to a HuggingFace dataset needs the datasets package: pip install datasets") from exc
+    table = selection.table
+    for name in names:
+        vectors = selection.store.vectors(selection.rows, name)
+        flat = pa.array(vectors.reshape(-1), type=pa.from_numpy_dtype(vectors.dtype))
+        table = table.append_column(name, pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]))
+    datasets.Dataset(table).save_to_disk(str(path))

@@ -1,0 +1,122 @@
+"""Where a store lives: a local directory or an fsspec URL, and the files in it.
+
+Every reader in this package goes through a ``StoreSource`` so that a store on
+S3, GCS or in memory is read the same way as a local one. Local stores keep a
+``local`` path, which lets the row reader bypass Zarr for raw byte reads.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path, PurePosixPath
+
+import fsspec
+import zarr
+
+from pipeline.errors import StoreError
+from pipeline.store import layout
+from pipeline.store.writer import committed_shards, read_manifest
+
+
+class StoreSource:
+    def __init__(self, location: str | Path, storage_options: dict | None = None):
+        text = str(location)
+        self.location = text
+        self.storage_options = dict(storage_options or {})
+        if "://" in text and not text.startswith("file://"):
+            self.fs, root = fsspec.core.url_to_fs(text, **self.storage_options)
+            self.root = root.rstrip("/")
+            self.local: Path | None = None
+            if not self.fs.exists(self.root):
+                raise StoreError(f"store not found: {text}")
+        else:
+            self.local = Path(text.removeprefix("file://")).expanduser()
+            self.fs, self.root = fsspec.filesystem("file"), str(self.local)
+            if not self.local.exists():
+                raise StoreError(f"store not found: {text}")
+
+    def __repr__(self) -> str:
+        return f"StoreSource({self.location!r})"
+
+    # -- paths ---------------------------------------------------------------------------
+
+    def path(self, rel: str) -> str:
+        """A path DuckDB, pyarrow and Zarr understand: plain for local stores, a URL otherwise."""
+        if self.local is not None:
+            return str(self.local / rel)
+        return self.fs.unstrip_protocol(f"{self.root}/{rel}")
+
+    def local_path(self, rel: str) -> Path | None:
+        return None if self.local is None else self.local / rel
+
+    # -- contents ------------------------------------------------------------------------
+
+    def manifest(self) -> dict:
+        if self.local is not None:
+            if not self.local.is_dir():
+                raise StoreError(f"not an embwalk store (not a directory): {self.location}")
+            return read_manifest(self.local)  # same checks and messages as the writer's reader
+        path = f"{self.root}/{layout.MANIFEST}"
+        if not self.fs.isfile(path):
+            raise StoreError(f"not an embwalk store (no {layout.MANIFEST}): {self.location}")
+        try:
+            manifest = json.loads(self.fs.cat_file(path))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise StoreError(f"unreadable manifest {self.location}/{layout.MANIFEST}: {exc}") from exc
+        if manifest.get("format") != layout.FORMAT or manifest.get("format_version") != layout.FORMAT_VERSION:
+            raise StoreError(
+                f"{self.location} is not an embwalk store of format version {layout.FORMAT_VERSION} "
+                f"(format {manifest.get('format')!r}, version {manifest.get('format_version')!r})"
+            )
+        return manifest
+
+    def committed(self) -> list[int]:
+        """Indices of committed shards: the markers are the only thing a reader trusts."""
+        if self.local is not None:
+            return sorted(committed_shards(self.local))
+        found = self.fs.glob(f"{self.root}/{layout.COMMITS_DIR}/shard-*.json")
+        return sorted(int(PurePosixPath(p).stem.split("-")[1]) for p in found)
+
+    def token_files(self, shards: list[int]) -> list[str]:
+        return [self.path(f"{layout.TOKENS_DIR}/{layout.shard_name(i)}.parquet") for i in shards]
+
+    def stats_tables(self) -> dict[str, list[str]]:
+        """Every Parquet table under stats/: ``stats/NAME.parquet`` or ``stats/NAME/**/*.parquet``.
+
+        Hidden and underscore names are skipped: they are temporary files of
+        atomic writes or Spark/Hive markers, never finished tables.
+        """
+        base = f"{self.root}/{layout.STATS_DIR}"
+        if not self.fs.isdir(base):
+            return {}
+        tables: dict[str, list[str]] = {}
+        for entry in sorted(self.fs.ls(base, detail=True), key=lambda e: e["name"]):
+            name = PurePosixPath(entry["name"]).name
+            if name.startswith((".", "_")):
+                continue
+            if entry["type"] == "directory":
+                found = self.fs.glob(f"{entry['name']}/**/*.parquet")
+                files = sorted(f for f in found if not _hidden(PurePosixPath(f).relative_to(entry["name"])))
+                key = name
+            elif name.endswith(".parquet"):
+                files, key = [entry["name"]], name[: -len(".parquet")]
+            else:
+                continue
+            if files:
+                tables.setdefault(key, []).extend(self._full(f) for f in files)
+        return tables
+
+    def disk_bytes(self) -> int:
+        return int(self.fs.du(self.root, total=True))
+
+    def open_array(self, rel: str) -> zarr.Array:
+        if self.local is not None:
+            return zarr.open_array(self.local / rel, mode="r")
+        return zarr.open_array(self.path(rel), mode="r", storage_options=self.storage_options or None)
+
+    def _full(self, fs_path: str) -> str:
+        return fs_path if self.local is not None else self.fs.unstrip_protocol(fs_path)
+
+
+def _hidden(path: PurePosixPath) -> bool:
+    return any(part.startswith((".", "_")) for part in path.parts)

@@ -1,0 +1,237 @@
+"""A store opened for questions: summary, selections, SQL, vectors, attention and datasets.
+
+``open_store`` takes a snapshot of the committed shards: while an extraction is
+still running, everything here sees only the shards committed when the store
+was opened (or last ``refresh()``-ed), never half-written rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.errors import StoreError
+from pipeline.query.attention import sequence_pattern
+from pipeline.query.errors import QueryError
+from pipeline.query.fetch import RowReader
+from pipeline.query.rows import CommittedRows, as_rows
+from pipeline.query.selection import TOKEN_COLUMNS, Selection
+from pipeline.query.selectors import token_condition
+from pipeline.query.sites import VectorSite, vector_sites
+from pipeline.query.source import StoreSource
+from pipeline.query.tables import Tables
+from pipeline.store.reader import _compact_sites
+
+if TYPE_CHECKING:
+    from pipeline.query.dataset import VectorDataset
+
+
+def open_store(location: str | Path, storage_options: dict | None = None) -> QueryStore:
+    """Open a store at a local path or an fsspec URL (``s3://bucket/store``, ``memory://x``)."""
+    return QueryStore(location, storage_options)
+
+
+class QueryStore:
+    def __init__(self, location: str | Path, storage_options: dict | None = None):
+        self.source = StoreSource(location, storage_options)
+        self.location = self.source.location
+        self.manifest = self.source.manifest()
+        self._readers: dict[tuple[VectorSite, bool | None], RowReader] = {}
+        self._tables: Tables | None = None
+        self.refresh()
+
+    def refresh(self) -> QueryStore:
+        """See shards committed since the store was opened."""
+        self.committed = self.source.committed()
+        self.committed_rows = CommittedRows(self.manifest, self.committed)
+        if self._tables is not None:
+            self._tables.close()
+            self._tables = None
+        return self
+
+    # -- what is in it -------------------------------------------------------------------
+
+    @property
+    def n_tokens(self) -> int:
+        """Rows readable now (committed shards); the manifest's ``n_tokens`` is the planned total."""
+        return self.committed_rows.count
+
+    @property
+    def tables(self) -> list[str]:
+        return list(self._sql_tables().names)
+
+    def sites(self, names: str | list[str]) -> list[VectorSite]:
+        return vector_sites(self.manifest, names)
+
+    def info(self) -> dict:
+        m = self.manifest
+        arrays = {
+            name: int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize for name, spec in m["arrays"].items()
+        }
+        return {
+            "location": self.location,
+            "model": m["model"]["id"],
+            "n_layers": m["model"]["n_layers"],
+            "d_model": m["model"]["d_model"],
+            "sites": list(m["sites"]),
+            "planned_tokens": m["n_tokens"],
+            "committed_tokens": self.n_tokens,
+            "committed_shards": len(self.committed),
+            "shards": len(m["shards"]),
+            "array_bytes": arrays,
+            "tables": self.tables,
+        }
+
+    def summary(self) -> str:
+        info, m = self.info(), self.manifest
+        lines = [
+            f"store: {self.location}",
+            f"  model: {info['model']} ({m['model']['family']}, {info['n_layers']} layers, d_model {info['d_model']})",
+            f"  tokens: {info['committed_tokens']} committed of {info['planned_tokens']} "
+            f"({info['committed_shards']}/{info['shards']} shards; {m['n_sequences']} sequences, "
+            f"{m['n_documents']} documents, seq_len {m['seq_len']}, {m['mode']} mode)",
+            f"  sites: {_compact_sites(m['sites'])}",
+        ]
+        for name, spec in m["arrays"].items():
+            dims = " x ".join(f"{d}={n}" for d, n in zip(spec["dims"], spec["shape"], strict=True))
+            lines.append(f"  {spec['path']}: [{dims}] {spec['dtype']}, {info['array_bytes'][name] / 1e6:.1f} MB")
+        lines.append(
+            f"  bytes: {sum(info['array_bytes'].values()) / 1e6:.1f} MB of arrays, "
+            f"{self.source.disk_bytes() / 1e6:.1f} MB on disk"
+        )
+        lines.append(f"  tables: {', '.join(info['tables'])}")
+        return "\n".join(lines)
+
+    # -- SQL and selections --------------------------------------------------------------
+
+    def sql(self, query: str, params: list | dict | None = None) -> pa.Table:
+        """Run DuckDB SQL over ``tokens`` and the stats tables; returns an Arrow table."""
+        return self._sql_tables().sql(query, params)
+
+    @property
+    def duckdb(self):
+        """The DuckDB connection with every table registered, for relational work beyond ``sql``."""
+        return self._sql_tables().con
+
+    def select(
+        self, *, row=None, doc=None, seq=None, pos=None, token_id=None, token=None, regex: str | None = None,
+        where: str | None = None, sql: str | None = None, columns: list[str] | None = None,
+        limit: int | None = None,
+    ) -> Selection:
+        """Token rows matching every selector given (see ``pipeline.query.selectors``), in row order.
+
+        ``sql`` instead runs a whole query that returns a ``row`` column (a join
+        with a stats table, say); the rows keep the query's order and columns.
+        """
+        tables = self._sql_tables()
+        if sql is not None:
+            given = [k for k, v in dict(row=row, doc=doc, seq=seq, pos=pos, token_id=token_id, token=token,
+                                        regex=regex, where=where, columns=columns).items() if v is not None]
+            if given:
+                raise QueryError(f"sql= is a whole query; put {', '.join(given)} into it instead")
+            return self._from_query(tables.sql(sql), limit)
+        if regex is not None:
+            tables.check_regex(regex)
+        condition, params = token_condition(
+            row=row, doc=doc, seq=seq, pos=pos, token_id=token_id, token=token, regex=regex, where=where
+        )
+        extra = "".join(f", {c}" for c in columns or [])
+        query = f"SELECT tokens.*{extra} FROM tokens WHERE {condition} ORDER BY row"
+        if limit is not None:
+            query += f" LIMIT {int(limit)}"
+        return Selection(self, tables.sql(query, params))
+
+    def take(self, rows) -> Selection:
+        """A selection of given rows (numbers, or anything with a ``row`` column) in the given order."""
+        return self._from_query(pa.table({"row": as_rows(rows)}), None)
+
+    # -- vectors -------------------------------------------------------------------------
+
+    def vectors(self, rows, sites: str | list[str], direct: bool | None = None) -> np.ndarray:
+        """Vectors of ``rows`` (numbers, a Selection, or a table with a ``row`` column).
+
+        ``[n, d_model]`` for one site given as a string, else ``[n, n_sites, d_model]``.
+        """
+        rows = as_rows(rows)
+        resolved = self.sites(sites)
+        self.committed_rows.check(rows, f"store {self.location}")
+        parts = [self._reader(s, direct).rows(rows) for s in resolved]
+        if isinstance(sites, str) and len(resolved) == 1:
+            return parts[0]
+        d = int(self.manifest["model"]["d_model"])
+        return np.stack(parts, axis=1) if parts else np.empty((len(rows), 0, d))
+
+    def tensor(self, rows, sites: str | list[str]):
+        import torch
+
+        return torch.from_numpy(self.vectors(rows, sites))
+
+    def attention(self, seq: int, layers: list[int | str] | None = None, heads: list[int] | None = None,
+                  labelled: bool = False):
+        """Attention probabilities of one sequence: ``[layer, head, query, key]`` cropped to its length.
+
+        ``labelled=True`` returns an xarray DataArray with block and head numbers and the
+        sequence's token texts on the query and key axes.
+        """
+        data, blocks, heads_ = sequence_pattern(self.source, self.manifest, self.committed, seq, layers, heads)
+        if not labelled:
+            return data
+        import xarray as xr
+
+        n = data.shape[-1]
+        tokens = self.sql("SELECT token FROM tokens WHERE seq_id = ? ORDER BY row", [int(seq)]).column("token")
+        text = tokens.to_pylist()[:n] if len(tokens) >= n else [None] * n
+        return xr.DataArray(
+            data, dims=("layer", "head", "query", "key"),
+            coords={"layer": blocks, "head": heads_, "query_token": ("query", text), "key_token": ("key", text)},
+            name="attention", attrs={"seq": int(seq), "store": self.location},
+        )
+
+    def dataset(self, site: str, **options) -> VectorDataset:
+        """A torch IterableDataset over one site; see ``VectorDataset`` for the options."""
+        from pipeline.query.dataset import VectorDataset
+
+        return VectorDataset(self, site, **options)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _sql_tables(self) -> Tables:
+        if self._tables is None:
+            self._tables = Tables(self.source, self.committed)
+        return self._tables
+
+    def _reader(self, site: VectorSite, direct: bool | None) -> RowReader:
+        key = (site, direct)
+        if key not in self._readers:
+            self._readers[key] = RowReader(self.source, self.manifest, site, direct)
+        return self._readers[key]
+
+    def _from_query(self, result: pa.Table, limit: int | None) -> Selection:
+        """Attach the token columns to a query result that has a ``row`` column, keeping its order."""
+        if "row" not in result.column_names:
+            raise QueryError(f"the query must return a 'row' column to select rows (it returns "
+                             f"{', '.join(result.column_names) or 'no columns'})")
+        if limit is not None:
+            result = result.slice(0, int(limit))
+        con = self._sql_tables().con
+        have = set(result.column_names)
+        numbered = result.append_column("_embwalk_i", pa.array(np.arange(result.num_rows, dtype=np.int64)))
+        con.register("_embwalk_result", numbered)
+        try:
+            token_cols = [f"r.{c}" if c in have else f"t.{c}" for c in TOKEN_COLUMNS]
+            rest = [f'r."{c}"' for c in result.column_names if c not in TOKEN_COLUMNS]
+            joined = con.sql(
+                f"SELECT {', '.join(token_cols + rest)}, t.row IS NULL AS _embwalk_missing "
+                "FROM _embwalk_result r LEFT JOIN tokens t ON r.row = t.row ORDER BY r._embwalk_i"
+            ).to_arrow_table()
+        finally:
+            con.unregister("_embwalk_result")
+        missing = joined.column("_embwalk_missing").to_numpy(zero_copy_only=False)
+        if missing.any():
+            bad = int(joined.column("row")[int(np.argmax(missing))].as_py())
+            self.committed_rows.check(np.array([bad]), f"store {self.location}")
+            raise StoreError(f"row {bad} has no entry in the token table of {self.location}")
+        return Selection(self, joined.drop_columns(["_embwalk_missing"]))

@@ -1,0 +1,102 @@
+"""``python -m jobs.query``: readable tables, exports, and one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from jobs._entry import run_job
+from jobs.query import query
+from pipeline.query import open_store
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _config(store: Path | str, **values) -> OmegaConf:
+    cfg = OmegaConf.load(ROOT / "conf" / "query.yaml")
+    del cfg["hydra"], cfg["defaults"]
+    cfg.store.path = str(store)
+    for key, value in values.items():
+        OmegaConf.update(cfg, key, value)
+    return cfg
+
+
+def _run(capsys, store, **values) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as info:
+        run_job(query, _config(store, **values))
+    out = capsys.readouterr()
+    return info.value.code, out.out, out.err
+
+
+def test_prints_tokens_with_norms(packed, capsys):
+    code, out, _ = _run(capsys, packed, token=" the", sites=["resid_post.1", "final"], show=3, summary=True)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == f"store: {packed}"
+    header = next(line for line in lines if line.startswith("row"))
+    assert header.split() == ["row", "doc_id", "seq_id", "pos", "token_id", "token", "|resid_post.1|", "|final|"]
+    sel = open_store(packed).select(token=" the")
+    first = lines[lines.index(header) + 2].split()
+    assert int(first[0]) == sel.rows[0] and first[5] == "'" and first[6] == "the'"
+    norm = np.linalg.norm(sel.vectors("final")[0].astype(np.float32))
+    assert float(first[-1]) == pytest.approx(norm, rel=1e-3)
+    assert lines[-1] == f"... {len(sel) - 3} more rows ({len(sel)} in all)"
+
+
+def test_sql_and_columns(packed, capsys):
+    code, out, _ = _run(capsys, packed, sql="SELECT pos, count(*) AS n FROM tokens GROUP BY pos ORDER BY pos LIMIT 2")
+    assert code == 0 and out.splitlines()[0].split() == ["pos", "n"] and out.splitlines()[-1] == "(2 rows)"
+    code, out, _ = _run(capsys, packed, doc=1, pos="0:2", columns=["length(token) AS chars"])
+    assert out.splitlines()[0].split()[-1] == "chars" and out.splitlines()[-1] == "(2 rows)"
+
+
+def test_exports(packed, tmp_path, capsys):
+    code, out, _ = _run(capsys, packed, regex="^ [a-z]", sites=["resid_post.1"], **{"export.path": f"{tmp_path}/x.npy"})
+    assert code == 0 and out.startswith("wrote ")
+    expected = open_store(packed).select(regex="^ [a-z]").vectors("resid_post.1")
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), expected)
+    code, _, _ = _run(capsys, packed, sql="SELECT row FROM tokens WHERE pos = 0", sites=["final", "resid_pre.0"],
+                      **{"export.path": str(tmp_path / "x.safetensors")})
+    assert code == 0 and (tmp_path / "x.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    "store, values, fragment",
+    [
+        ("{tmp}/nowhere", {}, "store not found"),
+        ("{tmp}", {}, "not an embwalk store"),
+        ("{packed}", {"sites": ["resid_post.9"]}, "past the model's depth"),
+        ("{packed}", {"sites": ["mlp_out.1"]}, "mlp_out.1 is not in this store"),
+        ("{packed}", {"regex": "(?<=x)"}, "invalid regular expression"),
+        ("{packed}", {"where": "pos >"}, "syntax error"),
+        ("{packed}", {"sql": "SELECT nope FROM tokens"}, "nope"),
+        ("{packed}", {"export.path": "/tmp/x.npy"}, "export.path needs the sites"),
+        ("{packed}", {"doc": "x"}, "doc='x'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(packed, tmp_path, capsys, store, values, fragment):
+    code, _, err = _run(capsys, store.format(tmp=tmp_path, packed=packed), **values)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith("embwalk: error: ") and fragment in err, err
+
+
+def test_command_line(packed):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    ok = subprocess.run([sys.executable, "-m", "jobs.query", f"store={packed}", "pos=0:2", "doc=[0,1]", "limit=3"],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.splitlines()[0].split()[:3] == ["row", "doc_id", "seq_id"]
+    expected = open_store(packed).select(pos="0:2", doc=[0, 1], limit=3).rows
+    assert [int(line.split()[0]) for line in ok.stdout.splitlines()[2:-1]] == expected.tolist()
+    bad = subprocess.run([sys.executable, "-m", "jobs.query", f"store={packed}", "sites=[bogus.1]"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip() == (
+        "embwalk: error: unknown capture site 'bogus.1'; known: resid_pre.L, resid_mid.L, resid_post.L, "
+        "attn_pattern.L, attn_out.L, mlp_out.L, final (L an index, '*' or omitted for all), "
+        "or blocks.L.hook_resid_post-style aliases")

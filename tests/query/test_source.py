@@ -1,0 +1,72 @@
+"""Opening stores: local paths and fsspec URLs read the same; non-stores fail in one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import fsspec
+import numpy as np
+import pytest
+
+from pipeline.errors import StoreError
+from pipeline.query import open_store
+
+
+def test_summary_and_info(packed):
+    store = open_store(packed)
+    info = store.info()
+    manifest = json.loads((packed / "manifest.json").read_text())
+    assert info["model"] == "tiny-llama"
+    assert info["committed_tokens"] == info["planned_tokens"] == manifest["n_tokens"]
+    assert info["committed_shards"] == info["shards"] == len(manifest["shards"])
+    assert "resid_post.1" in info["sites"]
+    text = store.summary()
+    for fragment in ("model: tiny-llama", f"tokens: {manifest['n_tokens']} committed", "5/5 shards",
+                     "resid_post.0-2", "activations.zarr/resid: [token=155 x layer=4 x d_model=32] float16",
+                     "MB on disk", "tables: tokens"):
+        assert fragment in text, text
+
+
+def test_fsspec_urls_read_the_same_as_local_paths(packed):
+    local = open_store(packed)
+    fs = fsspec.filesystem("memory")
+    fs.put(str(packed), "/embwalk-test/store", recursive=True)
+    try:
+        for url in (f"file://{packed}", "memory:///embwalk-test/store"):
+            remote = open_store(url)
+            assert remote.tables == ["tokens"]
+            assert remote.select(regex="^ t").rows.tolist() == local.select(regex="^ t").rows.tolist()
+            rows = np.array([5, 140, 33, 64])
+            np.testing.assert_array_equal(remote.vectors(rows, ["resid_post.1", "final"]),
+                                          local.vectors(rows, ["resid_post.1", "final"]))
+            np.testing.assert_array_equal(remote.attention(2), local.attention(2))
+            assert remote.n_tokens == local.n_tokens
+    finally:
+        fs.rm("/embwalk-test", recursive=True)
+
+
+def test_missing_store(tmp_path):
+    with pytest.raises(StoreError, match="store not found: .*nowhere"):
+        open_store(tmp_path / "nowhere")
+    with pytest.raises(StoreError, match="store not found: memory:///no/such/store"):
+        open_store("memory:///no/such/store")
+
+
+def test_not_a_store(tmp_path):
+    with pytest.raises(StoreError, match="not an embwalk store"):
+        open_store(tmp_path)
+    (tmp_path / "file.txt").write_text("hello")
+    with pytest.raises(StoreError, match="not an embwalk store"):
+        open_store(tmp_path / "file.txt")
+
+
+def test_wrong_format_version(packed, tmp_path):
+    root = tmp_path / "old"
+    shutil.copytree(packed, root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match="format version 1") as info:
+        open_store(root)
+    assert "\n" not in str(info.value)
