@@ -23,7 +23,7 @@ from pipeline.query.selectors import token_condition
 from pipeline.query.sites import VectorSite, vector_sites
 from pipeline.query.source import StoreSource
 from pipeline.query.tables import Tables
-from pipeline.store.reader import _compact_sites
+from pipeline.store.reader import compact_sites
 
 if TYPE_CHECKING:
     from pipeline.query.dataset import VectorDataset
@@ -93,7 +93,7 @@ class QueryStore:
             f"  tokens: {info['committed_tokens']} committed of {info['planned_tokens']} "
             f"({info['committed_shards']}/{info['shards']} shards; {m['n_sequences']} sequences, "
             f"{m['n_documents']} documents, seq_len {m['seq_len']}, {m['mode']} mode)",
-            f"  sites: {_compact_sites(m['sites'])}",
+            f"  sites: {compact_sites(m['sites'])}",
         ]
         for name, spec in m["arrays"].items():
             dims = " x ".join(f"{d}={n}" for d, n in zip(spec["dims"], spec["shape"], strict=True))

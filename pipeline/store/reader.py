@@ -72,7 +72,7 @@ class Store:
             f"  tokens: {m['n_tokens']} in {m['n_sequences']} sequences from {m['n_documents']} documents "
             f"(seq_len {m['seq_len']}, {m['mode']} mode)",
             f"  shards: {len(self.committed)}/{n_shards} committed",
-            f"  sites: {_compact_sites(m['sites'])}",
+            f"  sites: {compact_sites(m['sites'])}",
         ]
         total = 0
         for spec in m["arrays"].values():
@@ -84,7 +84,7 @@ class Store:
         return "\n".join(lines)
 
 
-def _compact_sites(sites: list[str]) -> str:
+def compact_sites(sites: list[str]) -> str:
     """resid_post.0 ... resid_post.29 -> resid_post.0-29."""
     groups: dict[str, list[str]] = {}
     for s in sites:
