@@ -7,7 +7,6 @@ S3, GCS or in memory is read the same way as a local one. Local stores keep a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path, PurePosixPath
 
 import fsspec
@@ -15,7 +14,7 @@ import zarr
 
 from pipeline.errors import StoreError
 from pipeline.store import layout
-from pipeline.store.writer import committed_shards, read_manifest
+from pipeline.store.writer import committed_shards, parse_manifest, read_manifest
 
 
 class StoreSource:
@@ -59,16 +58,7 @@ class StoreSource:
         path = f"{self.root}/{layout.MANIFEST}"
         if not self.fs.isfile(path):
             raise StoreError(f"not an embwalk store (no {layout.MANIFEST}): {self.location}")
-        try:
-            manifest = json.loads(self.fs.cat_file(path))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise StoreError(f"unreadable manifest {self.location}/{layout.MANIFEST}: {exc}") from exc
-        if manifest.get("format") != layout.FORMAT or manifest.get("format_version") != layout.FORMAT_VERSION:
-            raise StoreError(
-                f"{self.location} is not an embwalk store of format version {layout.FORMAT_VERSION} "
-                f"(format {manifest.get('format')!r}, version {manifest.get('format_version')!r})"
-            )
-        return manifest
+        return parse_manifest(self.fs.cat_file(path), f"{self.location}/{layout.MANIFEST}")
 
     def committed(self) -> list[int]:
         """Indices of committed shards: the markers are the only thing a reader trusts."""

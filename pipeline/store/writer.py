@@ -159,13 +159,18 @@ def read_manifest(root: Path) -> dict:
     path = root / layout.MANIFEST
     if not path.is_file():
         raise StoreError(f"not an embwalk store (no {layout.MANIFEST}): {root}")
+    return parse_manifest(path.read_bytes(), str(path))
+
+
+def parse_manifest(raw: bytes, where: str) -> dict:
+    """Decode a manifest and check it is one this version reads (``where`` names it in errors)."""
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise StoreError(f"unreadable manifest {path}: {exc}") from exc
+        raise StoreError(f"unreadable manifest {where}: {exc}") from exc
     if manifest.get("format") != layout.FORMAT or manifest.get("format_version") != layout.FORMAT_VERSION:
         raise StoreError(
-            f"{path} is not an embwalk store of format version {layout.FORMAT_VERSION} "
+            f"{where} is not an embwalk store of format version {layout.FORMAT_VERSION} "
             f"(format {manifest.get('format')!r}, version {manifest.get('format_version')!r})"
         )
     return manifest
