@@ -101,6 +101,10 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument(
+        "--shard-tokens", type=int, default=2048,
+        help="shard size: writes overlap the next shard's compute, except the last shard's",
+    )
     parser.add_argument("--peers", action="store_true", help="also nnsight and TransformerLens (.venv-bench)")
     parser.add_argument("--out", type=Path, help="append the results (Markdown) to this file")
     parser.add_argument("--workdir", type=Path, default=None, help="where stores are written (default: a temp dir)")
@@ -112,7 +116,7 @@ def main() -> None:
         # A whole number of packed sequences: every batch is full, no method pads.
         corpus=CorpusConfig(max_tokens=args.tokens // args.seq_len * args.seq_len, seq_len=args.seq_len),
         capture=CaptureConfig(),
-        store=StoreConfig(path=str(work / "store"), shard_tokens=args.batch_size * args.seq_len * 2),
+        store=StoreConfig(path=str(work / "store"), shard_tokens=args.shard_tokens),
         cluster=ClusterConfig(batch_size=args.batch_size, progress=False),
     )
     loaded = load_model(cfg.model)
@@ -154,7 +158,7 @@ def main() -> None:
     base = n_tokens / statistics.median(times["bare"])
     lines = [
         f"### {args.model} ({args.dtype}, {loaded.device}), {n_tokens} tokens, "
-        f"seq_len {args.seq_len}, batch {args.batch_size}, median of {args.reps}",
+        f"seq_len {args.seq_len}, batch {args.batch_size}, shards of {job.plan.shard_tokens}, median of {args.reps}",
         "",
         f"Machine: {machine()}",
         "",
