@@ -5,6 +5,11 @@ One accumulator class per family (``EncodingWalk``, ``LogitLens``, ``DecodingWal
 (exact, refuses overlapping shard ids), ``result() -> dict[str, pyarrow.Table]``
 and ``to_arrow()`` / ``Accumulator.from_arrow()`` for Parquet partials.
 Formulas and sources: docs/statistics.md.
+
+Over a whole run, ``WalkStats`` feeds every family one sequence at a time (both the
+in-pass route and the two-step route over a store use it), ``write_shard_partials``
+stores a shard's partials in ``STORE/stats/partials/`` and ``merge_store_stats`` merges
+them into ``STORE/stats/<table>.parquet``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from pipeline.stats.decoding import DecodingWalk
 from pipeline.stats.encoding import EncodingWalk
 from pipeline.stats.geometry import Geometry, most_frequent_types
 from pipeline.stats.lens import LogitLens
+from pipeline.stats.partials import merge_store_stats, write_shard_partials
+from pipeline.stats.sequence import ModelHead, WalkStats
 from pipeline.stats.similarity import similarity_map
 
 ACCUMULATORS: dict[str, type[Accumulator]] = {
@@ -43,7 +50,7 @@ def build_accumulators(
 
 __all__ = [
     "ACCUMULATORS", "FAMILIES", "Accumulator", "AttentionStats", "Bins", "DecodingWalk",
-    "EncodingWalk", "Geometry", "LogitLens", "ShardOverlapError", "StatsConfig",
-    "StatsMergeError", "build_accumulators", "merge_all", "most_frequent_types", "read_partial",
-    "similarity_map", "write_partial",
+    "EncodingWalk", "Geometry", "LogitLens", "ModelHead", "ShardOverlapError", "StatsConfig",
+    "StatsMergeError", "WalkStats", "build_accumulators", "merge_all", "merge_store_stats",
+    "most_frequent_types", "read_partial", "similarity_map", "write_partial", "write_shard_partials",
 ]

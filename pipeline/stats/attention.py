@@ -77,42 +77,55 @@ class AttentionStats(Accumulator):
             return
         self._grow(s)
         m = self.state["kernel_count"].shape[0] // 2 + 1  # offsets held: -(m-1)..m-1
-        p = f32(pattern[..., :s, :s])
+        rows = n_layers * n_heads
+        p = f32(pattern[..., :s, :s]).reshape(rows, s, s)
         i = torch.arange(s, device=dev)[:, None]
         j = torch.arange(s, device=dev)[None, :]
         vis = (j <= i) if causal else torch.ones(s, s, dtype=torch.bool, device=dev)
         n_vis = vis.sum(1).to(torch.float64)  # [S]
-        p = p * vis  # never count weight on invisible keys
         self.state["n_queries"] += s
         self._add("uniform_sum", (1.0 / n_vis).sum()[None])
         self._add("entropy_uniform_sum", n_vis.log().sum()[None])
-        self._add("self_sum", p.diagonal(dim1=-2, dim2=-1).sum(-1))
-        self._add("sink_sum", p[..., :, 0].sum(-1))
-        self._add("entropy_sum", -torch.special.xlogy(p, p).sum((-1, -2)))
+        # The diagonal and key 0 are visible to every query, causal or not.
+        self._add("self_sum", p.diagonal(dim1=-2, dim2=-1).sum(-1).view(n_layers, n_heads))
+        self._add("sink_sum", p[:, :, 0].sum(-1).view(n_layers, n_heads))
+        # Everything else reads the visible pairs only, gathered once by flat index (weight on
+        # invisible keys never counts, and a causal pattern's upper half is never touched).
+        vis_idx = vis.reshape(-1).nonzero().squeeze(1)  # [pairs]
+        off = (i - j + m - 1).reshape(-1).index_select(0, vis_idx)
+        w = p.reshape(rows, s * s).index_select(1, vis_idx)  # [L*H, pairs]
+        self._add("entropy_sum", -torch.special.xlogy(w, w).sum(-1).view(n_layers, n_heads))
         # Position kernel: scatter every visible pair's weight into its offset bin.
-        off = (i - j + m - 1).expand(s, s)[vis]  # [pairs]
-        w = p[:, :, vis].reshape(n_layers * n_heads, -1)
-        ksum = torch.zeros(n_layers * n_heads, 2 * m - 1, device=dev).index_add_(1, off, w)
+        ksum = torch.zeros(rows, 2 * m - 1, device=dev).index_add_(1, off, w)
         self._add("kernel_sum", ksum.view(n_layers, n_heads, -1))
         self._add("kernel_count", torch.bincount(off, minlength=2 * m - 1))
-        uni = (1.0 / n_vis)[:, None].expand(s, s)[vis]
+        uni = (1.0 / n_vis)[:, None].expand(s, s).reshape(-1).index_select(0, vis_idx)
         self._add("kernel_uniform", torch.bincount(off, weights=uni, minlength=2 * m - 1))
         if inputs is not None:
-            self._association(p, f32(inputs[:, :s]), vis)
+            pick = None  # which visible pairs enter the correlation
+            if not self.config.assoc_include_self:
+                pick = (off != m - 1).nonzero().squeeze(1)  # offset 0 is the pair i == j
+                w = w.index_select(1, pick)
+            self._association(w.view(n_layers, n_heads, -1), f32(inputs[:, :s]), vis_idx, pick)
 
-    def _association(self, p: torch.Tensor, x: torch.Tensor, vis: torch.Tensor) -> None:
-        pairs = vis if self.config.assoc_include_self else vis & ~torch.eye(
-            vis.shape[0], dtype=torch.bool, device=vis.device)
-        self._add("assoc_n", pairs.sum()[None])
+    def _association(self, w: torch.Tensor, x: torch.Tensor, vis_idx: torch.Tensor,
+                     pick: torch.Tensor | None) -> None:
+        """Sums of a, a^2, a c, c, c^2 over the pairs: w [L_att, H, pairs] weights, x the inputs."""
+        n_pairs = w.shape[-1]
+        self._add("assoc_n", torch.full((1,), n_pairs, dtype=torch.long, device=w.device))
         u = unit(x)
+        s = x.shape[1]
         sums: dict[str, list[torch.Tensor]] = {k: [] for k in _ASSOC}
-        # One layer at a time, in float64: the correlation is a difference of sums
-        # that cancel when it is small, and a [H, pairs] float64 block stays modest.
-        for layer in range(p.shape[0]):
-            c = (u[layer] @ u[layer].T)[pairs].double()  # [pairs]
-            a = p[layer][:, pairs].double()  # [H, pairs]
-            for key, v in zip(_ASSOC, (a.sum(-1), (a * a).sum(-1), (a * c).sum(-1), c.sum(),
-                                       (c * c).sum()), strict=True):
+        # One layer at a time, in float64: the correlation is a difference of sums that
+        # cancel when it is small, and a [H, pairs] float64 block stays modest. With
+        # fast_moments one sequence's sums are float32 (pairwise: ~1e-7 relative) and
+        # only the sums across sequences are float64.
+        wide = torch.float32 if self.config.fast_moments else torch.float64
+        for layer in range(w.shape[0]):
+            c = (u[layer] @ u[layer].T).view(s * s).index_select(0, vis_idx)
+            c = (c if pick is None else c.index_select(0, pick)).to(wide)  # [pairs]
+            a = w[layer].to(wide)  # [H, pairs]
+            for key, v in zip(_ASSOC, (a.sum(-1), (a * a).sum(-1), a @ c, c.sum(), c @ c), strict=True):
                 sums[key].append(v)
         for key, vs in sums.items():
             self._add(key, torch.stack(vs))

@@ -49,11 +49,30 @@ DOCS_SCHEMA = pa.schema(
 )
 
 
-def nucleus_size(logp: torch.Tensor, p: float) -> torch.Tensor:
-    """Fewest top tokens whose probabilities sum to at least ``p`` (per row)."""
-    probs = logp.exp().sort(dim=-1, descending=True).values
-    mass_before = probs.cumsum(-1) - probs  # mass of the strictly-better tokens
-    return (mass_before < p).sum(-1).clamp(1, logp.shape[-1])
+def nucleus_size(logp: torch.Tensor, p: float, first_k: int = 256) -> torch.Tensor:
+    """Fewest top tokens whose probabilities sum to at least ``p`` (per row).
+
+    A full sort of the vocabulary costs far more than the logits themselves, so the
+    top ``first_k`` come first (``topk``); a row whose top-k mass reaches ``p`` has its
+    answer among them (every later token has at least that much mass before it), the
+    others retry with 16x more, up to the whole vocabulary. The top-k prefix is the
+    sorted prefix, so the result equals the full sort's.
+    """
+    n, vocab = logp.shape
+    out = torch.empty(n, dtype=torch.long, device=logp.device)
+    rows = torch.arange(n, device=logp.device)
+    k = min(first_k, vocab)
+    while rows.numel():
+        top = logp[rows].topk(k, dim=-1).values.exp() if k < vocab else \
+            logp[rows].exp().sort(dim=-1, descending=True).values
+        cum = top.cumsum(-1)
+        mass_before = cum - top  # mass of the strictly-better tokens
+        size = (mass_before < p).sum(-1).clamp(1, vocab)
+        done = (cum[:, -1] >= p) | (k >= vocab)
+        out[rows[done]] = size[done]
+        rows = rows[~done]
+        k = min(k * 16, vocab)
+    return out
 
 
 class DecodingWalk(Accumulator):

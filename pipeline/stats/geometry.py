@@ -25,6 +25,8 @@ import torch
 from pipeline.stats.base import Accumulator
 from pipeline.stats.ops import as_ids, cosine, f32, group_index, unit
 
+_FLUSH_TOKENS = 2048  # fast_moments: tokens of float32 products summed before a float64 add
+
 LAYER_SCHEMA = pa.schema(
     [
         ("layer", pa.int64()), ("n", pa.int64()), ("anisotropy", pa.float64()),
@@ -67,6 +69,10 @@ class Geometry(Accumulator):
     family = "geometry"
     labels = ("n_layers", "type_ids", "cov_layers")
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._centre: torch.Tensor | None = None  # pending centred second moments, see _second_moments
+
     def update(
         self,
         resid: torch.Tensor,
@@ -85,16 +91,79 @@ class Geometry(Accumulator):
         norms = x.norm(dim=-1)  # [n, L+1]
         u = unit(x)
         self.state["n"] += n
-        self._add("usum", u.sum(0, dtype=torch.float64))
-        self._add("xsum", x.sum(0, dtype=torch.float64))
-        self._add("norm_sum", norms.sum(0, dtype=torch.float64))
-        # Second moments in float64: the covariance is E[xx^T] - mu mu^T, and residual
-        # streams have large mean components that would cancel float32 precision away.
-        cov_l = torch.as_tensor(self.state["cov_layers"], device=dev)
-        xc = x[:, cov_l].double().transpose(0, 1)  # [Lc, n, d]
-        self._add("xxt", xc.transpose(1, 2) @ xc)
+        if self.config.fast_moments:
+            # float32 sums (torch sums float32 pairwise: ~1e-7 relative), added in float64;
+            # dtype=float64 would first copy the whole [n, L+1, d] block to float64
+            self._add("usum", u.sum(0).double())
+            self._add("xsum", x.sum(0).double())
+            self._add("norm_sum", norms.sum(0).double())
+            self._second_moments(x)
+        else:
+            self._add("usum", u.sum(0, dtype=torch.float64))
+            self._add("xsum", x.sum(0, dtype=torch.float64))
+            self._add("norm_sum", norms.sum(0, dtype=torch.float64))
+            # Second moments in float64: the covariance is E[xx^T] - mu mu^T, and residual
+            # streams have large mean components that would cancel float32 precision away.
+            cov_l = torch.as_tensor(self.state["cov_layers"], device=dev)
+            xc = x[:, cov_l].double().transpose(0, 1)  # [Lc, n, d]
+            self._add("xxt", xc.transpose(1, 2) @ xc)
         self._self_sim(u, tok)
         self._intra(x, norms, seq_ids)
+
+    def _second_moments(self, x: torch.Tensor) -> None:
+        """``fast_moments``: Sum of x x^T per covariance layer, formed as a float32 product
+        of *centred* vectors (a float64 product costs 2-4x more). Residual streams have
+        large mean components: uncentred float32 products would lose the covariance to
+        cancellation, centred ones keep ~1e-7 of it. The centre r is the first call's mean;
+        float32 products of up to ``_FLUSH_TOKENS`` tokens are summed before they are added
+        in float64 (converting a d x d block per call would cost half as much as the product).
+        The float64 state Sum x x^T = G + r s^T + s r^T + m r r^T (G = Sum (x-r)(x-r)^T,
+        s = Sum (x-r), m tokens) is rebuilt on every flush, so merges see plain sums."""
+        layers = self.state["cov_layers"]
+        if layers.size == 0:
+            return
+        if layers.size == x.shape[1] and (layers == np.arange(x.shape[1])).all():
+            xc = x  # every layer: no copy
+        else:
+            xc = x.index_select(1, torch.as_tensor(layers, device=x.device, dtype=torch.long))
+        if self._centre is None:
+            self._centre = xc.mean(0)  # [Lc, d]
+            lc, d = xc.shape[1], xc.shape[2]
+            self._gram = torch.zeros(lc, d, d, dtype=torch.float64, device=x.device)
+            self._gram32 = torch.zeros(lc, d, d, dtype=torch.float32, device=x.device)
+            self._shift = torch.zeros(lc, d, dtype=torch.float64, device=x.device)
+            self._count, self._unflushed = 0, 0
+        dx = (xc - self._centre).transpose(0, 1)  # [Lc, n, d]
+        self._gram32.baddbmm_(dx.transpose(1, 2), dx)
+        self._shift += dx.sum(1).double()
+        self._count += x.shape[0]
+        self._unflushed += x.shape[0]
+        if self._unflushed >= _FLUSH_TOKENS:
+            self._flush_gram()
+
+    def _flush_gram(self) -> None:
+        self._gram += self._gram32
+        self._gram32.zero_()
+        self._unflushed = 0
+
+    def _fold_second_moments(self) -> None:
+        if getattr(self, "_centre", None) is None:
+            self._centre = None
+            return
+        self._flush_gram()
+        r = self._centre.double().cpu().numpy()
+        g, sh, m = self._gram.cpu().numpy(), self._shift.cpu().numpy(), float(self._count)
+        self.state["xxt"] += g + r[:, :, None] * sh[:, None, :] + sh[:, :, None] * r[:, None, :] \
+            + m * r[:, :, None] * r[:, None, :]
+        self._centre = None
+
+    def export_state(self) -> dict[str, np.ndarray]:
+        self._fold_second_moments()
+        return super().export_state()
+
+    def import_state(self, state: dict[str, np.ndarray]) -> None:
+        self._centre = None
+        super().import_state(state)
 
     def _self_sim(self, u: torch.Tensor, tok: torch.Tensor) -> None:
         types = torch.as_tensor(self.state["type_ids"], device=u.device)

@@ -1,0 +1,85 @@
+"""Walk statistics of a stored run: ``python -m jobs.stats store=PATH [stats.families=[...]] [cluster=ray]``."""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from jobs._entry import run_job
+from pipeline.errors import EmbwalkError
+from pipeline.stats.run import StatsCluster, StatsOptions, compute_store_stats
+
+
+def store_argument(argv: list[str]) -> list[str]:
+    """``store=PATH`` -> ``store_path=PATH``: ``store`` is also a config group (the extract
+    job's), so Hydra would read ``store=PATH`` as choosing an option of that group."""
+    return [f"store_path={a.split('=', 1)[1]}" if a.startswith("store=") else a for a in argv]
+
+
+def options(section: dict | None, cls):
+    section = dict(section or {})
+    known = {f for f in cls.__dataclass_fields__}
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise EmbwalkError(f"unknown option(s): {', '.join(unknown)}")
+    return cls(**section)
+
+
+def require_store(config: dict) -> str:
+    path = config.get("store_path")
+    if not path:
+        raise EmbwalkError("missing required option: store=PATH (the store to read)")
+    return str(path)
+
+
+def stats(config: dict) -> int:
+    path = require_store(config)
+    opts = options(config.get("stats"), StatsOptions)
+    cluster = StatsCluster.from_dict(config.get("cluster"))
+    summary = compute_store_stats(path, opts, cluster, report=lambda msg: print(msg, file=sys.stderr))
+    print(format_summary(summary))
+    return 0
+
+
+def format_summary(summary: dict) -> str:
+    sh = summary["shards"]
+    lines = [
+        f"statistics: {summary['store']}/stats ({', '.join(sorted(summary['families']))})",
+        f"  {summary['n_tokens']} tokens in {summary['n_sequences']} sequences, "
+        f"{sh['with_stats']}/{sh['total']} shards ({sh['committed']} committed)",
+    ]
+    for family, why in summary.get("skipped", {}).items():
+        lines.append(f"  skipped {family}: {why}")
+    t = summary.get("timings") or {}
+    if t.get("tokens"):
+        lines.append(
+            f"  this run: {t['tokens']} tokens in {t['wall_seconds']:.1f} s ({t.get('tokens_per_second', 0):.0f} "
+            f"tokens/s wall, {t['workers']} worker(s)); read {t.get('read_tokens_per_second', 0):.0f} tokens/s "
+            f"({t.get('read_mb_per_second', 0):.0f} MB/s), statistics {t.get('stats_tokens_per_second', 0):.0f} "
+            "tokens/s (per worker)"
+        )
+        fam = t.get("family_tokens_per_second", {})
+        if fam:
+            lines.append("  per family (tokens/s, one worker): " + ", ".join(f"{k} {v:.0f}" for k, v in fam.items()))
+        read, comp = t.get("read_tokens_per_second"), t.get("stats_tokens_per_second")
+        if read and comp:
+            if comp >= read:
+                lines.append(f"  statistics keep up with reading ({comp / read:.1f}x the read rate)")
+            else:
+                slow = min(fam, key=fam.get) if fam else "?"
+                lines.append(f"  statistics are {read / comp:.1f}x slower than reading the store (slowest: {slow}; "
+                             "docs/statistics.md#cost)")
+    lines.append(f"  summary: {summary['store']}/stats/summary.json")
+    return "\n".join(lines)
+
+
+@hydra.main(config_path="../conf", config_name="stats", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_job(stats, cfg)
+
+
+if __name__ == "__main__":
+    sys.argv = store_argument(sys.argv)
+    main()

@@ -1,0 +1,74 @@
+"""Build a report: every figure the statistics allow, then the page that shows them."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.report import figures as F
+from pipeline.report.data import load_document, load_report_data
+from pipeline.report.html import write_page
+from pipeline.report.vocab import load_vocabulary
+
+log = logging.getLogger(__name__)
+
+REPORT_DIR = "report"
+
+
+@dataclass
+class ReportOptions:
+    """The ``report`` section of conf/report.yaml."""
+
+    out: str | None = None  # directory; default STORE/report
+    doc: int | None = None  # document of the trajectory and similarity map; default: the first of >= 12 tokens
+    max_tokens: int = 48  # tokens of that document shown
+    walks: int = 4  # token walks drawn in the trajectory
+    labels: bool = True  # label the trajectory with nearest vocabulary tokens (loads the model)
+    max_offset: int = 256  # position kernels: offsets shown
+
+
+def build_report(store: str | Path, options: ReportOptions | None = None, loaded=None) -> Path:
+    """Write the figures and ``index.html`` for the store's statistics; returns the page's path."""
+    opts = options or ReportOptions()
+    data = load_report_data(store)
+    out = Path(opts.out).expanduser() if opts.out else data.root / REPORT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    doc = load_document(data, opts.doc, opts.max_tokens)
+    vocab = load_vocabulary(data.store, loaded) if opts.labels and doc is not None else None
+    makers = {
+        "encoding": lambda: F.fig_encoding(data, out),
+        "logit_lens": lambda: F.fig_logit_lens(data, out),
+        "position_kernels": lambda: F.fig_kernels(data, out, opts.max_offset),
+        "self_bias": lambda: F.fig_self_bias(data, out),
+        "sink": lambda: F.fig_sink(data, out),
+        "geometry": lambda: F.fig_geometry(data, out),
+        "trajectory": lambda: F.fig_trajectory(doc, vocab, out, opts.walks),
+        "similarity": lambda: F.fig_similarity(doc, out),
+        "decoding": lambda: F.fig_decoding(data, out),
+    }
+    needs = {"encoding": "encoding", "logit_lens": "logit_lens", "position_kernels": "attention",
+             "self_bias": "attention", "sink": "attention", "geometry": "geometry", "decoding": "decoding",
+             "trajectory": "the store's resid (or a sample kept by the statistics)", "similarity": "the same"}
+    figures, missing = [], {}
+    for name, make in makers.items():
+        fig = make()
+        if fig is None:
+            why = data.summary.get("skipped", {}).get(needs[name], f"needs {needs[name]}, not computed")
+            missing[name] = why
+            (out / f"{name}.png").unlink(missing_ok=True)  # never show a stale figure
+        else:
+            figures.append(fig)
+    s = data.summary
+    m = data.store.manifest
+    facts = [
+        ("store", str(data.root.resolve())),
+        ("model", f"{m['model']['id']} ({m['model']['n_layers']} layers, d_model {m['model']['d_model']})"),
+        ("corpus", f"{s['n_tokens']} tokens, {s['n_sequences']} sequences ({m['mode']} mode, seq_len {m['seq_len']})"),
+        ("statistics", ", ".join(f"{f} ({n} shards)" for f, n in sorted(s["families"].items()))),
+        ("written", time.strftime("%Y-%m-%d %H:%M:%S")),
+    ]
+    page = out / "index.html"
+    write_page(page, f"embwalk report: {Path(data.root).name}", facts, figures, missing, s)
+    return page

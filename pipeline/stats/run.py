@@ -1,0 +1,302 @@
+"""The stats job: every committed shard of a store, in parallel, then one merge.
+
+Shards run here (``cluster.workers`` <= 1), in a local process pool, or as Ray
+tasks (``cluster.kind=ray``); each writes its own partials, so the driver only
+collects timings and merges at the end. The model the store names is loaded
+once by the driver (its weights fingerprint must match the manifest's) and
+only its unembedding and final norm travel to the workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from pipeline.errors import EmbwalkError, StoreError
+from pipeline.models.loading import resolve_device
+from pipeline.stats.config import FAMILIES, StatsConfig
+from pipeline.stats.geometry import most_frequent_types
+from pipeline.stats.partials import identity_hash, merge_store_stats, read_shard_meta
+from pipeline.stats.sequence import ModelHead
+from pipeline.stats.store_stats import ShardNotReady, check_store, has_activations, shard_stats
+from pipeline.store import layout as store_layout
+from pipeline.store.reader import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StatsOptions:
+    """The ``stats`` section of conf/stats.yaml."""
+
+    families: list[str] = field(default_factory=lambda: list(FAMILIES))
+    self_sim_top_k: int = 100  # token types tracked for self-similarity: the corpus's most frequent
+    cov_layers: list[int] | None = None  # layers with a covariance spectrum (None = all)
+    cov_every: int | None = None  # or: every k-th residual layer and the last (the d x d product is the cost)
+    nucleus_p: float = 0.9
+    assoc_include_self: bool = True
+    chunk_tokens: int = 256
+    fast_moments: bool = True  # geometry sums in float32 (centred): ~2x faster, ~1e-7 relative
+    bins: dict | None = None
+    device: str = "auto"  # where statistics are computed: cpu | cuda | cuda:N | auto
+    resume: bool = True  # skip shards whose partials match this config and store
+
+    def stats_config(self, token_ids: np.ndarray, n_resid: int | None = None) -> StatsConfig:
+        """The StatsConfig for a corpus; self-similarity types are its top-K by frequency.
+        ``n_resid``: residual layers the statistics see (needed with ``cov_every``)."""
+        unknown = sorted(set(self.families) - set(FAMILIES))
+        if unknown:
+            raise EmbwalkError(f"unknown stats.families {unknown}; known: {', '.join(FAMILIES)}")
+        types = most_frequent_types(token_ids, self.self_sim_top_k) if self.self_sim_top_k > 0 else ()
+        cov = None if self.cov_layers is None else tuple(self.cov_layers)
+        if self.cov_every:
+            if self.cov_layers is not None or n_resid is None or self.cov_every < 1:
+                raise EmbwalkError("stats.cov_every takes a positive step, without stats.cov_layers")
+            cov = tuple(sorted(set(range(0, n_resid, self.cov_every)) | {n_resid - 1}))
+        try:
+            return StatsConfig(
+                families=tuple(self.families), bins=dict(self.bins or {}), nucleus_p=self.nucleus_p,
+                self_sim_types=types, cov_layers=cov,
+                assoc_include_self=self.assoc_include_self, chunk_tokens=self.chunk_tokens,
+                fast_moments=self.fast_moments,
+            )
+        except ValueError as exc:
+            raise EmbwalkError(f"bad stats option: {exc}") from exc
+
+
+@dataclass
+class StatsCluster:
+    """The ``cluster`` options the stats job reads (the extract job's cluster group)."""
+
+    kind: str = "local"  # local | ray
+    workers: int | None = None  # local: processes (1 = this process; None = one per core); ray: tasks at once
+    threads: int | None = None  # torch threads per worker (None = 1)
+    progress: bool = True
+    address: str | None = None
+    max_retries: int = 3
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> StatsCluster:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (data or {}).items() if k in names})
+
+
+def corpus_token_ids(store: Store) -> np.ndarray:
+    """Token ids of every committed row (for the self-similarity types)."""
+    parts = [pq.read_table(store_layout.tokens_path(store.root, i), columns=["token_id"]).column(0).to_numpy()
+             for i in store.committed]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def model_head(store: Store, loaded=None) -> ModelHead:
+    """Load the model the store names (or use ``loaded``) and check its weights fingerprint;
+    the head is on the CPU: workers move it to their device (CUDA tensors do not pickle to a
+    process pool)."""
+    from pipeline.models.loading import ModelConfig, load_model
+
+    want = store.manifest["model"]["weights_fingerprint"]
+    if loaded is None:
+        mcfg = ModelConfig(**store.manifest["config"]["model"])
+        loaded = load_model(replace(mcfg, device="cpu", device_map=None))
+    if loaded.weights_fingerprint != want:
+        raise StoreError(
+            f"model {loaded.model_id!r} does not match the store {store.root}: weights fingerprint "
+            f"{loaded.weights_fingerprint[:12]} != {want[:12]}"
+        )
+    return ModelHead.from_loaded(loaded, "cpu")
+
+
+def compute_store_stats(
+    path: str | Path,
+    options: StatsOptions | None = None,
+    cluster: StatsCluster | None = None,
+    loaded=None,
+    report: Callable[[str], None] | None = None,
+) -> dict:
+    """Statistics of every committed shard of the store at ``path``, merged; returns the summary.
+
+    A store without activations (an extraction that computed its statistics in the
+    pass) only has its partials merged. ``loaded`` replaces loading the store's model.
+    """
+    options = options or StatsOptions()
+    cluster = cluster or StatsCluster()
+    say = report or (lambda msg: None)
+    store = check_store(path)
+    root = store.root
+    if not has_activations(store):
+        say(f"{root} holds no activations: merging the statistics computed during extraction")
+        return merge_store_stats(root)
+    resid = store.manifest["arrays"].get("resid")
+    config = options.stats_config(corpus_token_ids(store), len(resid["layers"]) if resid else None)
+    head = model_head(store, loaded)
+    device = str(resolve_device(options.device))
+    todo = [i for i in store.committed if not (options.resume and _up_to_date(store, i, config, options))]
+    skipped = len(store.committed) - len(todo)
+    if skipped:
+        say(f"{skipped} shard(s) already have statistics for this config (stats.resume=false recomputes them)")
+    started = time.perf_counter()
+    infos = run_shards(root, todo, config, head, device, cluster, say)
+    wall = time.perf_counter() - started
+    timings = _timings(infos, wall, max(1, min(default_workers(cluster, device, len(todo)), len(todo))))
+    summary = merge_store_stats(root, timings)
+    return summary
+
+
+def _up_to_date(store: Store, index: int, config: StatsConfig, options: StatsOptions) -> bool:
+    meta = read_shard_meta(store.root, index)
+    if meta is None:
+        return False
+    wanted = set(options.families) - set(meta.get("skipped", {}))
+    return (
+        meta.get("config") == config.fingerprint()
+        and set(meta.get("families", [])) == wanted
+        and meta.get("store_identity") == identity_hash(store.manifest)
+    )
+
+
+def run_shards(root: Path, shards: list[int], config: StatsConfig, head: ModelHead, device: str,
+               cluster: StatsCluster, say: Callable[[str], None]) -> list[dict]:
+    if not shards:
+        return []
+    if cluster.kind == "ray":
+        return _run_ray(root, shards, config, head, device, cluster, say)
+    if cluster.kind != "local":
+        raise EmbwalkError(f"unknown cluster.kind {cluster.kind!r}; choose local or ray")
+    # One torch thread per worker by default: a shard's reader thread runs beside the
+    # statistics, and a 2-thread OpenMP op waits at its barrier whenever the other core is
+    # busy (measured 10x slower on a shared 2-core machine); parallelism comes from workers.
+    threads = cluster.threads or 1
+    workers = min(default_workers(cluster, device, len(shards)), len(shards))
+    if workers <= 1:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return list(_progress(((i, _one(root, i, config, head, device)) for i in shards), shards, cluster, say))
+        finally:
+            torch.set_num_threads(before)
+    ctx = multiprocessing.get_context("spawn")  # never fork a process that holds torch threads
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(config, head, device, threads)) as pool:
+        futures = {pool.submit(_worker_shard, str(root), i): i for i in shards}
+        return list(_progress(((futures[f], f.result()) for f in as_completed(futures)), shards, cluster, say))
+
+
+def default_workers(cluster: StatsCluster, device: str, n_shards: int) -> int:
+    """``cluster.workers``, or one process per CPU core once there are a few shards each
+    (starting a worker costs seconds: torch import, model head); one for a GPU device."""
+    if cluster.workers:
+        return cluster.workers
+    if device.startswith("cuda"):
+        return 1
+    return max(1, min((os.cpu_count() or 1) // (cluster.threads or 1), n_shards // 4))
+
+
+def _one(root: Path, index: int, config: StatsConfig, head: ModelHead, device: str) -> dict:
+    try:
+        return shard_stats(root, index, config, head, device)
+    except ShardNotReady as exc:
+        return {"shard": index, "not_ready": str(exc)}
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(config: StatsConfig, head: ModelHead, device: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER.update(config=config, head=head, device=device)
+
+
+def _worker_shard(root: str, index: int) -> dict:
+    return _one(Path(root), index, _WORKER["config"], _WORKER["head"], _WORKER["device"])
+
+
+def _run_ray(root: Path, shards: list[int], config: StatsConfig, head: ModelHead, device: str,
+             cluster: StatsCluster, say: Callable[[str], None]) -> list[dict]:
+    import ray
+
+    if not ray.is_initialized():
+        slots = max(os.cpu_count() or 1, (cluster.workers or 1) * (cluster.threads or 1))
+        init = {"address": cluster.address} if cluster.address else {"num_cpus": slots}
+        ray.init(**init, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    use_gpu = device.startswith("cuda")
+    threads = cluster.threads or 1
+
+    def task(root: str, index: int, config: StatsConfig, head: ModelHead) -> dict:
+        torch.set_num_threads(threads)
+        return _one(Path(root), index, config, head, device)
+
+    # Ray retries a task whose worker died; a shard's partials are replaced, never added to.
+    remote = ray.remote(task).options(num_cpus=threads, num_gpus=1 if use_gpu else 0,
+                                      max_retries=cluster.max_retries)
+    config_ref, head_ref = ray.put(config), ray.put(head)
+    limit = cluster.workers or len(shards)
+    pending = list(shards)
+    inflight: dict = {}
+
+    def results() -> Iterable[tuple[int, dict]]:
+        while pending or inflight:
+            while pending and len(inflight) < limit:
+                i = pending.pop(0)
+                inflight[remote.remote(str(root), i, config_ref, head_ref)] = i
+            ready, _ = ray.wait(list(inflight), num_returns=1)
+            i = inflight.pop(ready[0])
+            yield i, ray.get(ready[0])
+
+    return list(_progress(results(), shards, cluster, say))
+
+
+def _progress(items: Iterable[tuple[int, dict]], shards: list[int], cluster: StatsCluster,
+              say: Callable[[str], None]) -> Iterable[dict]:
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(shards), unit="shard", desc="stats", disable=not cluster.progress) as bar:
+        for index, info in items:
+            if "not_ready" in info:
+                say(f"{store_layout.shard_name(index)} skipped: {info['not_ready']}")
+            bar.update(1)
+            yield info
+
+
+def _timings(infos: list[dict], wall: float, workers: int) -> dict:
+    done = [i for i in infos if "n_tokens" in i]
+    tokens = sum(i["n_tokens"] for i in done)
+    read = sum(i["read_seconds"] for i in done)
+    compute = sum(i["compute_seconds"] for i in done)
+    nbytes = sum(i["bytes_read"] for i in done)
+    fam: dict[str, float] = {}
+    for i in done:
+        for k, v in i["family_seconds"].items():
+            fam[k] = fam.get(k, 0.0) + v
+    out = {
+        "shards": len(done),
+        "not_ready": [i["shard"] for i in infos if "not_ready" in i],
+        "tokens": tokens,
+        "wall_seconds": round(wall, 3),
+        "read_seconds": round(read, 3),
+        "compute_seconds": round(compute, 3),
+        "bytes_read": nbytes,
+        "workers": workers,
+        "family_seconds": {k: round(v, 3) for k, v in fam.items()},
+    }
+    if tokens and wall:
+        out["tokens_per_second"] = round(tokens / wall, 1)
+    if tokens and read:
+        out["read_tokens_per_second"] = round(tokens / read, 1)
+        out["read_mb_per_second"] = round(nbytes / read / 1e6, 1)
+    if tokens and compute:
+        out["stats_tokens_per_second"] = round(tokens / compute, 1)
+    for k, v in fam.items():
+        if v and tokens:
+            out.setdefault("family_tokens_per_second", {})[k] = round(tokens / v, 1)
+    return out

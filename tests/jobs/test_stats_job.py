@@ -1,0 +1,56 @@
+"""The stats and report jobs from the command line: a real store (MiniLM, loadable by name)
+gets statistics and a report; bad input gives one line and exit status 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.jobs.test_extract_job import assert_user_error
+from tests.stats.stores import build_store
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def job(name: str, *overrides: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", f"jobs.{name}", *overrides], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def minilm_store(tmp_path_factory, minilm) -> Path:
+    """Extracted in-process with the real MiniLM, named in the manifest so the job can load it."""
+    return build_store(tmp_path_factory.mktemp("job"), minilm, mode="document", seq_len=24, shard_tokens=16,
+                       model_name="all-minilm-l6-v2")
+
+
+def test_stats_then_report(minilm_store):
+    result = job("stats", f"store={minilm_store}", "cluster.progress=false", "cluster.workers=1",
+                 "stats.self_sim_top_k=5")
+    assert result.returncode == 0, result.stderr
+    assert f"statistics: {minilm_store}/stats" in result.stdout
+    assert "skipped logit_lens: the model has no unembedding" in result.stdout
+    assert "read" in result.stdout and "tokens/s" in result.stdout
+    summary = json.loads((minilm_store / "stats" / "summary.json").read_text())
+    assert set(summary["families"]) == {"encoding", "attention", "geometry"}
+    assert summary["n_tokens"] == json.loads((minilm_store / "manifest.json").read_text())["n_tokens"]
+    result = job("report", f"store={minilm_store}", "report.labels=false")
+    assert result.returncode == 0, result.stderr
+    assert f"report: {minilm_store}/report/index.html" in result.stdout
+    assert (minilm_store / "report" / "position_kernels.png").is_file()
+
+
+def test_bad_store_path_is_one_line(tmp_path):
+    assert_user_error(job("stats", "store=/no/such/store"), "store not found: /no/such/store")
+    assert_user_error(job("report", f"store={tmp_path}"), "not an embwalk store", str(tmp_path))
+
+
+def test_missing_store_and_unknown_family(minilm_store):
+    assert_user_error(job("stats"), "store=PATH")
+    assert_user_error(job("stats", f"store={minilm_store}", "stats.families=[encoding,bogus]"), "bogus")

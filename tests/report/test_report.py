@@ -1,0 +1,79 @@
+"""The report from small stores: every figure and the page, missing statistics named, and a
+store without activations (statistics computed in the pass) still drawn from the kept sample."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+
+from pipeline.errors import StoreError
+from pipeline.report import ReportOptions, build_report
+from pipeline.stats.run import StatsCluster, StatsOptions, compute_store_stats
+from tests.stats.stores import build_store, tiny
+
+ALL = ["encoding", "logit_lens", "position_kernels", "self_bias", "sink", "geometry", "trajectory", "similarity",
+       "decoding"]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def loaded(smollm2):
+    return tiny("llama", smollm2.tokenizer)
+
+
+@pytest.fixture(scope="module")
+def stats_store(tmp_path_factory, loaded):
+    store = build_store(tmp_path_factory.mktemp("report"), loaded)
+    compute_store_stats(store, StatsOptions(self_sim_top_k=4), StatsCluster(workers=1, progress=False), loaded=loaded)
+    return store
+
+
+def images(page) -> list[str]:
+    return re.findall(r"<img src='([^']+)\.png'", page.read_text())
+
+
+def test_every_figure_and_one_page(stats_store, loaded, tmp_path):
+    page = build_report(stats_store, ReportOptions(out=str(tmp_path / "r")), loaded=loaded)
+    assert page == tmp_path / "r" / "index.html"
+    assert images(page) == ALL
+    for name in ALL:
+        data = (page.parent / f"{name}.png").read_bytes()
+        assert data.startswith(PNG) and len(data) > 5000, name
+    html = page.read_text()
+    assert "Not shown" not in html and "negative self-bias" in html and "Median rank falls" in html
+
+
+def test_default_location_and_missing_statistics(tmp_path, loaded):
+    store = build_store(tmp_path, loaded, sites=["resid_pre.0", "resid_post", "final"])  # no attention
+    with pytest.raises(StoreError, match="run python -m jobs.stats"):
+        build_report(store)
+    compute_store_stats(store, StatsOptions(families=["encoding", "attention", "geometry"]),
+                        StatsCluster(workers=1, progress=False), loaded=loaded)
+    page = build_report(store, ReportOptions(labels=False))
+    assert page == store / "report" / "index.html"
+    assert images(page) == ["encoding", "geometry", "trajectory", "similarity"]
+    html = page.read_text()
+    assert "Not shown" in html and "needs attention patterns" in html and "needs logit_lens" in html
+    assert not (page.parent / "sink.png").exists()
+
+
+def test_a_store_without_activations_merges_and_draws_from_the_sample(stats_store, tmp_path, loaded):
+    """What an in-pass (stats-only) run leaves: partials, no arrays."""
+    store = tmp_path / "store"
+    shutil.copytree(stats_store, store)
+    shutil.rmtree(store / "activations.zarr")
+    shutil.rmtree(store / "attention.zarr")
+    shutil.rmtree(store / "stats" / "report", ignore_errors=True)
+    for p in (store / "stats").glob("*.parquet"):
+        p.unlink()
+    manifest = json.loads((store / "manifest.json").read_text())
+    manifest["arrays"] = {}
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    summary = compute_store_stats(store, StatsOptions(), StatsCluster(workers=1, progress=False))  # no model needed
+    assert summary["shards"]["with_stats"] == summary["shards"]["committed"]
+    page = build_report(store, ReportOptions(labels=False))
+    assert images(page) == ALL
+    assert "vectors from the sample" in page.read_text()
