@@ -41,7 +41,11 @@ class ShardRunner:
         batch_size: int = 8,
         seq_len: int | None = None,
         max_pending: int = 2,
+        stats=None,
+        store_arrays: bool = True,
     ):
+        """``stats`` (pipeline.stats.run.StatsOptions) computes walk statistics in the
+        pass; ``store_arrays=False`` then stores none of the captured arrays."""
         self.loaded, self.corpus, self.writer = loaded, corpus, writer
         self.capture, self.dtype, self.batch_size = capture, dtype, batch_size
         self.capturer = Capturer(loaded, capture, dtype)
@@ -53,6 +57,13 @@ class ShardRunner:
         self.chunk_rows = per_token[0]["chunks"][0] if per_token else 1  # the same for every per-token array
         self.max_rows = -(-writer.manifest["shard_tokens"] // self.chunk_rows) * self.chunk_rows
         self._buffer_pool: queue.SimpleQueue = queue.SimpleQueue()
+        self.store_arrays = store_arrays
+        self.stats_config = self.stats_head = None
+        if stats is not None:
+            from pipeline.stats.sequence import ModelHead
+
+            self.stats_config = stats.stats_config(corpus.token_ids, n_resid=len(capture.residual))
+            self.stats_head = ModelHead.from_loaded(loaded)
         # One writer thread: writes run in submission order, so a shard's commit
         # always follows its own pattern writes.
         self.writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embwalk-writer")
@@ -80,6 +91,7 @@ class ShardRunner:
         r0, r1 = shard.rows
         bufs, flats = self._shard_buffers(shard)
         pattern_crc, pattern_writes = 0, []
+        walk = self._walk_stats(shard)
         for batch in self._batches(shard):
             lengths = [int(self.offsets[s + 1] - self.offsets[s]) for s in batch]
             ids, mask = self._inputs(batch, lengths)
@@ -87,7 +99,9 @@ class ShardRunner:
             got = self.capturer.run(ids, mask, out)
             if out is None:
                 self._scatter(got, batch, lengths, bufs, shard)
-            if "pattern" in got:
+            if walk is not None:
+                self._update_stats(walk, got, batch, lengths, shard)
+            if "pattern" in got and self.store_arrays:
                 pattern_crc = self._queue_patterns(got["pattern"], batch, lengths, shard, pattern_crc, pattern_writes)
             if on_tokens:
                 on_tokens(_owned(batch, self.offsets, shard))
@@ -99,7 +113,7 @@ class ShardRunner:
             "started_at": started_at,
             "compute_seconds": round(time.perf_counter() - started, 3),
         }
-        if self.capture.pattern_layers:
+        if self.capture.pattern_layers and self.store_arrays:
             extra["checksums_pattern"] = pattern_crc
         tokens = self._token_table(shard)
 
@@ -107,6 +121,10 @@ class ShardRunner:
             try:
                 for write in pattern_writes:
                     write.result()  # a failed pattern write fails the shard: no commit
+                if walk is not None:  # before the commit: a committed shard always has its statistics
+                    from pipeline.stats.partials import write_shard_partials
+
+                    write_shard_partials(self.writer.root, shard.index, walk, {"route": "in-pass"})
                 return self.writer.write_shard(shard.index, shard.rows, arrays, tokens, extra)
             finally:
                 self._buffer_pool.put(flats)
@@ -215,7 +233,33 @@ class ShardRunner:
             writes.append(self.writer_thread.submit(self.writer.write_patterns, s, block))
         return crc
 
+    def _walk_stats(self, shard: Shard):
+        if self.stats_config is None:
+            return None
+        from pipeline.stats.sequence import WalkStats
+
+        return WalkStats.for_layout(self.stats_config, self.stats_head, shard.index, self.capture)
+
+    def _update_stats(self, walk, got, batch, lengths, shard: Shard) -> None:
+        """Every sequence whose first token is in the shard, whole, from the capture
+        buffers: already in the store dtype, so the values equal what a store holds."""
+        p0, p1 = shard.pattern_seqs
+        for j, (s, n) in enumerate(zip(batch, lengths, strict=True)):
+            if not p0 <= s < p1:
+                continue
+            a = int(self.offsets[s])
+            walk.update_sequence(
+                got["resid"][j, :n] if "resid" in got else None,
+                got["final"][j, :n] if "final" in got else None,
+                torch.from_numpy(self.corpus.token_ids[a : a + n].astype(np.int64)),
+                torch.from_numpy(self.corpus.doc_ids[a : a + n].astype(np.int64)),
+                got["pattern"][j, :, :, :n, :n] if "pattern" in got else None,
+                seq_id=s,
+            )
+
     def _per_token_shapes(self) -> dict[str, tuple[int, ...]]:
+        if not self.store_arrays:
+            return {}
         d = self.loaded.d_model
         shapes = {name: (len(layers), d) for name, layers in self.capture.array_layers().items()}
         if self.capture.final:

@@ -30,6 +30,18 @@ STORE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 class CaptureConfig:
     sites: list[str] = field(default_factory=lambda: ["resid_pre.0", "resid_post", "final"])
     heads: list[int] | None = None  # attention heads to keep (all by default)
+    store_arrays: bool = True  # false: keep nothing but the token table (and the statistics)
+    stats: dict | None = None  # walk statistics computed in the pass (pipeline.stats.run.StatsOptions)
+
+    def stats_options(self):
+        if self.stats is None:
+            return None
+        from pipeline.stats.run import StatsOptions
+
+        unknown = sorted(set(self.stats) - {f.name for f in fields(StatsOptions)})
+        if unknown:
+            raise EmbwalkError(f"unknown capture.stats option(s): {', '.join(unknown)}")
+        return StatsOptions(**self.stats)
 
 
 @dataclass
@@ -91,6 +103,8 @@ class PreparedJob:
 
 def prepare(cfg: ExtractConfig, loaded: LoadedModel) -> PreparedJob:
     """Validate, tokenize, plan and describe the store; no activations are computed."""
+    if not cfg.capture.store_arrays and cfg.capture.stats is None:
+        raise EmbwalkError("capture.store_arrays=false keeps nothing: also set capture.stats (e.g. capture=stats_only)")
     if cfg.store.dtype not in STORE_DTYPES:
         raise EmbwalkError(f"unknown store.dtype {cfg.store.dtype!r}; choose float16 or float32")
     if loaded.max_positions and cfg.corpus.seq_len > loaded.max_positions:
@@ -106,7 +120,7 @@ def prepare(cfg: ExtractConfig, loaded: LoadedModel) -> PreparedJob:
         cfg.store.shard_tokens, cfg.store.chunk_tokens, cfg.corpus.seq_len, cfg.corpus.mode
     )
     plan = make_plan(corpus, shard_tokens)
-    specs = store_layout.array_specs(
+    specs = [] if not cfg.capture.store_arrays else store_layout.array_specs(
         n_tokens=plan.n_tokens,
         n_sequences=plan.n_sequences,
         seq_len=cfg.corpus.seq_len,
@@ -145,6 +159,8 @@ def _manifest(cfg: ExtractConfig, loaded: LoadedModel, corpus: TokenizedCorpus, 
         "corpus.n_tokens": plan.n_tokens,
         "capture.sites": sites,
         "capture.heads": cfg.capture.heads,
+        "capture.store_arrays": cfg.capture.store_arrays,
+        "capture.stats": cfg.capture.stats,
         "store.dtype": cfg.store.dtype,
         "store.shard_tokens": plan.shard_tokens,
         "store.chunk_tokens": cfg.store.chunk_tokens,

@@ -34,6 +34,7 @@ def extract_local(cfg: ExtractConfig, loaded: LoadedModel | None = None) -> dict
     runner = ShardRunner(
         loaded, job.layout, job.corpus, writer, vocabulary_strings(loaded.tokenizer),
         dtype=job.dtype, batch_size=cfg.cluster.batch_size, seq_len=cfg.corpus.seq_len,
+        stats=cfg.capture.stats_options(), store_arrays=cfg.capture.store_arrays,
     )
     already = sum(s.n_rows for s in job.plan.shards if s.index in done)
     started = time.perf_counter()
@@ -52,6 +53,10 @@ def extract_local(cfg: ExtractConfig, loaded: LoadedModel | None = None) -> dict
         for commit in commits:
             commit.result()
     manifest = writer.finish()
+    if cfg.capture.stats is not None:
+        from pipeline.stats.partials import merge_store_stats
+
+        merge_store_stats(writer.root)
     manifest["run_seconds"] = round(time.perf_counter() - started, 2)
     manifest["run_tokens"] = job.plan.n_tokens - already
     return manifest

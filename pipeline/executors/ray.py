@@ -48,7 +48,7 @@ class ShardWorker:
         self.runner = ShardRunner(
             loaded, job.layout, job.corpus, writer, vocabulary_strings(loaded.tokenizer),
             dtype=job.dtype, batch_size=cfg.cluster.batch_size, seq_len=cfg.corpus.seq_len,
-            max_pending=IN_FLIGHT_PER_WORKER,
+            max_pending=IN_FLIGHT_PER_WORKER, stats=cfg.capture.stats_options(), store_arrays=cfg.capture.store_arrays,
         )
 
     def run(self, shard: Shard) -> dict:
@@ -153,6 +153,10 @@ def extract_ray(cfg: ExtractConfig, loaded: LoadedModel | None = None) -> dict:
         for w in workers:
             ray.kill(w, no_restart=True)
         manifest = writer.finish()  # records what is committed, also after a failure
+    if cfg.capture.stats is not None:
+        from pipeline.stats.partials import merge_store_stats
+
+        merge_store_stats(writer.root)
     manifest["run_seconds"] = round(time.perf_counter() - started, 2)
     manifest["run_tokens"] = written
     return manifest

@@ -47,10 +47,11 @@ def tiny(name: str, tokenizer):
 
 
 def build_store(root: Path, loaded, *, mode: str = "pack", seq_len: int = 16, shard_tokens: int = 32,
-                dtype: str = "float16", sites: list[str] | None = None, model_name: str | None = None) -> Path:
+                dtype: str = "float16", sites: list[str] | None = None, model_name: str | None = None,
+                stats: dict | None = None, store_arrays: bool = True) -> Path:
     cfg = ExtractConfig(
         corpus=CorpusConfig(path=str(corpus_file(root)), txt_unit="line", mode=mode, seq_len=seq_len),
-        capture=CaptureConfig(sites=sites or ALL_SITES),
+        capture=CaptureConfig(sites=sites or ALL_SITES, stats=stats, store_arrays=store_arrays),
         store=StoreConfig(path=str(root / "store"), dtype=dtype, shard_tokens=shard_tokens, chunk_tokens=8),
         cluster=ClusterConfig(batch_size=3, progress=False),
     )
