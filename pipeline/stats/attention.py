@@ -115,20 +115,25 @@ class AttentionStats(Accumulator):
         self._add("assoc_n", torch.full((1,), n_pairs, dtype=torch.long, device=w.device))
         u = unit(x)
         s = x.shape[1]
-        sums: dict[str, list[torch.Tensor]] = {k: [] for k in _ASSOC}
-        # One layer at a time, in float64: the correlation is a difference of sums that
-        # cancel when it is small, and a [H, pairs] float64 block stays modest. With
-        # fast_moments one sequence's sums are float32 (pairwise: ~1e-7 relative) and
-        # only the sums across sequences are float64.
+        n_layers = w.shape[0]
+        # Blocks of layers, in float64: the correlation is a difference of sums that cancel
+        # when it is small. With fast_moments one sequence's sums are float32 (pairwise:
+        # ~1e-7 relative) and only the sums across sequences are float64. A block's cosine
+        # matrices [k, S, S] and weights [k, H, pairs] stay below ~2^24 values; few large ops
+        # rather than many small ones (each op of a multi-threaded CPU pool waits at a barrier).
         wide = torch.float32 if self.config.fast_moments else torch.float64
-        for layer in range(w.shape[0]):
-            c = (u[layer] @ u[layer].T).view(s * s).index_select(0, vis_idx)
-            c = (c if pick is None else c.index_select(0, pick)).to(wide)  # [pairs]
-            a = w[layer].to(wide)  # [H, pairs]
-            for key, v in zip(_ASSOC, (a.sum(-1), (a * a).sum(-1), a @ c, c.sum(), c @ c), strict=True):
+        step = max(1, (1 << 24) // max(s * s, w.shape[1] * w.shape[2]))
+        sums: dict[str, list[torch.Tensor]] = {k: [] for k in _ASSOC}
+        for lo in range(0, n_layers, step):
+            ub = u[lo : lo + step]
+            c = torch.bmm(ub, ub.transpose(1, 2)).view(ub.shape[0], s * s).index_select(1, vis_idx)
+            c = (c if pick is None else c.index_select(1, pick)).to(wide)  # [k, pairs]
+            a = w[lo : lo + step].to(wide)  # [k, H, pairs]
+            for key, v in zip(_ASSOC, (a.sum(-1), torch.linalg.vecdot(a, a), torch.bmm(a, c[:, :, None])[..., 0],
+                                       c.sum(-1), torch.linalg.vecdot(c, c)), strict=True):
                 sums[key].append(v)
         for key, vs in sums.items():
-            self._add(key, torch.stack(vs))
+            self._add(key, torch.cat(vs))
 
     def _init(self, layer_ids: np.ndarray, n_heads: int, causal: bool) -> None:
         if self.state:

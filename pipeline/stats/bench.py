@@ -1,6 +1,7 @@
 """What in-pass statistics cost next to the bare forward pass, family by family.
 
     python -m pipeline.stats.bench [--model smollm2-135m] [--batch 8] [--seq-len 256] [--reps 3]
+                                   [--families encoding,geometry] [--cov-every 3] [--threads 2]
 
 Runs the model over packed sequences of the built-in corpus: the bare forward pass
 (no hooks, SDPA), then the capture of every residual layer, ``final`` and the attention
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--families", default=",".join(FAMILIES))
+    p.add_argument("--cov-every", type=int, default=None, help="geometry: covariance every k-th layer")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     with Capturer(loaded, layout, torch.float32) as cap:
         got = {k: v.clone() for k, v in cap.run(ids).items()}
     families = [f.strip() for f in args.families.split(",") if f.strip()]
-    config = StatsOptions(families=families).stats_config(ids.numpy().ravel())
+    config = StatsOptions(families=families, cov_every=args.cov_every).stats_config(ids.numpy().ravel(), layers + 1)
     head = ModelHead.from_loaded(loaded, "cpu")
     seconds: dict[str, list[float]] = {f: [] for f in families}
     rounding = []
