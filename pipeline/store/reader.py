@@ -80,7 +80,8 @@ class Store:
             total += nbytes
             dims = " x ".join(f"{d}={n}" for d, n in zip(spec["dims"], spec["shape"], strict=True))
             lines.append(f"  {spec['path']}: [{dims}] {spec['dtype']}, {nbytes / 1e6:.1f} MB")
-        lines.append(f"  tokens/*.parquet: row, doc_id, seq_id, pos, token_id, token; total {total / 1e6:.1f} MB")
+        lines.append("  tokens/*.parquet: row, doc_id, seq_id, pos, token_id, token")
+        lines.append(f"  arrays: {total / 1e6:.1f} MB in all")
         return "\n".join(lines)
 
 
