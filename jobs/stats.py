@@ -13,9 +13,10 @@ from pipeline.stats.run import StatsCluster, StatsOptions, compute_store_stats
 
 
 def store_argument(argv: list[str]) -> list[str]:
-    """``store=PATH`` -> ``store_path=PATH``: ``store`` is also a config group (the extract
-    job's), so Hydra would read ``store=PATH`` as choosing an option of that group."""
-    return [f"store_path={a.split('=', 1)[1]}" if a.startswith("store=") else a for a in argv]
+    """``store=PATH`` (or the extract job's ``store.path=PATH``) -> ``store_path=PATH``:
+    ``store`` is also a config group (the extract job's), so Hydra would read
+    ``store=PATH`` as choosing an option of that group."""
+    return [f"store_path={a.split('=', 1)[1]}" if a.startswith(("store=", "store.path=")) else a for a in argv]
 
 
 def options(section: dict | None, cls):
