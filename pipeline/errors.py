@@ -25,3 +25,10 @@ class SiteError(EmbwalkError):
 
 class StoreError(EmbwalkError):
     """The store cannot be created, resumed or read."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (or its type's name): what a
+    one-line error quotes from a library's multi-line one."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pipeline.corpus.config import CorpusConfig
-from pipeline.errors import CorpusError
+from pipeline.errors import CorpusError, first_line
 
 SNIFF_BYTES = 8192  # NUL bytes here mean binary (or UTF-16) rather than UTF-8 text
 _BOM = b"\xef\xbb\xbf"
@@ -90,7 +90,7 @@ def read_parquet(path: Path, cfg: CorpusConfig) -> Iterator[tuple[str, str]]:
         pf = pq.ParquetFile(path)
         schema = pf.schema_arrow
     except (pa.ArrowException, OSError) as e:
-        raise CorpusError(f"not a readable parquet file ({_first_line(e)}): {path}") from None
+        raise CorpusError(f"not a readable parquet file ({first_line(e)}): {path}") from None
     if field not in schema.names:
         columns = ", ".join(schema.names)
         raise CorpusError(f"no column {field!r} (columns: {columns}) in parquet file: {path}")
@@ -111,7 +111,7 @@ def read_parquet(path: Path, cfg: CorpusConfig) -> Iterator[tuple[str, str]]:
                 yield f"row{row}", value
                 row += 1
     except (pa.ArrowException, OSError) as e:
-        reason = _first_line(e)
+        reason = first_line(e)
         raise CorpusError(f"cannot read parquet file at row {row} ({reason}): {path}") from None
 
 
@@ -191,8 +191,3 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except OSError as e:
         raise CorpusError(f"cannot read corpus file ({e.strerror}): {path}") from None
-
-
-def _first_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__

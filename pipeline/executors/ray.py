@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.corpus import vocabulary_strings
-from pipeline.errors import EmbwalkError
+from pipeline.errors import EmbwalkError, first_line
 from pipeline.executors import faults
 from pipeline.extract import ShardRunner
 from pipeline.job import ExtractConfig, PreparedJob, prepare
@@ -123,14 +123,14 @@ def extract_ray(cfg: ExtractConfig, loaded: LoadedModel | None = None) -> dict:
                 bar.update(shard.n_rows)
             except ray.exceptions.RayActorError as exc:
                 failed += 1
-                _retry(shard, attempts, c.max_retries, f"worker died: {_first_line(exc)}", todo, given_up)
+                _retry(shard, attempts, c.max_retries, f"worker died: {first_line(exc)}", todo, given_up)
                 if worker in workers:  # replace it once; its other in-flight shards fail here too
                     workers.remove(worker)
                     ray.kill(worker, no_restart=True)
                     workers.append(spawn())
             except ray.exceptions.RayTaskError as exc:
                 failed += 1
-                _retry(shard, attempts, c.max_retries, _first_line(exc.cause or exc), todo, given_up)
+                _retry(shard, attempts, c.max_retries, first_line(exc.cause or exc), todo, given_up)
             seconds = time.perf_counter() - started
             bar.set_postfix_str(
                 f"{written * bytes_per_token / max(seconds, 1e-9) / 1e6:.1f} MB/s, "
@@ -178,8 +178,3 @@ def _bytes_per_token(job: PreparedJob) -> float:
 
 def _root(cfg: ExtractConfig) -> Path:
     return Path(cfg.store.path).expanduser()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-from pipeline.errors import ModelError
+from pipeline.errors import ModelError, first_line
 from pipeline.models.families import Family, family_for, trunk
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
             source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
         )
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load model {cfg.name!r}: {_first_line(exc)}") from exc
+        raise ModelError(f"cannot load model {cfg.name!r}: {first_line(exc)}") from exc
     family = family_for(hf_config)
     # Decoders load with their LM head (the unembedding the walk statistics
     # need); encoders load as the bare body (e.g. sentence-transformer weights).
@@ -154,7 +154,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
             source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
         )
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load model {cfg.name!r}: {_first_line(exc)}") from exc
+        raise ModelError(f"cannot load model {cfg.name!r}: {first_line(exc)}") from exc
     if cfg.device_map:
         # Layers sit on several devices; inputs go where the embeddings are, and
         # the capture hooks copy each layer's output from wherever it was computed.
@@ -229,7 +229,7 @@ def _convert_gguf(gguf_path: Path, out: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"cannot read GGUF file {gguf_path}: {_first_line(exc)}") from exc
+        raise ModelError(f"cannot read GGUF file {gguf_path}: {first_line(exc)}") from exc
     config = model.config.to_dict()
     config.pop("quantization_config", None)  # the cache holds plain dequantized weights
     type(model.config).from_dict(config).save_pretrained(out)
@@ -252,8 +252,3 @@ def weights_fingerprint(model: torch.nn.Module, samples: int = 4096) -> str:
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(sample.numpy().tobytes())
     return digest.hexdigest()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
