@@ -203,11 +203,10 @@ class ShardRunner:
         out = self.capturer.scratch(n, width)
         start = first - shard.rows[0]
         for name, buf in bufs.items():
-            rows = buf[:, start : start + width * n] if buf.ndim == 3 else buf[start : start + width * n]
-            # [layer, batch*seq, d] seen as [batch, seq, layer, d]: the layout the hooks write.
-            out[name] = rows.view(buf.shape[0], n, width, -1).permute(1, 2, 0, 3) if buf.ndim == 3 else rows.view(
-                n, width, -1
-            )
+            if buf.ndim == 3:  # [layer, batch*seq, d] seen as [batch, seq, layer, d]: the layout the hooks write
+                out[name] = buf[:, start : start + width * n].view(buf.shape[0], n, width, -1).permute(1, 2, 0, 3)
+            else:
+                out[name] = buf[start : start + width * n].view(n, width, -1)
         return out
 
     def _scatter(self, got, batch, lengths, bufs, shard: Shard) -> None:
