@@ -1,26 +1,35 @@
-"""Benchmark: extraction against the bare forward pass, on the same batches, in one run.
+"""Benchmark: extraction against the bare forward pass and what users do today, in one run.
 
     .venv/bin/python scripts/bench_extract.py [--tokens 4096] [--reps 3] [--model smollm2-135m]
+    HF_HUB_OFFLINE=1 .venv-bench/bin/python scripts/bench_extract.py --peers   # + nnsight, TransformerLens
 
-Measures, interleaved over ``--reps`` rounds (the median is reported, so a
-noisy neighbour hurts less):
+Measures, on the same batches and interleaved over ``--reps`` rounds (the
+median is reported, so a noisy neighbour hurts less):
 
-- bare:     the transformer body's forward pass, no hooks, no LM head (the
-            least work that produces the same hidden states);
-- embwalk:  full extraction of every residual layer + final to a store
-            (float16, fsynced, committed), through the same ShardRunner the jobs use;
-- hf_loop:  what users write today: ``output_hidden_states=True`` and
-            ``np.save`` of float16 arrays;
+- bare:               the transformer body's forward pass, SDPA, no hooks, no LM head
+                      (the least work that produces the same hidden states);
+- embwalk:            every residual layer + final to a store (conf/capture/residual.yaml;
+                      float16, fsynced, committed), through the ShardRunner the jobs use;
+- embwalk_attention:  the same plus every layer's attention probabilities, SDPA path
+                      (conf/capture/attention.yaml);
+- embwalk_stats_only: in-pass walk statistics, no arrays stored (conf/capture/stats_only.yaml);
+- hf_loop:            ``output_hidden_states=True`` and ``np.save`` of float16 arrays;
+- hf_eager_attention: eager attention with ``output_attentions=True``, hidden states and
+                      probabilities saved likewise (the attention case's peer);
 - with ``--peers`` (in .venv-bench): nnsight ``.save()`` of every layer and
   TransformerLens ``run_with_cache`` with a names filter, each saved likewise.
 
-Prints a Markdown table of tokens/s and the ratio to bare; ``--out FILE``
-appends it, with the machine description, to FILE.
+For each: tokens/s, MB/s written (the bytes each method left on disk), peak
+extra memory (resident-set high-water mark above the level at the method's
+start on CPU; peak allocated on CUDA), and the ratios to bare in wall time and
+in CPU time. Prints a Markdown table; ``--out FILE`` appends it, with the
+machine description, to FILE and ``--csv FILE`` writes the rows as CSV.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import platform
 import shutil
@@ -28,17 +37,21 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from pipeline.corpus import CorpusConfig, vocabulary_strings  # noqa: E402
 from pipeline.extract import ShardRunner  # noqa: E402
-from pipeline.job import CaptureConfig, ClusterConfig, ExtractConfig, StoreConfig, prepare  # noqa: E402
+from pipeline.job import CaptureConfig, ClusterConfig, ExtractConfig, PreparedJob, StoreConfig, prepare  # noqa: E402
 from pipeline.models.loading import ModelConfig, load_model  # noqa: E402
+from pipeline.stats.partials import merge_store_stats  # noqa: E402
 from pipeline.store.writer import StoreWriter  # noqa: E402
 from scripts import peers  # noqa: E402
 
@@ -47,9 +60,11 @@ HUB_NAMES = {
     "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
     "all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2",
 }
+# embwalk methods: the capture presets users pick with capture=NAME.
+EMBWALK_PRESETS = {"embwalk": "residual", "embwalk_attention": "attention", "embwalk_stats_only": "stats_only"}
 
 
-def batches(job, batch_size: int) -> list[torch.Tensor]:
+def batches(job: PreparedJob, batch_size: int) -> list[torch.Tensor]:
     offsets, ids = job.corpus.seq_offsets, job.corpus.token_ids
     seqs = [torch.from_numpy(ids[offsets[i] : offsets[i + 1]].astype(np.int64)) for i in range(len(offsets) - 1)]
     return [torch.stack(seqs[i : i + batch_size]) for i in range(0, len(seqs), batch_size)]
@@ -64,20 +79,68 @@ def bare(loaded, inputs) -> float:
     return time.perf_counter() - start
 
 
-def embwalk(loaded, job, cfg: ExtractConfig, store: Path) -> float:
-    shutil.rmtree(store, ignore_errors=True)
+def embwalk(loaded, job: PreparedJob, store: Path) -> float:
+    """The local executor's work on an already prepared job (tokenizing is not timed, as for the peers)."""
+    cfg = job.config
     writer = StoreWriter.open(store, job.manifest, job.specs, cfg.store.compressor)
     runner = ShardRunner(
         loaded, job.layout, job.corpus, writer, vocabulary_strings(loaded.tokenizer),
         dtype=job.dtype, batch_size=cfg.cluster.batch_size, seq_len=cfg.corpus.seq_len,
+        stats=cfg.capture.stats_options(), store_arrays=cfg.capture.store_arrays,
     )
     start = time.perf_counter()
-    commits = [runner.run(shard) for shard in job.plan.shards]
-    runner.close()  # waits for the last writes and commits
+    try:
+        commits = [runner.run(shard) for shard in job.plan.shards]
+    finally:
+        runner.close()  # waits for the last writes and commits, removes the hooks
     for commit in commits:
         commit.result()
+    writer.finish()
+    if cfg.capture.stats is not None:
+        merge_store_stats(writer.root)
     _sync(loaded.device)
     return time.perf_counter() - start
+
+
+@dataclass
+class Measurement:
+    wall: float
+    cpu: float  # CPU seconds of this process, all threads
+    written: int  # bytes the method left on disk
+    peak_extra: int  # bytes of memory above the level at the method's start
+
+
+def measure(method, out_dir: Path, device: torch.device) -> Measurement:
+    out_dir.mkdir(parents=True)
+    base = _memory_start(device)
+    cpu_start = time.process_time()
+    wall = method(out_dir)
+    cpu = time.process_time() - cpu_start
+    peak = _memory_peak(device) - base
+    written = sum(f.stat().st_size for f in out_dir.rglob("*") if f.is_file())
+    shutil.rmtree(out_dir)
+    return Measurement(wall, cpu, written, peak)
+
+
+def _memory_start(device: torch.device) -> int:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device)
+    # Writing 5 to clear_refs resets the kernel's high-water mark (VmHWM) to the current RSS.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _proc_status_kb("VmRSS") * 1024
+
+
+def _memory_peak(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return _proc_status_kb("VmHWM") * 1024
+
+
+def _proc_status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
 def machine() -> str:
@@ -90,6 +153,22 @@ def machine() -> str:
     return (
         f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, {gpu}"
     )
+
+
+def prepared_jobs(loaded, args, work: Path) -> dict[str, PreparedJob]:
+    jobs = {}
+    for method, preset in EMBWALK_PRESETS.items():
+        capture = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "capture" / f"{preset}.yaml"))
+        cfg = ExtractConfig(
+            model=ModelConfig(name=args.model, dtype=args.dtype, device=args.device),
+            # A whole number of packed sequences: every batch is full, no method pads.
+            corpus=CorpusConfig(max_tokens=args.tokens // args.seq_len * args.seq_len, seq_len=args.seq_len),
+            capture=CaptureConfig(**capture),
+            store=StoreConfig(path=str(work / method), shard_tokens=args.shard_tokens),
+            cluster=ClusterConfig(batch_size=args.batch_size, progress=False),
+        )
+        jobs[method] = prepare(cfg, loaded)
+    return jobs
 
 
 def main() -> None:
@@ -105,81 +184,99 @@ def main() -> None:
         "--shard-tokens", type=int, default=2048,
         help="shard size: writes overlap the next shard's compute, except the last shard's",
     )
+    parser.add_argument("--methods", help="comma-separated subset of the methods (default: all available)")
     parser.add_argument("--peers", action="store_true", help="also nnsight and TransformerLens (.venv-bench)")
     parser.add_argument("--out", type=Path, help="append the results (Markdown) to this file")
+    parser.add_argument("--csv", type=Path, help="write the results as CSV to this file")
     parser.add_argument("--workdir", type=Path, default=None, help="where stores are written (default: a temp dir)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="embwalk-bench-", dir=args.workdir))
-    cfg = ExtractConfig(
-        model=ModelConfig(name=args.model, dtype=args.dtype, device=args.device),
-        # A whole number of packed sequences: every batch is full, no method pads.
-        corpus=CorpusConfig(max_tokens=args.tokens // args.seq_len * args.seq_len, seq_len=args.seq_len),
-        capture=CaptureConfig(),
-        store=StoreConfig(path=str(work / "store"), shard_tokens=args.shard_tokens),
-        cluster=ClusterConfig(batch_size=args.batch_size, progress=False),
-    )
-    loaded = load_model(cfg.model)
-    job = prepare(cfg, loaded)
+    loaded = load_model(ModelConfig(name=args.model, dtype=args.dtype, device=args.device))
+    jobs = prepared_jobs(loaded, args, work)
+    job = jobs["embwalk"]
     inputs = batches(job, args.batch_size)
     n_tokens = sum(x.numel() for x in inputs)
-    assert n_tokens == job.plan.n_tokens, "every method must see the same tokens"
+    assert all(j.plan.n_tokens == n_tokens for j in jobs.values()), "every method must see the same tokens"
 
     bare(loaded, inputs[:1])  # warm-up: first-call allocations and kernel selection
-    loop_dir = work / "loop"
-    methods = {
-        "bare": lambda: bare(loaded, inputs),
-        "embwalk": lambda: embwalk(loaded, job, cfg, work / "store"),
-        "hf_loop": lambda: peers.hf_loop(loaded, inputs, loop_dir),
-    }
+    methods = {"bare": lambda out: bare(loaded, inputs)}
+    for name, prepared in jobs.items():
+        methods[name] = lambda out, prepared=prepared: embwalk(loaded, prepared, out / "store")
+    methods["hf_loop"] = lambda out: peers.hf_loop(loaded, inputs, out)
+    eager = peers.hf_eager_attention_method(loaded)
+    methods["hf_eager_attention"] = lambda out: eager(inputs, out)
     if args.peers:
         nnsight = peers.nnsight_method(loaded)
         tlens = peers.transformer_lens_method(loaded, HUB_NAMES.get(args.model, args.model))
         if nnsight:
-            methods["nnsight"] = lambda: nnsight(inputs, loop_dir)
+            methods["nnsight"] = lambda out: nnsight(inputs, out)
         if tlens:
-            methods["transformer_lens"] = lambda: tlens(inputs, loop_dir)
+            methods["transformer_lens"] = lambda out: tlens(inputs, out)
         if not (nnsight and tlens):
             print("peers missing: run with the .venv-bench environment (see scripts/peers.py)", file=sys.stderr)
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    cpu: dict[str, list[float]] = {name: [] for name in methods}
+    if args.methods:
+        wanted = {"bare", *args.methods.split(",")}
+        methods = {k: v for k, v in methods.items() if k in wanted}
+    results: dict[str, list[Measurement]] = {name: [] for name in methods}
     for _ in range(args.reps):
         for name, method in methods.items():
-            loop_dir.mkdir(exist_ok=True)
-            cpu_start = time.process_time()
-            times[name].append(method())
-            # CPU seconds of this process (all threads): the work done, less
-            # sensitive than wall time to other jobs on a shared machine.
-            cpu[name].append(time.process_time() - cpu_start)
-            shutil.rmtree(loop_dir)
+            results[name].append(measure(method, work / f"out-{name}", loaded.device))
     shutil.rmtree(work, ignore_errors=True)
 
-    bytes_per_token = sum(np.prod(s.shape[1:]) * np.dtype(s.dtype).itemsize for s in job.specs)
-    base = n_tokens / statistics.median(times["bare"])
+    rows = summarise(results, n_tokens)
+    report = markdown(rows, results, args, loaded, job, n_tokens)
+    print(report)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(report + "\n\n")
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def summarise(results: dict[str, list[Measurement]], n_tokens: int) -> list[dict]:
+    def median(name: str, attr: str) -> float:
+        return statistics.median(getattr(m, attr) for m in results[name])
+
+    base_wall, base_cpu = median("bare", "wall"), median("bare", "cpu")
+    rows = []
+    for name in results:
+        wall = median(name, "wall")
+        rows.append({
+            "method": name,
+            "tokens_per_s": n_tokens / wall,
+            "mb_written_per_s": median(name, "written") / wall / 1e6,
+            "peak_extra_mb": max(m.peak_extra for m in results[name]) / 1e6,
+            "ratio_wall": base_wall / wall,
+            "ratio_cpu": base_cpu / median(name, "cpu"),
+        })
+    return rows
+
+
+def markdown(rows: list[dict], results, args, loaded, job: PreparedJob, n_tokens: int) -> str:
     lines = [
         f"### {args.model} ({args.dtype}, {loaded.device}), {n_tokens} tokens, "
         f"seq_len {args.seq_len}, batch {args.batch_size}, shards of {job.plan.shard_tokens}, median of {args.reps}",
         "",
         f"Machine: {machine()}",
         "",
-        "| method | tokens/s | MB/s written | ratio to bare (wall) | ratio to bare (CPU time) |",
-        "|---|---:|---:|---:|---:|",
+        "| method | tokens/s | MB/s written | peak extra MB | ratio to bare (wall) | ratio to bare (CPU time) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    base_cpu = statistics.median(cpu["bare"])
-    for name, ts in times.items():
-        rate = n_tokens / statistics.median(ts)
-        written = rate * bytes_per_token / 1e6 if name != "bare" else 0
-        cpu_ratio = base_cpu / statistics.median(cpu[name])
-        lines.append(f"| {name} | {rate:,.0f} | {written:,.1f} | {rate / base:.3f} | {cpu_ratio:.3f} |")
-    lines.append("")
-    lines.append("wall (s): " + "; ".join(f"{k} " + ", ".join(f"{t:.2f}" for t in v) for k, v in times.items()))
-    lines.append("")
-    lines.append("CPU (s): " + "; ".join(f"{k} " + ", ".join(f"{t:.2f}" for t in v) for k, v in cpu.items()))
-    report = "\n".join(lines)
-    print(report)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(report + "\n\n")
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['tokens_per_s']:,.0f} | {r['mb_written_per_s']:,.1f} | {r['peak_extra_mb']:,.0f} "
+            f"| {r['ratio_wall']:.3f} | {r['ratio_cpu']:.3f} |"
+        )
+    for label, attr in (("wall (s)", "wall"), ("CPU (s)", "cpu")):
+        per_method = "; ".join(
+            f"{name} " + ", ".join(f"{getattr(m, attr):.2f}" for m in ms) for name, ms in results.items()
+        )
+        lines += ["", f"{label}: {per_method}"]
+    return "\n".join(lines)
 
 
 def _sync(device: torch.device) -> None:

@@ -1,5 +1,6 @@
 """What users write today, for the benchmarks: each writes the same residual
-layers (embeddings + every block's output) to disk as float16, one .npy per batch.
+layers (embeddings + every block's output) to disk as float16, one .npy per batch
+(and, for the attention case, every layer's attention probabilities likewise).
 
 nnsight and TransformerLens are not embwalk dependencies: they are installed
 by ``VENV=.venv-bench EXTRA="nnsight==0.8.1 transformer-lens==4.3.0" bash scripts/setup.sh``.
@@ -16,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.models.families import trunk
+
 
 def _save(i: int, layers: list[torch.Tensor], out_dir: Path) -> None:
     np.save(out_dir / f"batch{i}.npy", torch.stack(layers, dim=2).half().cpu().numpy())
@@ -29,6 +32,27 @@ def hf_loop(loaded, inputs, out_dir: Path) -> float:
             out = loaded.trunk(input_ids=x.to(loaded.device), use_cache=False, output_hidden_states=True)
             _save(i, list(out.hidden_states), out_dir)
     return time.perf_counter() - start
+
+
+def hf_eager_attention_method(loaded) -> Callable:
+    """transformers' eager attention with ``output_attentions=True`` (SDPA cannot return
+    probabilities), saving the hidden states and the attention probabilities."""
+    eager = copy.deepcopy(loaded.model)  # the model embwalk uses keeps its SDPA attention
+    eager.set_attn_implementation("eager")
+    body = trunk(eager)
+
+    def run(inputs, out_dir: Path) -> float:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for i, x in enumerate(inputs):
+                out = body(
+                    input_ids=x.to(loaded.device), use_cache=False, output_hidden_states=True, output_attentions=True
+                )
+                _save(i, list(out.hidden_states), out_dir)
+                np.save(out_dir / f"attn{i}.npy", torch.stack(out.attentions, dim=1).half().cpu().numpy())
+        return time.perf_counter() - start
+
+    return run
 
 
 def nnsight_method(loaded) -> Callable | None:
