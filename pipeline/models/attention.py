@@ -1,10 +1,15 @@
 """Attention probabilities without the eager path.
 
 transformers looks attention functions up by name in a registry. We register
-``embwalk_sdpa``: it computes the layer's output with SDPA, exactly as the
-stock ``sdpa`` implementation does, and only for the layers and heads a
-capture asked for also computes softmax(q k^T * scale + mask) from the same
-query and key tensors. Layers nobody asked about cost nothing extra.
+``embwalk_sdpa``. In layers nobody asked about it is the stock ``sdpa``
+implementation, so they cost nothing extra. In a layer whose probabilities a
+capture asked for it computes softmax(q k^T * scale + mask) once, hands it to
+the capture, and, when every head was asked for, computes the layer's output
+from those same probabilities (probs @ v, as the eager implementation does)
+instead of running SDPA as well: the pattern stored is exactly the one that
+produced the output, and the scores are computed once rather than twice. (The
+output then differs from SDPA's by float rounding, ~1e-7 relative in float32,
+as eager's does.) With a subset of heads the output stays SDPA's.
 
 Which layers to record is marked on the attention modules themselves
 (``module.embwalk_pattern_sink``), so the function needs no global state and
@@ -41,35 +46,63 @@ def attention_probabilities(
     what the model passed to its attention function: None (then ``causal``
     decides, as SDPA's is_causal would), boolean (True = visible) or additive.
     """
-    n_heads, n_kv = query.shape[1], key.shape[1]
+    b, n_heads, q_len, d = query.shape
+    n_kv, k_len = key.shape[1], key.shape[2]
     groups = n_heads // n_kv
-    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    scale = scaling if scaling is not None else d**-0.5
+    # Scale q rather than the scores: [Q, D] values instead of [Q, K].
     if heads is None:
-        # All heads: group query heads by their key head and broadcast, so
-        # grouped-query keys are never copied.
-        b, _, q_len, d = query.shape
-        q = query.float().view(b, n_kv, groups, q_len, d)
-        scores = torch.matmul(q, key.float().unsqueeze(2).transpose(-1, -2)).view(b, n_heads, q_len, -1)
+        # All heads: the query heads sharing a key head become one matrix
+        # [groups * Q, D] against that key head, so grouped keys are never copied.
+        q = (query.float() * scale).reshape(b * n_kv, groups * q_len, d)
+        k = key.float().reshape(b * n_kv, k_len, d)
+        rows, n_sel = groups, n_heads
     else:
         index = torch.as_tensor(heads, device=query.device)
-        q = query.index_select(1, index).float()
-        k = key.index_select(1, index // groups).float()
-        scores = torch.matmul(q, k.transpose(-1, -2))
-    scores.mul_(scale)
+        q = (query.index_select(1, index).float() * scale).reshape(b * len(heads), q_len, d)
+        k = key.index_select(1, index // groups).float().reshape(b * len(heads), k_len, d)
+        rows, n_sel = 1, len(heads)
+    if attention_mask is None and causal and q_len > 1:
+        # The causal mask as an additive bias fused into the product (baddbmm).
+        scores = torch.baddbmm(_causal_bias(q_len, k_len, rows, query.device), q, k.transpose(1, 2))
+    else:
+        scores = torch.bmm(q, k.transpose(1, 2))
+    scores = scores.view(b, n_sel, q_len, k_len)
     if attention_mask is not None:
-        mask = attention_mask[:, :, :, : scores.shape[-1]]
+        mask = attention_mask[:, :, :, :k_len]
         if mask.dtype == torch.bool:
             scores.masked_fill_(~mask, float("-inf"))
         else:
             scores.add_(mask.float())
-    elif causal and scores.shape[-2] > 1:
-        q_len, k_len = scores.shape[-2:]
-        hidden = torch.ones(q_len, k_len, dtype=torch.bool, device=scores.device).triu_(k_len - q_len + 1)
-        scores.masked_fill_(hidden, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     if attention_mask is not None:
         probs.nan_to_num_(0.0)  # a query row with no visible key (only ever a padding row)
     return probs
+
+
+_CAUSAL_BIASES: dict[tuple, torch.Tensor] = {}
+
+
+def _causal_bias(q_len: int, k_len: int, repeat: int, device: torch.device) -> torch.Tensor:
+    """[repeat * Q, K] float32: 0 where a query sees a key, -inf after it (cached: one per shape)."""
+    key = (q_len, k_len, repeat, device)
+    bias = _CAUSAL_BIASES.get(key)
+    if bias is None:
+        if len(_CAUSAL_BIASES) > 16:  # sequence lengths vary in document mode; keep the cache small
+            _CAUSAL_BIASES.clear()
+        # Query i (the last q_len of k_len positions) sees keys up to k_len - q_len + i.
+        bias = torch.full((q_len, k_len), float("-inf"), device=device).triu_(k_len - q_len + 1).repeat(repeat, 1)
+        _CAUSAL_BIASES[key] = bias
+    return bias
+
+
+def output_from_probabilities(probs: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """probs [B, H, Q, K] (all heads) @ value [B, Hkv, K, D] -> [B, Q, H, D], the
+    layout attention functions return; grouped query heads share their value head."""
+    b, n_heads, q_len, k_len = probs.shape
+    n_kv, d = value.shape[1], value.shape[3]
+    grouped = probs.to(value.dtype).view(b, n_kv, (n_heads // n_kv) * q_len, k_len)
+    return torch.matmul(grouped, value).view(b, n_heads, q_len, d).transpose(1, 2).contiguous()
 
 
 def embwalk_sdpa_attention(
@@ -83,16 +116,23 @@ def embwalk_sdpa_attention(
     is_causal: bool | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    # The output always comes from SDPA, so the residual stream is the same
-    # whether or not a capture asks for this layer's probabilities.
-    output, _ = sdpa_attention_forward(
-        module, query, key, value, attention_mask,
-        dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs,
-    )
     sink = getattr(module, "embwalk_pattern_sink", None)
-    if sink is not None:
-        causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-        sink(attention_probabilities(query, key, attention_mask, scaling, causal, sink.heads))
+    # Reuse the probabilities for the output only in the plain case SDPA and eager agree on.
+    plain = sink is not None and sink.heads is None and not (dropout and module.training) and not any(
+        kwargs.get(name) is not None for name in ("position_bias", "softcap", "cache")
+    )
+    if sink is None or not plain:
+        output, _ = sdpa_attention_forward(
+            module, query, key, value, attention_mask,
+            dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs,
+        )
+        if sink is None:
+            return output, None
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    probs = attention_probabilities(query, key, attention_mask, scaling, causal, sink.heads)
+    sink(probs)
+    if plain:
+        output = output_from_probabilities(probs, value)
     return output, None
 
 

@@ -31,9 +31,11 @@ def test_real_model_sites_match_transformers(name, request):
     eager = copy.deepcopy(loaded.model)
     eager.set_attn_implementation("eager")
     with torch.inference_mode():
-        # Residuals against the model as loaded (SDPA), attention against eager.
-        ref = loaded.trunk(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-        ref_attn = eager.base_model(input_ids=ids, attention_mask=mask, output_attentions=True).attentions
+        # With every head's pattern captured, each layer's attention output is
+        # computed from those probabilities (probs @ v), as eager attention does:
+        # residuals and patterns are checked against the eager model.
+        ref = eager.base_model(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+        ref_attn = ref.attentions
     sites = parse_sites(["resid_pre.0", "resid_post", "final", "attn_pattern"], L)
     cap = Capturer(loaded, CaptureLayout.from_sites(sites), torch.float32)
     try:
@@ -54,3 +56,19 @@ def test_real_model_sites_match_transformers(name, request):
         norm = loaded.trunk.get_submodule(loaded.family.final_norm)
         normed = norm(got["resid"][:, :, L])
         assert (normed - ref.last_hidden_state)[valid].abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("name", ["smollm2", "minilm"])
+def test_real_model_residuals_without_patterns_match_sdpa(name, request):
+    """Without a pattern capture every layer runs the model's own SDPA: residuals equal the model as loaded."""
+    loaded = request.getfixturevalue(name)
+    ids, mask = _batch(loaded.tokenizer)
+    valid = mask.bool()
+    with torch.inference_mode():
+        ref = loaded.trunk(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    sites = parse_sites(["resid_pre.0", "resid_post", "final"], loaded.n_layers)
+    with Capturer(loaded, CaptureLayout.from_sites(sites), torch.float32) as cap:
+        got = cap.run(ids, mask)
+        for i in range(loaded.n_layers):
+            assert (got["resid"][:, :, i] - ref.hidden_states[i])[valid].abs().max() < 1e-5
+        assert (got["final"] - ref.last_hidden_state)[valid].abs().max() < 1e-5
