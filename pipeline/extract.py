@@ -90,7 +90,7 @@ class ShardRunner:
         started, started_at = time.perf_counter(), time.time()
         r0, r1 = shard.rows
         bufs, flats = self._shard_buffers(shard)
-        pattern_crc, pattern_writes = 0, []
+        pattern_crc, pattern_writes = [0], []  # the CRC is chained on the writer thread, in sequence order
         walk = self._walk_stats(shard)
         for batch in self._batches(shard):
             lengths = [int(self.offsets[s + 1] - self.offsets[s]) for s in batch]
@@ -102,7 +102,7 @@ class ShardRunner:
             if walk is not None:
                 self._update_stats(walk, got, batch, lengths, shard)
             if "pattern" in got and self.store_arrays:
-                pattern_crc = self._queue_patterns(got["pattern"], batch, lengths, shard, pattern_crc, pattern_writes)
+                self._queue_patterns(got["pattern"], batch, lengths, shard, pattern_crc, pattern_writes)
             if on_tokens:
                 on_tokens(_owned(batch, self.offsets, shard))
         if self.loaded.device.type == "cuda":
@@ -113,14 +113,14 @@ class ShardRunner:
             "started_at": started_at,
             "compute_seconds": round(time.perf_counter() - started, 3),
         }
-        if self.capture.pattern_layers and self.store_arrays:
-            extra["checksums_pattern"] = pattern_crc
         tokens = self._token_table(shard)
 
         def commit() -> dict:
             try:
                 for write in pattern_writes:
                     write.result()  # a failed pattern write fails the shard: no commit
+                if self.capture.pattern_layers and self.store_arrays:
+                    extra["checksums_pattern"] = pattern_crc[0]
                 if walk is not None:  # before the commit: a committed shard always has its statistics
                     from pipeline.stats.partials import write_shard_partials
 
@@ -221,16 +221,20 @@ class ShardRunner:
                 else:
                     buf[lo - r0 : hi - r0].copy_(src, non_blocking=True)
 
-    def _queue_patterns(self, pattern, batch, lengths, shard: Shard, crc: int, writes: list[Future]) -> int:
+    def _queue_patterns(self, pattern, batch, lengths, shard: Shard, crc: list[int], writes: list[Future]) -> None:
         p0, p1 = shard.pattern_seqs
         for j, (s, n) in enumerate(zip(batch, lengths, strict=True)):
             if not p0 <= s < p1:
                 continue
-            block = np.zeros((1, *pattern.shape[1:3], self.seq_len, self.seq_len), dtype=_np_dtype(self.dtype))
+            # The next batch reuses the capture buffer: copy the sequence out, zeros past its length.
+            shape = (1, *pattern.shape[1:3], self.seq_len, self.seq_len)
+            block = (np.empty if n == self.seq_len else np.zeros)(shape, dtype=_np_dtype(self.dtype))
             block[0, :, :, :n, :n] = pattern[j, :, :, :n, :n].cpu().numpy()
-            crc = checksum(block, crc)
-            writes.append(self.writer_thread.submit(self.writer.write_patterns, s, block))
-        return crc
+            writes.append(self.writer_thread.submit(self._write_pattern, s, block, crc))
+
+    def _write_pattern(self, seq: int, block: np.ndarray, crc: list[int]) -> None:
+        crc[0] = checksum(block, crc[0])  # on the writer thread, off the compute path
+        self.writer.write_patterns(seq, block)
 
     def _walk_stats(self, shard: Shard):
         if self.stats_config is None:

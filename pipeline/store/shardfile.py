@@ -25,7 +25,8 @@ EMPTY = np.uint64(2**64 - 1)  # (offset, length) of a chunk that is not stored
 
 
 def supports_direct_write(arr) -> bool:
-    """An uncompressed, sharded array whose inner chunks hold whole rows of every trailing axis."""
+    """An uncompressed, sharded array whose inner chunks hold whole rows of every trailing axis
+    (per-token arrays [token, (layer,) d_model]; attention [seq, layer, head, query, key])."""
     codecs = arr.metadata.codecs
     if len(codecs) != 1 or type(codecs[0]).__name__ != "ShardingCodec":
         return False
@@ -36,8 +37,11 @@ def supports_direct_write(arr) -> bool:
         inner == ["BytesCodec"]
         and index == ["BytesCodec", "Crc32cCodec"]
         and sharding.index_location.value == "end"
-        and tuple(sharding.chunk_shape[-1:]) == tuple(arr.shape[-1:])
-        and (arr.ndim == 2 or sharding.chunk_shape[1] == 1)
+        and (
+            tuple(sharding.chunk_shape[1:]) == tuple(arr.shape[1:])  # [token, d_model]
+            if arr.ndim == 2  # else one layer per chunk, whole along every later axis
+            else sharding.chunk_shape[1] == 1 and tuple(sharding.chunk_shape[2:]) == tuple(arr.shape[2:])
+        )
     )
 
 

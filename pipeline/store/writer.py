@@ -40,9 +40,9 @@ class StoreWriter:
             name: zarr.open_array(root / spec["path"], mode="r+")
             for name, spec in manifest["arrays"].items()
         }
-        # Local, uncompressed, sharded per-token arrays take the one-write path.
+        # Local, uncompressed, sharded arrays take the one-write path.
         self.direct = {
-            name: self.local and name != "pattern" and arr.shape[0] > 0 and supports_direct_write(arr)
+            name: self.local and arr.shape[0] > 0 and supports_direct_write(arr)
             for name, arr in self.arrays.items()
         }
 
@@ -92,10 +92,17 @@ class StoreWriter:
         return committed_shards(self.root)
 
     def write_patterns(self, seq0: int, patterns: np.ndarray) -> None:
-        """Write whole sequences' attention: each sequence is its own Zarr shard."""
+        """Write whole sequences' attention, [seq, layer, head, query, key]: each sequence is its own Zarr shard."""
+        keys = [(s, 0, 0, 0, 0) for s in range(seq0, seq0 + len(patterns))]
         with disk_errors(self._dir("pattern")):
-            self.arrays["pattern"][seq0 : seq0 + len(patterns)] = patterns
-        self._fsync_chunks("pattern", [(s, 0, 0, 0, 0) for s in range(seq0, seq0 + len(patterns))])
+            if not self.direct["pattern"]:
+                self.arrays["pattern"][seq0 : seq0 + len(patterns)] = patterns
+                self._fsync_chunks("pattern", keys)
+                return
+            for key, seq in zip(keys, patterns, strict=True):
+                # One chunk per layer, in layer order: the layer-major case with one row per chunk.
+                path = self._dir("pattern") / self.arrays["pattern"].metadata.encode_chunk_key(key)
+                write_shard_file(path, seq.reshape(seq.shape[0], 1, -1), 1, 1)
 
     def write_shard(
         self, index: int, rows: tuple[int, int], arrays: dict[str, np.ndarray], tokens: pa.Table,
