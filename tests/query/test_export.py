@@ -6,12 +6,14 @@ import json
 import sys
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
 import pipeline.query.export as export_module
 from pipeline.query import QueryError, open_store
+from tests.query.conftest import reference_tokens, reference_vectors
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +46,96 @@ def test_safetensors(selection, tmp_path, monkeypatch):
 
 def test_datasets_export_without_the_package(selection, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed
-    with pytest.raises(QueryError, match="needs the datasets package: pip install datasets"):
+    with pytest.raises(QueryError, match="needs the datasets package: pip install datasets") as info:
         selection.export(tmp_path / "ds", "final", format="datasets")
+    assert len(str(info.value).splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
 
 
-def test_datasets_export(selection, tmp_path):
+# store fixture, selection, and the sites with their (zarr array, layer index) for the direct reading
+DATASET_CASES = {
+    "packed-float16": ("packed", dict(regex="^ [a-z]", row="20:140"),
+                       {"resid_post.1": ("resid", 2), "final": ("final", None), "resid_mid.2": ("resid_mid", 2)}),
+    "documents-float32": ("documents", dict(pos="1:"), {"resid_post.1": ("resid", 0), "final": ("final", None)}),
+}
+
+
+@pytest.mark.parametrize("case", list(DATASET_CASES))
+def test_datasets_export_equals_a_direct_reading(case, tmp_path, monkeypatch, request):
     datasets = pytest.importorskip("datasets")
-    path = selection.export(tmp_path / "ds", ["final"])
-    ds = datasets.load_from_disk(str(path))
-    assert ds["row"] == selection.rows.tolist()
-    np.testing.assert_array_equal(np.array(ds["final"], dtype=np.float16), selection.vectors("final"))
+    fixture, selectors, sites = DATASET_CASES[case]
+    path = request.getfixturevalue(fixture)
+    monkeypatch.setattr(export_module, "PIECE_ROWS", 7)  # several pieces, cut inside shards
+    sel = open_store(path).select(**selectors)
+    shard_tokens = sel.store.manifest["shard_tokens"]
+    assert len(set((sel.rows // shard_tokens).tolist())) >= 3, "the selection must span shards"
+    out = sel.export(tmp_path / "ds", list(sites), format="datasets")
+    ds = datasets.load_from_disk(str(out))
+
+    ref = reference_tokens(path).to_pandas()
+    ref = ref[ref.row.isin(sel.rows)].reset_index(drop=True)  # the condition itself is tested in test_selection
+    assert len(ds) == len(ref) == len(sel) > 10
+    assert ds.column_names == [*ref.columns, *sites]
+    for column in ref.columns:
+        assert ds[column] == ref[column].tolist(), column
+    dtype = np.dtype(sel.store.manifest["dtype"])
+    for site, (array, index) in sites.items():
+        want = reference_vectors(path, array, ref.row.to_numpy(), index)
+        assert ds.features[site].feature.dtype == dtype.name and ds.features[site].length == want.shape[1]
+        stored = ds.with_format("arrow")[:][site]  # as stored: datasets' numpy format makes floats float32
+        assert stored.type.value_type == pa.from_numpy_dtype(dtype)
+        got = stored.combine_chunks().values.to_numpy().reshape(len(ds), -1)
+        np.testing.assert_array_equal(got, want, err_msg=site)
+    # with_format("torch") gives [n, d_model] tensors (datasets makes floats float32)
+    batch = ds.with_format("torch")[:5]
+    np.testing.assert_array_equal(batch["final"].numpy(), reference_vectors(path, "final", ref.row[:5], None))
+    assert batch["row"].tolist() == ref.row[:5].tolist()
+    about = json.loads(ds.info.description)
+    assert about["sites"] == list(sites) and about["store"] == sel.store.location
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]  # no temporary files or directories left
+
+
+def test_datasets_export_of_an_empty_selection(selection, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    empty = open_store(selection.store.location).select(doc=999)
+    ds = datasets.load_from_disk(str(empty.export(tmp_path / "empty", ["final"], format="datasets")))
+    assert len(ds) == 0 and ds.column_names == ["row", "doc_id", "seq_id", "pos", "token_id", "token", "final"]
+    assert ds.features["final"].length == 32
+
+
+def test_a_failed_datasets_export_leaves_nothing(selection, tmp_path, monkeypatch):
+    pytest.importorskip("datasets")
+    monkeypatch.setattr(export_module, "PIECE_ROWS", 5)
+    calls = []
+    real = type(selection.store).vectors
+
+    def failing(self, rows, sites, direct=None):
+        calls.append(len(rows))
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return real(self, rows, sites, direct)
+
+    monkeypatch.setattr(type(selection.store), "vectors", failing)
+    with pytest.raises(OSError, match="disk full"):
+        selection.export(tmp_path / "ds", ["final"], format="datasets")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_datasets_export_replaces_an_earlier_export_and_nothing_else(selection, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    out = tmp_path / "ds"
+    selection.export(out, ["final"], format="datasets")
+    few = open_store(selection.store.location).select(doc=1)
+    few.export(out, ["resid_post.1"], format="datasets")
+    ds = datasets.load_from_disk(str(out))
+    assert ds["row"] == few.rows.tolist() and ds.column_names[-1] == "resid_post.1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(QueryError, match="exists and is not an earlier datasets export"):
+        few.export(mine, ["final"], format="datasets")
+    assert (mine / "notes.txt").read_text() == "keep me"
 
 
 def test_bad_export_paths(selection, tmp_path):
