@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+import datasets  # requirements-dev.txt: the export target is tested, not skipped
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -52,24 +53,43 @@ def test_datasets_export_without_the_package(selection, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-# store fixture, selection, and the sites with their (zarr array, layer index) for the direct reading
+def spy_on_reads(monkeypatch, store, fail_at: int | None = None) -> list[int]:
+    """Record the number of rows of each vector read from ``store``; the ``fail_at``-th read fails."""
+    read: list[int] = []
+    real = type(store).vectors
+
+    def vectors(self, rows, *args, **kwargs):
+        read.append(len(rows))
+        if len(read) == fail_at:
+            raise OSError("disk full")
+        return real(self, rows, *args, **kwargs)
+
+    monkeypatch.setattr(type(store), "vectors", vectors)
+    return read
+
+
+# store fixture, selection, the sites with their (zarr array, layer index) for the direct reading, and a
+# piece limit: rows, or bytes of vectors (2 sites x 32 float32 = 256 bytes a row: 5 rows)
 DATASET_CASES = {
     "packed-float16": ("packed", dict(regex="^ [a-z]", row="20:140"),
-                       {"resid_post.1": ("resid", 2), "final": ("final", None), "resid_mid.2": ("resid_mid", 2)}),
-    "documents-float32": ("documents", dict(pos="1:"), {"resid_post.1": ("resid", 0), "final": ("final", None)}),
+                       {"resid_post.1": ("resid", 2), "final": ("final", None), "resid_mid.2": ("resid_mid", 2)},
+                       ("PIECE_ROWS", 7, 7)),
+    "documents-float32": ("documents", dict(pos="1:"), {"resid_post.1": ("resid", 0), "final": ("final", None)},
+                          ("PIECE_BYTES", 5 * 256 + 100, 5)),
 }
 
 
 @pytest.mark.parametrize("case", list(DATASET_CASES))
 def test_datasets_export_equals_a_direct_reading(case, tmp_path, monkeypatch, request):
-    datasets = pytest.importorskip("datasets")
-    fixture, selectors, sites = DATASET_CASES[case]
+    fixture, selectors, sites, (limit, value, piece_rows) = DATASET_CASES[case]
     path = request.getfixturevalue(fixture)
-    monkeypatch.setattr(export_module, "PIECE_ROWS", 7)  # several pieces, cut inside shards
+    monkeypatch.setattr(export_module, limit, value)  # several pieces, cut inside shards
     sel = open_store(path).select(**selectors)
     shard_tokens = sel.store.manifest["shard_tokens"]
     assert len(set((sel.rows // shard_tokens).tolist())) >= 3, "the selection must span shards"
+    read = spy_on_reads(monkeypatch, sel.store)
     out = sel.export(tmp_path / "ds", list(sites), format="datasets")
+    assert max(read) == piece_rows and sum(read) == len(sel) * len(sites)  # memory holds one piece
     ds = datasets.load_from_disk(str(out))
 
     ref = reference_tokens(path).to_pandas()
@@ -77,7 +97,7 @@ def test_datasets_export_equals_a_direct_reading(case, tmp_path, monkeypatch, re
     assert len(ds) == len(ref) == len(sel) > 10
     assert ds.column_names == [*ref.columns, *sites]
     for column in ref.columns:
-        assert ds[column] == ref[column].tolist(), column
+        assert ds[column][:] == ref[column].tolist(), column
     dtype = np.dtype(sel.store.manifest["dtype"])
     for site, (array, index) in sites.items():
         want = reference_vectors(path, array, ref.row.to_numpy(), index)
@@ -96,7 +116,6 @@ def test_datasets_export_equals_a_direct_reading(case, tmp_path, monkeypatch, re
 
 
 def test_datasets_export_of_an_empty_selection(selection, tmp_path):
-    datasets = pytest.importorskip("datasets")
     empty = open_store(selection.store.location).select(doc=999)
     ds = datasets.load_from_disk(str(empty.export(tmp_path / "empty", ["final"], format="datasets")))
     assert len(ds) == 0 and ds.column_names == ["row", "doc_id", "seq_id", "pos", "token_id", "token", "final"]
@@ -104,25 +123,14 @@ def test_datasets_export_of_an_empty_selection(selection, tmp_path):
 
 
 def test_a_failed_datasets_export_leaves_nothing(selection, tmp_path, monkeypatch):
-    pytest.importorskip("datasets")
     monkeypatch.setattr(export_module, "PIECE_ROWS", 5)
-    calls = []
-    real = type(selection.store).vectors
-
-    def failing(self, rows, sites, direct=None):
-        calls.append(len(rows))
-        if len(calls) == 3:
-            raise OSError("disk full")
-        return real(self, rows, sites, direct)
-
-    monkeypatch.setattr(type(selection.store), "vectors", failing)
+    spy_on_reads(monkeypatch, selection.store, fail_at=3)
     with pytest.raises(OSError, match="disk full"):
         selection.export(tmp_path / "ds", ["final"], format="datasets")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_datasets_export_replaces_an_earlier_export_and_nothing_else(selection, tmp_path):
-    datasets = pytest.importorskip("datasets")
     out = tmp_path / "ds"
     selection.export(out, ["final"], format="datasets")
     few = open_store(selection.store.location).select(doc=1)

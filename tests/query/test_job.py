@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets  # requirements-dev.txt: the export target is tested, not skipped
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
@@ -103,7 +104,6 @@ def test_command_line(packed):
 
 
 def test_command_line_datasets_export(packed, tmp_path):
-    datasets = pytest.importorskip("datasets")
     out = tmp_path / "the_dataset"
     done = subprocess.run([sys.executable, "-m", "jobs.query", f"store={packed}", "regex='^ [a-z]'",
                            "sites=[final,resid_post.1]", f"export.path={out}", "export.format=datasets"],
