@@ -55,9 +55,10 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  skipped {family}: {why}")
     t = summary.get("timings") or {}
     if t.get("tokens"):
+        workers = f"{t['workers']} Ray worker(s)" if t.get("cluster") == "ray" else f"{t['workers']} worker(s)"
         lines.append(
             f"  this run: {t['tokens']} tokens in {t['wall_seconds']:.1f} s ({t.get('tokens_per_second', 0):.0f} "
-            f"tokens/s wall, {t['workers']} worker(s)); read {t.get('read_tokens_per_second', 0):.0f} tokens/s "
+            f"tokens/s wall, {workers}); read {t.get('read_tokens_per_second', 0):.0f} tokens/s "
             f"({t.get('read_mb_per_second', 0):.0f} MB/s), statistics {t.get('stats_tokens_per_second', 0):.0f} "
             "tokens/s (per worker)"
         )

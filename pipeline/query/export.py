@@ -1,14 +1,16 @@
 """Write a selection's vectors to .npy, .safetensors or a HuggingFace ``datasets`` directory.
 
-.npy and .safetensors are written piece by piece (``PIECE_ROWS`` rows at a
-time) to a temporary name and renamed, so an export of millions of rows never
-holds them all in memory and a failed export leaves no half file behind.
+Every format is written piece by piece (``PIECE_ROWS`` rows at a time) to a
+temporary name and renamed, so an export of millions of rows never holds them
+all in memory and a failed export leaves no half file or directory behind.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import struct
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
 
 FORMATS = ("npy", "safetensors", "datasets")
 PIECE_ROWS = 65536
+PIECE_BYTES = 256 << 20  # at most this much of vectors in memory at once (datasets export)
 _SAFETENSORS_DTYPES = {"float16": "F16", "float32": "F32", "int64": "I64"}
 
 
@@ -58,9 +61,10 @@ def export(selection: Selection, path: str | Path, sites: str | list[str], forma
     return path
 
 
-def _pieces(n: int):
-    for start in range(0, n, PIECE_ROWS):
-        yield start, min(start + PIECE_ROWS, n)
+def _pieces(n: int, step: int | None = None):
+    step = step or PIECE_ROWS
+    for start in range(0, n, step):
+        yield start, min(start + step, n)
 
 
 def _npy(selection: Selection, path: Path, sites: str | list[str]) -> None:
@@ -102,13 +106,65 @@ def _safetensors(selection: Selection, path: Path, names: list[str]) -> None:
 
 
 def _datasets(selection: Selection, path: Path, names: list[str]) -> None:
+    """The token columns (and any extra ones) plus one fixed-size-list column per site.
+
+    The rows go piece by piece into one Arrow stream next to ``path``, which ``datasets``
+    memory-maps and saves in its own layout (its shards, state.json, dataset_info.json) to a
+    temporary directory that is renamed at the end: memory holds one piece, and a failed export
+    leaves nothing that looks like a dataset. The cost is writing the data twice.
+    """
     try:
         import datasets
     except ImportError as exc:
         raise QueryError("exporting to a HuggingFace dataset needs the datasets package: pip install datasets") from exc
-    table = selection.table
+    store, table = selection.store, selection.table
+    clash = sorted(set(names) & set(table.column_names))
+    if clash:
+        raise QueryError(f"cannot export site(s) {', '.join(clash)}: the selection has columns of the same name")
+    if path.exists() and not _is_saved_dataset(path):
+        raise QueryError(f"cannot write a dataset to {path}: it exists and is not an earlier datasets export")
+    dtype = pa.from_numpy_dtype(np.dtype(store.manifest["dtype"]))
+    d = int(store.manifest["model"]["d_model"])
+    schema = table.schema
     for name in names:
-        vectors = selection.store.vectors(selection.rows, name)
-        flat = pa.array(vectors.reshape(-1), type=pa.from_numpy_dtype(vectors.dtype))
-        table = table.append_column(name, pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]))
-    datasets.Dataset(table).save_to_disk(str(path))
+        schema = schema.append(pa.field(name, pa.list_(dtype, d)))
+    stream = path.with_name(f".{path.name}.tmp-{os.getpid()}.arrow")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # a piece holds every site's vectors of its rows: bound it in bytes, not only rows
+    step = max(1, min(PIECE_ROWS, PIECE_BYTES // max(1, len(names) * d * dtype.byte_width)))
+    try:
+        with pa.OSFile(str(stream), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+            for a, b in _pieces(len(selection), step):
+                columns = table.slice(a, b - a).columns
+                for name in names:
+                    flat = store.vectors(selection.rows[a:b], name).reshape(-1)
+                    columns.append(pa.FixedSizeListArray.from_arrays(pa.array(flat, type=dtype), d))
+                writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+        about = {"store": store.location, "model": store.manifest["model"]["id"], "sites": names,
+                 "format": "embwalk selection: token columns, one [d_model] vector column per site"}
+        info = datasets.DatasetInfo(description=json.dumps(about))
+        # an empty selection still gets one (empty) shard: datasets would write none, and no schema
+        shards = None if len(selection) else 1
+        datasets.Dataset.from_file(str(stream), info=info).save_to_disk(str(tmp), num_shards=shards)
+        _replace_dir(tmp, path)
+    finally:
+        stream.unlink(missing_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    """An earlier export (or an empty directory), which an export may replace; anything else is the user's."""
+    if not path.is_dir():
+        return False
+    names = {p.name for p in path.iterdir()}
+    meta = {"state.json", "dataset_info.json"}
+    return not names or (meta <= names and all(re.fullmatch(r"data-\d+-of-\d+\.arrow", n) for n in names - meta))
+
+
+def _replace_dir(new: Path, path: Path) -> None:
+    """Move ``new`` to ``path``; an earlier export there is moved aside first and then removed."""
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(new, path)
+    shutil.rmtree(old, ignore_errors=True)

@@ -149,6 +149,7 @@ def compute_store_stats(
     infos = run_shards(root, todo, config, head, device, cluster, say)
     wall = time.perf_counter() - started
     timings = _timings(infos, wall, max(1, min(default_workers(cluster, device, len(todo)), len(todo))))
+    timings["cluster"] = cluster.kind  # summary.json and the job's report say where the shards ran
     summary = merge_store_stats(root, timings)
     return summary
 

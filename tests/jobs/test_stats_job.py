@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from pipeline.stats.run import StatsCluster, StatsOptions, compute_store_stats
 from tests.jobs.test_extract_job import assert_user_error
+from tests.stats.helpers import assert_same_table
+from tests.stats.store_refs import stats_table
 from tests.stats.stores import build_store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,6 +48,22 @@ def test_stats_then_report(minilm_store):
     assert result.returncode == 0, result.stderr
     assert f"report: {minilm_store}/report/index.html" in result.stdout
     assert (minilm_store / "report" / "position_kernels.png").is_file()
+
+
+def test_cluster_ray_from_the_command_line(minilm_store, minilm, tmp_path):
+    """``cluster=ray`` reaches the statistics: shards run as Ray tasks, merged as the local route merges them."""
+    on_ray, local = tmp_path / "ray", tmp_path / "local"
+    for copy in (on_ray, local):
+        shutil.copytree(minilm_store, copy, ignore=shutil.ignore_patterns("stats", "report"))
+    result = job("stats", f"store={on_ray}", "cluster=ray", "cluster.workers=2", "cluster.progress=false",
+                 "stats.self_sim_top_k=5")
+    assert result.returncode == 0, result.stderr
+    assert "2 Ray worker(s)" in result.stdout
+    compute_store_stats(local, StatsOptions(self_sim_top_k=5), StatsCluster(workers=1, progress=False), loaded=minilm)
+    names = sorted(p.stem for p in (local / "stats").glob("*.parquet"))
+    assert names == sorted(p.stem for p in (on_ray / "stats").glob("*.parquet")) and "encoding" in names
+    for name in names:
+        assert_same_table(stats_table(on_ray, name), stats_table(local, name), name)
 
 
 def test_bad_store_path_is_one_line(tmp_path):

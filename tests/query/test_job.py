@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets  # requirements-dev.txt: the export target is tested, not skipped
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
@@ -100,3 +101,18 @@ def test_command_line(packed):
         "embwalk: error: unknown capture site 'bogus.1'; known: resid_pre.L, resid_mid.L, resid_post.L, "
         "attn_pattern.L, attn_out.L, mlp_out.L, final (L an index, '*' or omitted for all), "
         "or blocks.L.hook_resid_post-style aliases")
+
+
+def test_command_line_datasets_export(packed, tmp_path):
+    out = tmp_path / "the_dataset"
+    done = subprocess.run([sys.executable, "-m", "jobs.query", f"store={packed}", "regex='^ [a-z]'",
+                           "sites=[final,resid_post.1]", f"export.path={out}", "export.format=datasets"],
+                          cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    sel = open_store(packed).select(regex="^ [a-z]")
+    assert done.stdout.strip() == f"wrote {len(sel)} rows x final, resid_post.1 to {out}"
+    ds = datasets.load_from_disk(str(out)).with_format("numpy")
+    assert ds["row"][:].tolist() == sel.rows.tolist()
+    for site in ("final", "resid_post.1"):
+        np.testing.assert_array_equal(ds[site][:], sel.vectors(site).astype(np.float32), err_msg=site)

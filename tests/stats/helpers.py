@@ -45,6 +45,18 @@ def assert_rel(actual, expected, rtol: float = RTOL, what: str = "") -> None:
     assert ok.all(), f"{what}: max rel err {np.nanmax(err / np.abs(e))}\n{a[~ok]}\n{e[~ok]}"
 
 
+def assert_same_table(a, b, what: str = "") -> None:
+    """Two computations of one statistics table agree: the same columns and rows, other values exactly,
+    floats to 1e-12 (the same partial sums, perhaps added in another order)."""
+    assert a.column_names == b.column_names and a.num_rows == b.num_rows, what
+    for col in a.column_names:
+        x, y = a[col].to_numpy(zero_copy_only=False), b[col].to_numpy(zero_copy_only=False)
+        if x.dtype.kind == "f":
+            np.testing.assert_allclose(x, y, rtol=1e-12, err_msg=f"{what}.{col}")
+        else:
+            assert (x == y).all(), f"{what}.{col}"
+
+
 def summary_rows(table, stat: str, group: str | None = "layer") -> dict[str, np.ndarray]:
     """Columns of one stat's rows of a summary table, sorted by group."""
     d = table.to_pydict()

@@ -20,7 +20,7 @@ from pipeline.stats.store_stats import shard_stats
 from pipeline.store.reader import Store
 
 from . import store_refs as R
-from .helpers import assert_rel, check_moments, summary_rows
+from .helpers import assert_rel, assert_same_table, check_moments, summary_rows
 
 QUIET = StatsCluster(workers=1, progress=False)
 
@@ -104,14 +104,7 @@ def test_a_rerun_replaces_a_shard_and_never_double_counts(pack_store, copy_store
     shard_stats(store, 1, config, model_head(Store(store), tiny_llama))  # rerun one shard
     merge_store_stats(store)
     for name, table in before.items():
-        again = R.stats_table(store, name)
-        assert again.num_rows == table.num_rows
-        for col in table.column_names:
-            a, b = table[col].to_numpy(zero_copy_only=False), again[col].to_numpy(zero_copy_only=False)
-            if a.dtype.kind == "f":
-                np.testing.assert_allclose(a, b, rtol=1e-12, err_msg=f"{name}.{col}")
-            else:
-                assert (a == b).all(), f"{name}.{col}"
+        assert_same_table(table, R.stats_table(store, name), name)
     # resume: nothing left to compute
     assert run(store, tiny_llama)["timings"]["shards"] == 0
 
@@ -148,13 +141,7 @@ def test_process_pool_equals_one_process(pack_store, copy_store, tiny_llama, tmp
     compute_store_stats(two, StatsOptions(self_sim_top_k=6, families=["encoding", "geometry", "attention"]),
                         StatsCluster(workers=2, threads=1, progress=False), loaded=tiny_llama)
     for name in ("encoding", "geometry", "attention"):
-        a, b = R.stats_table(one, name), R.stats_table(two, name)
-        for col in a.column_names:
-            x, y = a[col].to_numpy(zero_copy_only=False), b[col].to_numpy(zero_copy_only=False)
-            if x.dtype.kind == "f":
-                np.testing.assert_allclose(x, y, rtol=1e-12, err_msg=f"{name}.{col}")
-            else:
-                assert (x == y).all()
+        assert_same_table(R.stats_table(one, name), R.stats_table(two, name), name)
 
 
 def test_nucleus_from_topk_equals_full_sort():
