@@ -8,6 +8,8 @@ from omegaconf import DictConfig
 from jobs._entry import run_job
 from pipeline.errors import EmbwalkError
 from pipeline.job import ExtractConfig
+from pipeline.query import open_store
+from pipeline.store.fs import local_path
 from pipeline.store.reader import Store
 
 
@@ -20,7 +22,8 @@ def extract(config: dict) -> int:
     else:
         raise EmbwalkError(f"unknown cluster.kind {cfg.cluster.kind!r}; choose local or ray")
     manifest = execute(cfg)
-    print(Store(cfg.store.path).summary())
+    local = local_path(cfg.store.path)
+    print(Store(local).summary() if local is not None else open_store(cfg.store.path).summary())
     seconds, tokens = manifest.get("run_seconds"), manifest.get("run_tokens")
     if seconds and tokens:
         print(f"this run: {tokens} tokens in {seconds:.1f} s ({tokens / seconds:.0f} tokens/s)")

@@ -22,6 +22,7 @@ from pipeline.models.loading import LoadedModel, ModelConfig
 from pipeline.models.sites import parse_sites
 from pipeline.plan import Plan, make_plan, shard_tokens_for
 from pipeline.store import layout as store_layout
+from pipeline.store.fs import open_fs, require_local
 
 STORE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
@@ -105,6 +106,9 @@ def prepare(cfg: ExtractConfig, loaded: LoadedModel) -> PreparedJob:
     """Validate, tokenize, plan and describe the store; no activations are computed."""
     if not cfg.capture.store_arrays and cfg.capture.stats is None:
         raise EmbwalkError("capture.store_arrays=false keeps nothing: also set capture.stats (e.g. capture=stats_only)")
+    open_fs(cfg.store.path)  # an unknown protocol or a missing fsspec backend fails here, before any work
+    if cfg.capture.stats is not None:  # the statistics partials are written with local file operations
+        require_local(cfg.store.path, "statistics computed in the pass (capture.stats)")
     if cfg.store.dtype not in STORE_DTYPES:
         raise EmbwalkError(f"unknown store.dtype {cfg.store.dtype!r}; choose float16 or float32")
     if loaded.max_positions and cfg.corpus.seq_len > loaded.max_positions:

@@ -15,20 +15,20 @@ import os
 import time
 from collections import Counter, deque
 from dataclasses import replace
-from pathlib import Path
 
+import fsspec
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from pipeline.corpus import vocabulary_strings
-from pipeline.errors import EmbwalkError, first_line
+from pipeline.errors import EmbwalkError, StoreError, first_line
 from pipeline.executors import faults
 from pipeline.extract import ShardRunner
 from pipeline.job import ExtractConfig, PreparedJob, prepare
 from pipeline.models.loading import LoadedModel, load_model
 from pipeline.plan import Shard
-from pipeline.store.writer import StoreWriter, read_manifest
+from pipeline.store.writer import StoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class ShardWorker:
         if cfg.cluster.threads:
             torch.set_num_threads(cfg.cluster.threads)
         loaded = loaded or load_model(cfg.model)
-        writer = StoreWriter(_root(cfg), read_manifest(_root(cfg)))
+        writer = StoreWriter.attach(cfg.store.path)  # a path or URL: each worker opens the store itself
         faults.install(fault, writer)
         self.fault = fault
         self.runner = ShardRunner(
@@ -67,6 +67,11 @@ def extract_ray(cfg: ExtractConfig, loaded: LoadedModel | None = None) -> dict:
     """
     import ray
 
+    if fsspec.core.split_protocol(cfg.store.path)[0] == "memory":
+        raise StoreError(
+            f"store {cfg.store.path}: a memory:// store lives inside one process and Ray workers cannot "
+            "write to it; use a path on a shared filesystem, file://, or an object store URL"
+        )
     c = cfg.cluster
     use_gpu = torch.cuda.is_available() if cfg.model.device == "auto" else cfg.model.device.startswith("cuda")
     # The driver plans on the CPU; workers put the model where cfg.model says.
@@ -174,7 +179,3 @@ def _retry(shard: Shard, attempts: Counter, max_retries: int, cause: str, todo: 
 def _bytes_per_token(job: PreparedJob) -> float:
     per_token = [s for s in job.specs if s.dims[0] == "token"]
     return float(sum(np.prod(s.shape[1:]) * np.dtype(s.dtype).itemsize for s in per_token))
-
-
-def _root(cfg: ExtractConfig) -> Path:
-    return Path(cfg.store.path).expanduser()

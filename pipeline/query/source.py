@@ -14,7 +14,8 @@ import zarr
 
 from pipeline.errors import StoreError
 from pipeline.store import layout
-from pipeline.store.writer import committed_shards, parse_manifest, read_manifest
+from pipeline.store.fs import open_fs
+from pipeline.store.writer import committed_shards, read_manifest
 
 
 class StoreSource:
@@ -22,17 +23,15 @@ class StoreSource:
         text = str(location)
         self.location = text
         self.storage_options = dict(storage_options or {})
-        if "://" in text and not text.startswith("file://"):
-            self.fs, root = fsspec.core.url_to_fs(text, **self.storage_options)
-            self.root = root.rstrip("/")
-            self.local: Path | None = None
-            if not self.fs.exists(self.root):
-                raise StoreError(f"store not found: {text}")
-        else:
-            self.local = Path(text.removeprefix("file://")).expanduser()
+        self.store = open_fs(location, self.storage_options)  # the writer's view: manifest and commit markers
+        if self.store.local:
+            self.local: Path | None = self.store.root
             self.fs, self.root = fsspec.filesystem("file"), str(self.local)
-            if not self.local.exists():
-                raise StoreError(f"store not found: {text}")
+        else:
+            self.local = None
+            self.fs, self.root = self.store.fs, self.store.root
+        if not self.store.exists():
+            raise StoreError(f"store not found: {text}")
 
     def __repr__(self) -> str:
         return f"StoreSource({self.location!r})"
@@ -54,21 +53,14 @@ class StoreSource:
         if self.local is not None:
             if not self.local.is_dir():
                 raise StoreError(f"not an embwalk store (not a directory): {self.location}")
-            return read_manifest(self.local)  # same checks and messages as the writer's reader
-        path = f"{self.root}/{layout.MANIFEST}"
-        if not self.fs.isfile(path):
-            raise StoreError(f"not an embwalk store (no {layout.MANIFEST}): {self.location}")
-        return parse_manifest(self.fs.cat_file(path), f"{self.location}/{layout.MANIFEST}")
+        return read_manifest(self.store)  # same checks and messages as the writer's
 
     def committed(self) -> list[int]:
         """Indices of committed shards: the markers are the only thing a reader trusts."""
-        if self.local is not None:
-            return sorted(committed_shards(self.local))
-        found = self.fs.glob(f"{self.root}/{layout.COMMITS_DIR}/shard-*.json")
-        return sorted(int(PurePosixPath(p).stem.split("-")[1]) for p in found)
+        return sorted(committed_shards(self.store))
 
     def token_files(self, shards: list[int]) -> list[str]:
-        return [self.path(f"{layout.TOKENS_DIR}/{layout.shard_name(i)}.parquet") for i in shards]
+        return [self.path(layout.tokens_file(i)) for i in shards]
 
     def stats_tables(self) -> dict[str, list[str]]:
         """Every Parquet table under stats/: ``stats/NAME.parquet`` or ``stats/NAME/**/*.parquet``.

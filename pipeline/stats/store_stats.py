@@ -27,6 +27,7 @@ from pipeline.stats.config import StatsConfig
 from pipeline.stats.partials import write_shard_partials
 from pipeline.stats.sequence import ModelHead, WalkStats, shard_label
 from pipeline.store import layout as store_layout
+from pipeline.store.fs import require_local
 from pipeline.store.reader import Store
 
 BLOCK_ROWS = 1024  # rows read at once: several sequences, a few MB per layer
@@ -233,7 +234,7 @@ def _tensor(arr: np.ndarray | None, lo: int, hi: int, device: torch.device) -> t
 
 def check_store(path: str | Path) -> Store:
     """Open a store for statistics, or fail in one line."""
-    root = Path(path).expanduser()
+    root = require_local(path, "statistics")  # partials and tables are written with local file operations
     if not (root / store_layout.MANIFEST).is_file():
         if root.exists():
             raise StoreError(f"not an embwalk store (no {store_layout.MANIFEST}): {root}")

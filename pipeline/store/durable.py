@@ -1,4 +1,5 @@
-"""Writes that are either complete on disk or absent.
+"""Writes that are either complete on disk or absent (stores on a local or
+shared POSIX filesystem; pipeline/store/fs.py puts whole objects elsewhere).
 
 A reader must never mistake half-written bytes for data, so every small file
 (manifest, commit marker, token table) is written to a temporary name, fsynced,

@@ -39,12 +39,18 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}"
 
 
+def tokens_file(index: int) -> str:
+    """A shard's token table, relative to the store's root."""
+    return f"{TOKENS_DIR}/{shard_name(index)}.parquet"
+
+
+def commit_file(index: int) -> str:
+    """A shard's commit marker, relative to the store's root."""
+    return f"{COMMITS_DIR}/{shard_name(index)}.json"
+
+
 def tokens_path(root: Path, index: int) -> Path:
-    return root / TOKENS_DIR / f"{shard_name(index)}.parquet"
-
-
-def commit_path(root: Path, index: int) -> Path:
-    return root / COMMITS_DIR / f"{shard_name(index)}.json"
+    return root / tokens_file(index)
 
 
 @dataclass(frozen=True)

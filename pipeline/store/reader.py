@@ -16,12 +16,15 @@ import zarr
 
 from pipeline.errors import StoreError
 from pipeline.store import layout
+from pipeline.store.fs import require_local
 from pipeline.store.writer import committed_shards, read_manifest
 
 
 class Store:
+    """A store on a local or shared filesystem (pipeline.query.open_store also reads fsspec URLs)."""
+
     def __init__(self, path: str | Path):
-        self.root = Path(path).expanduser()
+        self.root = require_local(path, "Store", "pipeline.query.open_store reads fsspec URLs")
         if not self.root.exists():
             raise StoreError(f"store not found: {self.root}")
         self.manifest = read_manifest(self.root)

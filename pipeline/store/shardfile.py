@@ -10,16 +10,18 @@ index at the end). Chunks may sit in any order in the file, so a layer-major
 buffer [layer, token, d_model], whose (token-block, layer) chunks are
 contiguous slices, is written as it lies in memory, with no copy at all.
 Reading the file back with zarr is what tests check.
+
+The bytes go to any binary file object: the writer hands a local temporary
+file (then fsynced and renamed) or an in-memory buffer (then put to an object
+store in one call), see pipeline/store/fs.py.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import BinaryIO
 
 import google_crc32c
 import numpy as np
-
-from pipeline.store.durable import atomic_write
 
 EMPTY = np.uint64(2**64 - 1)  # (offset, length) of a chunk that is not stored
 
@@ -45,14 +47,21 @@ def supports_direct_write(arr) -> bool:
     )
 
 
-def write_shard_file(path: Path, data: np.ndarray, chunk_rows: int, shard_rows: int) -> None:
-    """Write ``data`` as the shard file at ``path``.
+def write_shard_file(out: BinaryIO, data: np.ndarray, chunk_rows: int, shard_rows: int) -> None:
+    """Write ``data`` as a whole shard file to the binary file object ``out``.
 
     ``data`` is C-contiguous, little-endian, and either [layer, rows, d] (a
     per-token array with a layer axis, layer-major) or [rows, d]; ``rows`` is
     a multiple of ``chunk_rows`` and at most ``shard_rows``; chunks past it
     are recorded as absent (the last shard of an array).
     """
+    tail = _index_bytes(data, chunk_rows, shard_rows)  # checks the shape before a byte is written
+    out.write(memoryview(data).cast("B"))
+    out.write(tail)
+
+
+def _index_bytes(data: np.ndarray, chunk_rows: int, shard_rows: int) -> bytes:
+    """The shard index, (offset, length) per chunk in C order of the chunk grid, and its CRC-32C."""
     if not data.flags.c_contiguous or data.dtype.byteorder == ">":
         raise ValueError("shard data must be C-contiguous and little-endian")
     layered = data.ndim == 3
@@ -69,11 +78,4 @@ def write_shard_file(path: Path, data: np.ndarray, chunk_rows: int, shard_rows: 
         index = index[:, :, None, :]  # the grid's d_model axis: one chunk
     raw_index = index.tobytes()
     crc = np.uint32(google_crc32c.value(raw_index)).astype("<u4").tobytes()
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            f.write(memoryview(data).cast("B"))
-            f.write(raw_index + crc)
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, write)
+    return raw_index + crc

@@ -3,16 +3,19 @@
 The writer allocates every array at its final size before any shard runs, then
 each shard fills its own rows. A shard is committed, by an atomically written
 marker with row counts and checksums, only after its array files and token
-table are fsynced. Readers trust markers and nothing else, so a shard cut off
+table are durable. Readers trust markers and nothing else, so a shard cut off
 half-way is invisible and is rewritten whole on the next run.
+
+Every file operation goes through a ``StoreFS`` (pipeline/store/fs.py): a local
+directory (fsync + rename) or an fsspec URL (one put per file).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import zlib
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +25,8 @@ import zarr
 
 from pipeline.errors import StoreError
 from pipeline.store import layout
-from pipeline.store.durable import atomic_write, atomic_write_json, disk_errors, fsync_path
+from pipeline.store.durable import disk_errors
+from pipeline.store.fs import StoreFS, open_fs
 from pipeline.store.shardfile import supports_direct_write, write_shard_file
 
 COMPRESSORS = ("none", "zstd")
@@ -33,16 +37,16 @@ def checksum(data: np.ndarray, previous: int = 0) -> int:
 
 
 class StoreWriter:
-    def __init__(self, root: Path, manifest: dict):
-        self.root, self.manifest = root, manifest
-        self.local = root.is_dir()  # fsync and direct shard writes need a local filesystem
+    def __init__(self, fs: StoreFS, manifest: dict):
+        self.fs, self.manifest = fs, manifest
+        self.root = fs.root  # a Path for local stores (the statistics code works on those only)
         self.arrays = {
-            name: zarr.open_array(root / spec["path"], mode="r+")
+            name: zarr.open_array(fs.zarr_store(spec["path"]), mode="r+")
             for name, spec in manifest["arrays"].items()
         }
-        # Local, uncompressed, sharded arrays take the one-write path.
+        # Uncompressed, sharded arrays take the one-write path.
         self.direct = {
-            name: self.local and arr.shape[0] > 0 and supports_direct_write(arr)
+            name: arr.shape[0] > 0 and supports_direct_write(arr)
             for name, arr in self.arrays.items()
         }
 
@@ -58,22 +62,21 @@ class StoreWriter:
         weights, tokenizer, corpus, capture, dtype, plan); resuming against a
         store whose identity differs is an error that names the differences.
         """
-        root = Path(path).expanduser()
-        existing = root / layout.MANIFEST
-        if existing.is_file():
-            old = read_manifest(root)
-            _check_same_job(root, old["identity"], manifest["identity"])
-            return cls(root, old)
-        _check_creatable(root)
-        with disk_errors(root):
-            _estimate_fits(root, specs)
+        fs = open_fs(path)
+        if fs.is_file(layout.MANIFEST):
+            old = read_manifest(fs)
+            _check_same_job(fs, old["identity"], manifest["identity"])
+            return cls(fs, old)
+        _check_creatable(fs)
+        with disk_errors(fs.location):
+            _estimate_fits(fs, specs)
             for sub in (layout.TOKENS_DIR, layout.COMMITS_DIR, layout.STATS_DIR):
-                (root / sub).mkdir(parents=True, exist_ok=True)
+                fs.makedirs(sub)
             for group in layout.GROUPS.values():
                 if any(spec.path.startswith(group) for spec in specs):
-                    zarr.open_group(root / group, mode="w", zarr_format=3)
+                    zarr.open_group(fs.zarr_store(group), mode="w", zarr_format=3)
             for spec in specs:
-                _create_array(root, spec, compressor)
+                _create_array(fs, spec, compressor)
         manifest = dict(manifest)
         manifest["arrays"] = {
             spec.name: {
@@ -83,13 +86,19 @@ class StoreWriter:
             }
             for spec in specs
         }
-        atomic_write_json(existing, manifest)  # last: its presence means the layout is whole
-        return cls(root, manifest)
+        write_json(fs, layout.MANIFEST, manifest)  # last: its presence means the layout is whole
+        return cls(fs, manifest)
+
+    @classmethod
+    def attach(cls, path: str | Path) -> StoreWriter:
+        """A writer for a store the driver already created (a Ray worker's: it gets only the path or URL)."""
+        fs = open_fs(path)
+        return cls(fs, read_manifest(fs))
 
     # -- writing -------------------------------------------------------------------------
 
     def committed(self) -> set[int]:
-        return committed_shards(self.root)
+        return committed_shards(self.fs)
 
     def write_patterns(self, seq0: int, patterns: np.ndarray) -> None:
         """Write whole sequences' attention, [seq, layer, head, query, key]: each sequence is its own Zarr shard."""
@@ -97,12 +106,11 @@ class StoreWriter:
         with disk_errors(self._dir("pattern")):
             if not self.direct["pattern"]:
                 self.arrays["pattern"][seq0 : seq0 + len(patterns)] = patterns
-                self._fsync_chunks("pattern", keys)
+                self._sync_chunks("pattern", keys)
                 return
             for key, seq in zip(keys, patterns, strict=True):
                 # One chunk per layer, in layer order: the layer-major case with one row per chunk.
-                path = self._dir("pattern") / self.arrays["pattern"].metadata.encode_chunk_key(key)
-                write_shard_file(path, seq.reshape(seq.shape[0], 1, -1), 1, 1)
+                self._write_shard_file("pattern", key, seq.reshape(seq.shape[0], 1, -1), 1, 1)
 
     def write_shard(
         self, index: int, rows: tuple[int, int], arrays: dict[str, np.ndarray], tokens: pa.Table,
@@ -124,17 +132,16 @@ class StoreWriter:
             key = (index,) + (0,) * (arr.ndim - 1)
             with disk_errors(self._dir(name)):
                 if self.direct[name]:
-                    path = self._dir(name) / arr.metadata.encode_chunk_key(key)
-                    write_shard_file(path, data, spec["chunks"][0], spec["shards"][0])
+                    self._write_shard_file(name, key, data, spec["chunks"][0], spec["shards"][0])
                 else:
                     arr[start:stop] = valid.transpose(1, 0, 2) if valid.ndim == 3 else valid
-                    self._fsync_chunks(name, [key])
+                    self._sync_chunks(name, [key])
             record["checksums"][name] = checksum(valid)
-        atomic_write(layout.tokens_path(self.root, index), lambda tmp: pq.write_table(tokens, tmp))
+        self.fs.write_atomic(layout.tokens_file(index), lambda f: pq.write_table(tokens, f))
         record["checksums"]["tokens"] = checksum(tokens.column("token_id").to_numpy())
         record.update(extra or {})
         record["committed_at"] = time.time()
-        atomic_write_json(layout.commit_path(self.root, index), record)
+        write_json(self.fs, layout.commit_file(index), record)  # last: the shard's data is durable by now
         return record
 
     def finish(self) -> dict:
@@ -143,30 +150,36 @@ class StoreWriter:
         for shard in self.manifest["shards"]:
             shard["status"] = "committed" if shard["index"] in done else "pending"
         self.manifest["complete"] = len(done) == len(self.manifest["shards"])
-        atomic_write_json(self.root / layout.MANIFEST, self.manifest)
+        write_json(self.fs, layout.MANIFEST, self.manifest)
         return self.manifest
 
-    def _dir(self, name: str) -> Path:
-        return self.root / self.manifest["arrays"][name]["path"]
+    def _write_shard_file(self, name: str, key: tuple[int, ...], data: np.ndarray, chunk_rows: int, rows: int) -> None:
+        """Write one whole Zarr shard of array ``name`` in one go (store/shardfile.py)."""
+        path = f"{self.manifest['arrays'][name]['path']}/{self.arrays[name].metadata.encode_chunk_key(key)}"
+        self.fs.write_atomic(path, partial(write_shard_file, data=data, chunk_rows=chunk_rows, shard_rows=rows))
 
-    def _fsync_chunks(self, name: str, coords: list[tuple[int, ...]]) -> None:
+    def _dir(self, name: str) -> str:
+        return self.fs.describe(self.manifest["arrays"][name]["path"])
+
+    def _sync_chunks(self, name: str, coords: list[tuple[int, ...]]) -> None:
         """Make the Zarr shard files zarr itself wrote durable before the commit."""
-        if not self.local:
-            return
+        path = self.manifest["arrays"][name]["path"]
         for c in coords:
-            f = self._dir(name) / self.arrays[name].metadata.encode_chunk_key(c)
-            if f.exists():  # an all-zero chunk zarr chose not to write
-                fsync_path(f)
+            self.fs.sync(f"{path}/{self.arrays[name].metadata.encode_chunk_key(c)}")
+
+
+def write_json(fs: StoreFS, rel: str, data: dict) -> None:
+    fs.write_atomic(rel, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
 
 
 # -- reading helpers shared with the reader ---------------------------------------------
 
 
-def read_manifest(root: Path) -> dict:
-    path = root / layout.MANIFEST
-    if not path.is_file():
-        raise StoreError(f"not an embwalk store (no {layout.MANIFEST}): {root}")
-    return parse_manifest(path.read_bytes(), str(path))
+def read_manifest(store: StoreFS | str | Path) -> dict:
+    fs = open_fs(store)
+    if not fs.is_file(layout.MANIFEST):
+        raise StoreError(f"not an embwalk store (no {layout.MANIFEST}): {fs.location}")
+    return parse_manifest(fs.read_bytes(layout.MANIFEST), fs.describe(layout.MANIFEST))
 
 
 def parse_manifest(raw: bytes, where: str) -> dict:
@@ -183,60 +196,57 @@ def parse_manifest(raw: bytes, where: str) -> dict:
     return manifest
 
 
-def committed_shards(root: Path) -> set[int]:
-    commits = root / layout.COMMITS_DIR
-    if not commits.is_dir():
-        return set()
-    return {int(p.stem.split("-")[1]) for p in commits.glob("shard-*.json")}
+def committed_shards(store: StoreFS | str | Path) -> set[int]:
+    names = open_fs(store).list(layout.COMMITS_DIR, "shard-*.json")
+    return {int(name.removesuffix(".json").split("-")[1]) for name in names}
 
 
 # -- checks -----------------------------------------------------------------------------
 
 
-def _check_same_job(root: Path, old: dict, new: dict) -> None:
+def _check_same_job(fs: StoreFS, old: dict, new: dict) -> None:
     keys = sorted(set(old) | set(new))
     differ = [k for k in keys if old.get(k) != new.get(k)]
     if differ:
         shown = "; ".join(f"{k}: {_difference(old.get(k), new.get(k))}" for k in differ[:3])
         raise StoreError(
-            f"store {root} was written by a different job ({shown}); "
+            f"store {fs.location} was written by a different job ({shown}); "
             "use another store path or delete this one"
         )
 
 
-def _check_creatable(root: Path) -> None:
+def _check_creatable(fs: StoreFS) -> None:
     """A new store goes into a missing or empty directory, or over a layout that
     never got its manifest (a run killed while allocating) and so holds no data."""
-    if not root.exists():
+    if not fs.exists():
         return
-    if not root.is_dir():
-        raise StoreError(f"store path exists and is not a directory: {root}")
-    entries = {p.name for p in root.iterdir()}
+    if not fs.is_dir():
+        raise StoreError(f"store path exists and is not a directory: {fs.location}")
+    entries = set(fs.list())
     ours = set(layout.GROUPS.values()) | {layout.TOKENS_DIR, layout.COMMITS_DIR, layout.STATS_DIR}
     if entries - ours:
-        raise StoreError(f"store path is a non-empty directory that is not an embwalk store: {root}")
-    if committed_shards(root):
-        raise StoreError(f"store {root} has commit markers but no manifest; refusing to overwrite it")
+        raise StoreError(f"store path is a non-empty directory that is not an embwalk store: {fs.location}")
+    if committed_shards(fs):
+        raise StoreError(f"store {fs.location} has commit markers but no manifest; refusing to overwrite it")
     for name in entries:
-        shutil.rmtree(root / name)
+        fs.remove(name)
 
 
-def _estimate_fits(root: Path, specs: list[layout.ArraySpec]) -> None:
+def _estimate_fits(fs: StoreFS, specs: list[layout.ArraySpec]) -> None:
+    free = fs.free_bytes()
+    if free is None:  # an object store: no free-space figure to check against
+        return
     need = sum(int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize for s in specs)
-    probe = root
-    while not probe.exists():
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
     if need > free:
         raise StoreError(
-            f"not enough disk for store {root}: needs about {need / 1e9:.2f} GB, {free / 1e9:.2f} GB free"
+            f"not enough disk for store {fs.location}: needs about {need / 1e9:.2f} GB, {free / 1e9:.2f} GB free"
         )
 
 
-def _create_array(root: Path, spec: layout.ArraySpec, compressor: str) -> None:
+def _create_array(fs: StoreFS, spec: layout.ArraySpec, compressor: str) -> None:
     if compressor not in COMPRESSORS:
         raise StoreError(f"unknown compressor {compressor!r}; choose one of {', '.join(COMPRESSORS)}")
-    group = zarr.open_group(root / layout.GROUPS[spec.group], mode="r+")
+    group = zarr.open_group(fs.zarr_store(layout.GROUPS[spec.group]), mode="r+")
     group.create_array(
         spec.name,
         shape=spec.shape,

@@ -43,7 +43,7 @@ def corpus(tmp_path):
     return path
 
 
-def _config(path: Path, corpus: Path, workers: int = 1, kind: str = "ray", **cluster) -> ExtractConfig:
+def _config(path: Path | str, corpus: Path, workers: int = 1, kind: str = "ray", **cluster) -> ExtractConfig:
     return ExtractConfig(
         corpus=CorpusConfig(path=str(corpus), txt_unit="line", seq_len=32),
         capture=CaptureConfig(sites=["resid_pre.0", "resid_post", "final", "attn_pattern.1"]),
@@ -82,11 +82,17 @@ def reference(tmp_path, corpus, model):
 
 
 def test_one_and_two_workers_equal_the_local_run(ray_instance, tmp_path, corpus, model, reference):
-    for workers in (1, 2):
-        cfg = _config(tmp_path / f"ray{workers}", corpus, workers=workers)
+    # Two workers write to a file:// URL: workers get the URL and open the store themselves.
+    for workers, location in ((1, tmp_path / "ray1"), (2, f"file://{tmp_path / 'ray2'}")):
+        cfg = _config(location, corpus, workers=workers)
         manifest = extract_ray(cfg, model)
         assert manifest["complete"] and len(manifest["shards"]) > 4
-        _assert_same(_contents(cfg.store.path), reference)
+        _assert_same(_contents(tmp_path / f"ray{workers}"), reference)
+
+
+def test_a_memory_store_is_refused_before_any_worker_starts(tmp_path, corpus, model):
+    with pytest.raises(StoreError, match="memory://embwalk-ray/store: a memory:// store lives inside one process"):
+        extract_ray(_config("memory://embwalk-ray/store", corpus, workers=2), model)
 
 
 def test_worker_killed_while_writing_costs_only_its_shard(

@@ -47,6 +47,17 @@ def test_runs_and_prints_the_store(tmp_path, texts):
     assert len(list((store / "commits").glob("*.json"))) == 1
 
 
+def test_runs_to_an_fsspec_url(texts):
+    """The store lives in this process's memory filesystem: the summary is read back through fsspec."""
+    url = "memory://embwalk-job/store"
+    result = extract("corpus=files", f"corpus.path={texts}", f"store.path={url}", "corpus.seq_len=16")
+    assert result.returncode == 0, result.stderr
+    assert f"store: {url}" in result.stdout
+    assert "(1/1 shards" in result.stdout and "activations.zarr/resid: [token=" in result.stdout
+    result = extract("corpus=files", f"corpus.path={texts}", "store.path=nosuch://bucket/store")
+    assert_user_error(result, "nosuch://bucket/store", "unknown protocol 'nosuch'")
+
+
 @pytest.mark.parametrize(
     "content, fragment",
     [

@@ -69,6 +69,9 @@ def test_cluster_ray_from_the_command_line(minilm_store, minilm, tmp_path):
 def test_bad_store_path_is_one_line(tmp_path):
     assert_user_error(job("stats", "store=/no/such/store"), "store not found: /no/such/store")
     assert_user_error(job("report", f"store={tmp_path}"), "not an embwalk store", str(tmp_path))
+    # Statistics write with local file operations: a URL store fails up front, before anything is opened.
+    assert_user_error(job("stats", "store=s3://bucket/store"), "statistics", "local or shared filesystem",
+                      "not s3://bucket/store")
 
 
 def test_missing_store_and_unknown_family(minilm_store):

@@ -19,16 +19,16 @@ from tests.query.conftest import packed_config, reference_vectors, write_corpus
 def test_a_running_extraction_shows_only_committed_shards(tmp_path, smollm2, monkeypatch):
     cfg = packed_config(tmp_path, write_corpus(tmp_path / "corpus.txt"), store="live")
     paused, resume = threading.Event(), threading.Event()
-    original = writer.atomic_write_json
+    original = writer.write_json
 
-    def commit_marker(path, data):
+    def commit_marker(fs, rel, data):
         # Hold the run at shard 2's commit: its arrays and token file are written, its marker is not.
-        if path.name == "shard-00002.json":
+        if rel.endswith("shard-00002.json"):
             paused.set()
             assert resume.wait(60)
-        original(path, data)
+        original(fs, rel, data)
 
-    monkeypatch.setattr(writer, "atomic_write_json", commit_marker)
+    monkeypatch.setattr(writer, "write_json", commit_marker)
     run = threading.Thread(target=extract_local, args=(cfg, tiny_loaded("llama", smollm2.tokenizer)))
     run.start()
     try:
