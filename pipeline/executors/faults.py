@@ -4,7 +4,8 @@ Set ``EMBWALK_FAULT`` on the driver (workers get it from there):
 
 - ``kill-while-writing:SHARD:FLAG``: the worker writes shard SHARD's arrays,
   then SIGKILLs itself before the commit, the first time only (FLAG is a file
-  created to remember that it happened);
+  created to remember that it happened; FLAG.written once the arrays are written,
+  so a test can tell the kill from a failed write);
 - ``raise:SHARD``: every attempt at shard SHARD raises, as a document that
   makes the model fail would.
 
@@ -29,8 +30,12 @@ def install(fault: str | None, writer) -> None:
     def write_shard(index, rows, arrays, *args, **kwargs):
         if index == int(shard) and not Path(flag).exists():
             Path(flag).touch()
+            n = rows[1] - rows[0]
             for name, data in arrays.items():  # the data lands, the commit never does
-                writer.arrays[name][rows[0] : rows[1]] = data
+                # As the writer gets them: layer-major [layer, row, d] padded past n, or [row, d].
+                valid = data[:, :n].transpose(1, 0, 2) if data.ndim == 3 else data[:n]
+                writer.arrays[name][rows[0] : rows[1]] = valid
+            Path(f"{flag}.written").touch()
             os.kill(os.getpid(), signal.SIGKILL)
         return original(index, rows, arrays, *args, **kwargs)
 

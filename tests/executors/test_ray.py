@@ -103,6 +103,7 @@ def test_worker_killed_while_writing_costs_only_its_shard(
     cfg = _config(tmp_path / "ray", corpus, workers=2)
     manifest = extract_ray(cfg, model)
     assert flag.exists(), "the fault was not injected"
+    assert Path(f"{flag}.written").exists(), "the worker failed before writing, it was not killed while writing"
     assert manifest["complete"]
     contents = _contents(cfg.store.path)
     rows = contents["tokens"].column("row").to_pylist()
