@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from pipeline.allocator import keep_freed_memory
 from pipeline.corpus import TokenizedCorpus
 from pipeline.models.capture import CaptureLayout, Capturer
 from pipeline.models.loading import LoadedModel
@@ -46,6 +47,7 @@ class ShardRunner:
     ):
         """``stats`` (pipeline.stats.run.StatsOptions) computes walk statistics in the
         pass; ``store_arrays=False`` then stores none of the captured arrays."""
+        keep_freed_memory()  # batches reuse activation memory instead of faulting it in again
         self.loaded, self.corpus, self.writer = loaded, corpus, writer
         self.capture, self.dtype, self.batch_size = capture, dtype, batch_size
         self.capturer = Capturer(loaded, capture, dtype)

@@ -47,6 +47,7 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipeline.allocator import keep_freed_memory  # noqa: E402
 from pipeline.corpus import CorpusConfig, vocabulary_strings  # noqa: E402
 from pipeline.extract import ShardRunner  # noqa: E402
 from pipeline.job import CaptureConfig, ClusterConfig, ExtractConfig, PreparedJob, StoreConfig, prepare  # noqa: E402
@@ -192,6 +193,9 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="embwalk-bench-", dir=args.workdir))
+    # Every method runs in this process with the allocator setting embwalk's runner
+    # makes (pipeline/allocator.py): set it first, so that no method runs without it.
+    keep_freed_memory()
     loaded = load_model(ModelConfig(name=args.model, dtype=args.dtype, device=args.device))
     jobs = prepared_jobs(loaded, args, work)
     job = jobs["embwalk"]
