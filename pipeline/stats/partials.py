@@ -72,7 +72,9 @@ def write_shard_partials(store_root: str | Path, shard_index: int, ws: WalkStats
     partials = ws.partials()
     for family, acc in partials.items():
         table = acc.to_arrow()
-        atomic_write(out / f"{family}.parquet", lambda tmp, t=table: pq.write_table(t, tmp))
+        # Uncompressed: the sums are float64 bytes that snappy shrinks by ~10% at 3x the
+        # write time (0.27 vs 0.09 s for a 40 MB geometry partial), paid once per shard.
+        atomic_write(out / f"{family}.parquet", lambda tmp, t=table: pq.write_table(t, tmp, compression="none"))
     for stale in out.glob("*.parquet"):
         if stale.stem not in partials:
             stale.unlink(missing_ok=True)
