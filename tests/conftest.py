@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import transformers as T
@@ -78,3 +79,15 @@ def minilm() -> LoadedModel:
 
     return load_model(ModelConfig(name="all-minilm-l6-v2", device="cpu"))
 
+
+
+def assert_same_contents(a: dict, b: dict) -> None:
+    """Two stores' contents as tests gather them: Arrow tables, arrays, other values."""
+    assert a.keys() == b.keys()
+    for key in a:
+        if hasattr(a[key], "equals"):  # an Arrow table
+            assert a[key].equals(b[key]), key
+        elif isinstance(a[key], np.ndarray):
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        else:
+            assert a[key] == b[key], key

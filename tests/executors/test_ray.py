@@ -23,7 +23,7 @@ from pipeline.executors.ray import extract_ray  # noqa: E402
 from pipeline.job import CaptureConfig, ClusterConfig, ExtractConfig, StoreConfig  # noqa: E402
 from pipeline.models.loading import ModelConfig  # noqa: E402
 from pipeline.store.reader import Store  # noqa: E402
-from tests.conftest import tiny_loaded  # noqa: E402
+from tests.conftest import assert_same_contents, tiny_loaded  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 LINES = [f"Line {i}: the walk of token vectors through layer after layer, number {i * 7}." for i in range(40)]
@@ -59,15 +59,6 @@ def _contents(path) -> dict:
     return out
 
 
-def _assert_same(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        if key == "tokens":
-            assert a[key].equals(b[key])
-        else:
-            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-
-
 @pytest.fixture
 def model(smollm2):
     return tiny_loaded("llama", smollm2.tokenizer)
@@ -87,7 +78,7 @@ def test_one_and_two_workers_equal_the_local_run(ray_instance, tmp_path, corpus,
         cfg = _config(location, corpus, workers=workers)
         manifest = extract_ray(cfg, model)
         assert manifest["complete"] and len(manifest["shards"]) > 4
-        _assert_same(_contents(tmp_path / f"ray{workers}"), reference)
+        assert_same_contents(_contents(tmp_path / f"ray{workers}"), reference)
 
 
 def test_a_memory_store_is_refused_before_any_worker_starts(tmp_path, corpus, model):
@@ -108,7 +99,7 @@ def test_worker_killed_while_writing_costs_only_its_shard(
     contents = _contents(cfg.store.path)
     rows = contents["tokens"].column("row").to_pylist()
     assert rows == list(range(manifest["n_tokens"]))  # every token exactly once
-    _assert_same(contents, reference)
+    assert_same_contents(contents, reference)
 
 
 def test_a_shard_failing_every_retry_names_it_and_keeps_the_others(
@@ -132,7 +123,7 @@ def test_a_shard_failing_every_retry_names_it_and_keeps_the_others(
     monkeypatch.delenv(faults.ENV)
     manifest = extract_ray(cfg, model)
     assert manifest["run_tokens"] == manifest["n_tokens"] - committed_rows
-    _assert_same(_contents(cfg.store.path), reference)
+    assert_same_contents(_contents(cfg.store.path), reference)
 
 
 def test_killed_driver_resumes_and_equals_an_uninterrupted_run(ray_instance, tmp_path, minilm):
@@ -171,4 +162,4 @@ def test_killed_driver_resumes_and_equals_an_uninterrupted_run(ray_instance, tmp
         cfg, store=replace(cfg.store, path=str(tmp_path / "local")), cluster=replace(cfg.cluster, kind="local")
     )
     extract_local(local, minilm)
-    _assert_same(_contents(store), _contents(local.store.path))
+    assert_same_contents(_contents(store), _contents(local.store.path))

@@ -21,7 +21,7 @@ from pipeline.query import open_store
 from pipeline.store import layout
 from pipeline.store.fs import FsspecFS, LocalFS, open_fs
 from pipeline.store.writer import StoreWriter
-from tests.conftest import tiny_loaded
+from tests.conftest import assert_same_contents, tiny_loaded
 
 LINES = [f"Line {i}: token vectors walk through layer after layer, number {i * 7}." for i in range(12)]
 
@@ -69,17 +69,6 @@ def _contents(location: str | Path) -> dict:
     return out
 
 
-def _assert_same(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        if key == "tokens":
-            assert a[key].equals(b[key])
-        elif key == "committed":
-            assert a[key] == b[key]
-        else:
-            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-
-
 @pytest.fixture
 def puts(monkeypatch) -> list[str]:
     """Every whole-file put into the memory filesystem, in order."""
@@ -102,7 +91,7 @@ def test_memory_store_equals_a_local_store(tmp_path, corpus, model, memory_url, 
     manifest = extract_local(remote, model)
     assert manifest["complete"] and len(manifest["shards"]) > 3
     assert isinstance(open_fs(memory_url), FsspecFS)
-    _assert_same(_contents(memory_url), _contents(local.store.path))
+    assert_same_contents(_contents(memory_url), _contents(local.store.path))
 
     # Every file is whole objects put in one call: no temporaries, no appends, nothing written twice
     # (but the manifest, rewritten with the shards' status at the end).
@@ -134,7 +123,7 @@ def test_file_url_equals_a_plain_path(tmp_path, corpus, model):
     extract_local(_config(tmp_path / "plain", corpus), model)
     extract_local(_config(url, corpus), model)
     assert (tmp_path / "url" / layout.MANIFEST).is_file()  # the URL's directory, not a "file:" one
-    _assert_same(_contents(url), _contents(tmp_path / "plain"))
+    assert_same_contents(_contents(url), _contents(tmp_path / "plain"))
 
 
 def test_interrupted_memory_run_resumes_rewriting_only_missing_shards(
@@ -170,7 +159,7 @@ def test_interrupted_memory_run_resumes_rewriting_only_missing_shards(
     assert {i: fs.cat_file(f"{root}/{layout.commit_file(i)}") for i in done} == markers
 
     extract_local(_config(tmp_path / "whole", corpus), model)
-    _assert_same(_contents(memory_url), _contents(tmp_path / "whole"))
+    assert_same_contents(_contents(memory_url), _contents(tmp_path / "whole"))
 
 
 def _shard_of(rel: str, manifest: dict) -> int | None:
