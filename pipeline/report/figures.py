@@ -36,6 +36,14 @@ def _save(fig, out: Path, name: str) -> None:
     plt.close(fig)
 
 
+def _by_layer(ax, title: str, xlabel: str = "layer") -> None:
+    """The finish every line plot by layer shares: title, x label, light grid, small legend."""
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def _band(ax, x, rows, label, color, log=False):
     ax.plot(x, rows["median"], color=color, label=f"{label} (median)")
     ax.fill_between(x, rows["q25"], rows["q75"], color=color, alpha=0.25, label="quartiles")
@@ -90,10 +98,7 @@ def fig_logit_lens(data: ReportData, out: Path) -> Figure | None:
     ax.legend(fontsize=8, loc="upper right")
     if kl:
         _band(axes[1], kl["layer"], kl, "KL", "C3", log=True)
-        axes[1].set_title("KL(p_L ‖ p_l) in nats, by layer")
-        axes[1].set_xlabel("layer")
-        axes[1].grid(alpha=0.3)
-        axes[1].legend(fontsize=8)
+        _by_layer(axes[1], "KL(p_L ‖ p_l) in nats, by layer")
     _save(fig, out, "logit_lens")
     med = r["median"]
     first_low = next((int(x[i]) for i in range(len(med)) if med[i] < 10), None)
@@ -215,11 +220,8 @@ def fig_sink(data: ReportData, out: Path) -> Figure | None:
     # what uniform attention would put on position 0: mean over queries of 1/n_visible(i)
     uniform0 = float(a["uniform_baseline"][0])
     axes[1].axhline(uniform0, color="k", ls="--", label=f"uniform attention ({uniform0:.3f})")
-    axes[1].set_xlabel("layer")
     axes[1].set_ylim(0, 1)
-    axes[1].legend(fontsize=8)
-    axes[1].grid(alpha=0.3)
-    axes[1].set_title("sink mass by layer")
+    _by_layer(axes[1], "sink mass by layer")
     _save(fig, out, "sink")
     mean = np.nanmean(sink, 1)
     big = [int(layers[i]) for i in np.flatnonzero(mean > 0.5)]
@@ -240,18 +242,12 @@ def fig_geometry(data: ReportData, out: Path) -> Figure | None:
         axes[0].plot(x, g["intra_sim"], ls="--", label="intra-sequence similarity")
     if np.isfinite(g["self_sim"]).any():
         axes[0].plot(x, g["self_sim"], ls=":", label="self-similarity (same token type)")
-    axes[0].set_xlabel("layer (0 = embeddings)")
-    axes[0].set_title("Anisotropy and contextual similarity")
-    axes[0].legend(fontsize=8)
-    axes[0].grid(alpha=0.3)
+    _by_layer(axes[0], "Anisotropy and contextual similarity", "layer (0 = embeddings)")
     has = np.isfinite(g["eff_dim"])  # layers with a covariance (stats.cov_layers / cov_every)
     axes[1].plot(x[has], g["eff_dim"][has], marker="o", ms=3, label="effective dimension exp(H(λ/Σλ))")
     axes[1].plot(x[has], g["participation_ratio"][has], ls="--", label="participation ratio (Σλ)²/Σλ²")
     axes[1].set_yscale("log")
-    axes[1].set_xlabel("layer")
-    axes[1].set_title("Effective dimension of the covariance")
-    axes[1].legend(fontsize=8)
-    axes[1].grid(alpha=0.3)
+    _by_layer(axes[1], "Effective dimension of the covariance")
     _save(fig, out, "geometry")
     a = g["anisotropy"]
     text = (f"Anisotropy goes {a[0]:.3f} → {np.nanmax(a):.3f} (max, layer {int(x[np.nanargmax(a)])}) → {a[-1]:.3f}. ")
