@@ -31,3 +31,17 @@ def run_job(work: Callable[[dict], int | None], cfg: DictConfig) -> None:
             sys.exit(EXIT_USER_ERROR)
         raise
     sys.exit(code or 0)
+
+
+def store_argument(argv: list[str]) -> list[str]:
+    """``store=PATH`` (or the extract job's ``store.path=PATH``) -> ``store_path=PATH``:
+    ``store`` is also a config group (the extract job's), so Hydra would read
+    ``store=PATH`` as choosing an option of that group."""
+    return [f"store_path={a.split('=', 1)[1]}" if a.startswith(("store=", "store.path=")) else a for a in argv]
+
+
+def require_store(config: dict) -> str:
+    path = config.get("store_path")
+    if not path:
+        raise EmbwalkError("missing required option: store=PATH (the store to read)")
+    return str(path)

@@ -18,7 +18,7 @@ from pipeline.errors import EmbwalkError
 from pipeline.query import open_store
 from pipeline.query.display import format_table
 
-SELECTORS = ("row", "doc", "seq", "pos", "token_id", "token", "regex", "where")
+SELECTORS = ("row", "doc", "seq", "pos", "doc_pos", "token_id", "token", "regex", "where")
 
 
 def query(config: dict) -> int:

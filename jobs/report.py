@@ -7,8 +7,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from jobs._entry import run_job
-from jobs.stats import options, require_store, store_argument
+from jobs._entry import require_store, run_job, store_argument
+from jobs.stats import options
 from pipeline.report import ReportOptions, build_report
 
 

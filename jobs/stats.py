@@ -7,16 +7,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from jobs._entry import run_job
+from jobs._entry import require_store, run_job, store_argument
 from pipeline.errors import EmbwalkError
 from pipeline.stats.run import StatsCluster, StatsOptions, compute_store_stats
-
-
-def store_argument(argv: list[str]) -> list[str]:
-    """``store=PATH`` (or the extract job's ``store.path=PATH``) -> ``store_path=PATH``:
-    ``store`` is also a config group (the extract job's), so Hydra would read
-    ``store=PATH`` as choosing an option of that group."""
-    return [f"store_path={a.split('=', 1)[1]}" if a.startswith(("store=", "store.path=")) else a for a in argv]
 
 
 def options(section: dict | None, cls):
@@ -26,13 +19,6 @@ def options(section: dict | None, cls):
     if unknown:
         raise EmbwalkError(f"unknown option(s): {', '.join(unknown)}")
     return cls(**section)
-
-
-def require_store(config: dict) -> str:
-    path = config.get("store_path")
-    if not path:
-        raise EmbwalkError("missing required option: store=PATH (the store to read)")
-    return str(path)
 
 
 def stats(config: dict) -> int:

@@ -27,7 +27,7 @@ from pipeline.models.capture import CaptureLayout, Capturer
 from pipeline.models.loading import LoadedModel
 from pipeline.plan import Shard
 from pipeline.store import layout as store_layout
-from pipeline.store.writer import StoreWriter, checksum
+from pipeline.store.writer import StoreWriter
 
 
 class ShardRunner:
@@ -92,7 +92,8 @@ class ShardRunner:
         started, started_at = time.perf_counter(), time.time()
         r0, r1 = shard.rows
         bufs, flats = self._shard_buffers(shard)
-        pattern_crc, pattern_writes = [0], []  # the CRC is chained on the writer thread, in sequence order
+        pattern_files: dict[str, dict] = {}  # filled on the writer thread: what the commit record lists
+        pattern_writes: list[Future] = []
         walk = self._walk_stats(shard)
         for batch in self._batches(shard):
             lengths = [int(self.offsets[s + 1] - self.offsets[s]) for s in batch]
@@ -104,7 +105,7 @@ class ShardRunner:
             if walk is not None:
                 self._update_stats(walk, got, batch, lengths, shard)
             if "pattern" in got and self.store_arrays:
-                self._queue_patterns(got["pattern"], batch, lengths, shard, pattern_crc, pattern_writes)
+                self._queue_patterns(got["pattern"], batch, lengths, shard, pattern_files, pattern_writes)
             if on_tokens:
                 on_tokens(_owned(batch, self.offsets, shard))
         if self.loaded.device.type == "cuda":
@@ -121,13 +122,11 @@ class ShardRunner:
             try:
                 for write in pattern_writes:
                     write.result()  # a failed pattern write fails the shard: no commit
-                if self.capture.pattern_layers and self.store_arrays:
-                    extra["checksums_pattern"] = pattern_crc[0]
                 if walk is not None:  # before the commit: a committed shard always has its statistics
                     from pipeline.stats.partials import write_shard_partials
 
                     write_shard_partials(self.writer.root, shard.index, walk, {"route": "in-pass"})
-                return self.writer.write_shard(shard.index, shard.rows, arrays, tokens, extra)
+                return self.writer.write_shard(shard.index, shard.rows, arrays, tokens, extra, pattern_files)
             finally:
                 self._buffer_pool.put(flats)
 
@@ -223,7 +222,7 @@ class ShardRunner:
                 else:
                     buf[lo - r0 : hi - r0].copy_(src, non_blocking=True)
 
-    def _queue_patterns(self, pattern, batch, lengths, shard: Shard, crc: list[int], writes: list[Future]) -> None:
+    def _queue_patterns(self, pattern, batch, lengths, shard: Shard, files: dict, writes: list[Future]) -> None:
         p0, p1 = shard.pattern_seqs
         for j, (s, n) in enumerate(zip(batch, lengths, strict=True)):
             if not p0 <= s < p1:
@@ -232,11 +231,10 @@ class ShardRunner:
             shape = (1, *pattern.shape[1:3], self.seq_len, self.seq_len)
             block = (np.empty if n == self.seq_len else np.zeros)(shape, dtype=_np_dtype(self.dtype))
             block[0, :, :, :n, :n] = pattern[j, :, :, :n, :n].cpu().numpy()
-            writes.append(self.writer_thread.submit(self._write_pattern, s, block, crc))
+            writes.append(self.writer_thread.submit(self._write_pattern, s, block, files))
 
-    def _write_pattern(self, seq: int, block: np.ndarray, crc: list[int]) -> None:
-        crc[0] = checksum(block, crc[0])  # on the writer thread, off the compute path
-        self.writer.write_patterns(seq, block)
+    def _write_pattern(self, seq: int, block: np.ndarray, files: dict[str, dict]) -> None:
+        files.update(self.writer.write_patterns(seq, block))  # on the writer thread, in sequence order
 
     def _walk_stats(self, shard: Shard):
         if self.stats_config is None:
@@ -281,6 +279,7 @@ class ShardRunner:
                 "doc_id": pa.array(self.corpus.doc_ids[r0:r1].astype(np.int64)),
                 "seq_id": pa.array(seq_ids.astype(np.int64)),
                 "pos": pa.array(self.corpus.positions[r0:r1].astype(np.int32)),
+                "doc_pos": pa.array(self.corpus.doc_positions[r0:r1].astype(np.int32)),
                 "token_id": pa.array(token_ids.astype(np.int32)),
                 "token": self.vocabulary.take(pa.array(token_ids.astype(np.int64))),
             },

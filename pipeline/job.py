@@ -23,6 +23,8 @@ from pipeline.models.sites import parse_sites
 from pipeline.plan import Plan, make_plan, shard_tokens_for
 from pipeline.store import layout as store_layout
 from pipeline.store.fs import open_fs, require_local
+from pipeline.store.verify import check_level
+from pipeline.store.writer import check_compressor
 
 STORE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
@@ -52,6 +54,7 @@ class StoreConfig:
     shard_tokens: int = 4096  # the unit of scheduling, writing, commit and retry
     chunk_tokens: int = 256  # rows per Zarr chunk (what a reader decodes at once)
     compressor: str = "none"  # none | zstd
+    verify: str = "quick"  # how a rerun checks committed shards before skipping them: quick | full
 
 
 @dataclass
@@ -111,6 +114,8 @@ def prepare(cfg: ExtractConfig, loaded: LoadedModel) -> PreparedJob:
         require_local(cfg.store.path, "statistics computed in the pass (capture.stats)")
     if cfg.store.dtype not in STORE_DTYPES:
         raise EmbwalkError(f"unknown store.dtype {cfg.store.dtype!r}; choose float16 or float32")
+    check_compressor(cfg.store.compressor)
+    check_level(cfg.store.verify)
     if loaded.max_positions and cfg.corpus.seq_len > loaded.max_positions:
         raise EmbwalkError(
             f"corpus.seq_len={cfg.corpus.seq_len} is above the model's limit of "

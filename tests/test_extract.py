@@ -7,6 +7,8 @@ import json
 import os
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -82,6 +84,12 @@ def _check_store_against_model(store: Store, loaded, tol=1e-5):
     return tokens
 
 
+def _shard_tables(store: Store) -> list[pa.Table]:
+    """Each shard's token table as pyarrow reads its Parquet file, in shard order."""
+    n_shards = len(store.manifest["shards"])
+    return [pq.read_table(store.root / "tokens" / f"shard-{i:05d}.parquet") for i in range(n_shards)]
+
+
 def test_pack_mode_round_trip(tmp_path, corpus_file, smollm2):
     loaded = tiny_loaded("llama", smollm2.tokenizer)
     cfg = _config(tmp_path, corpus_file)
@@ -90,13 +98,32 @@ def test_pack_mode_round_trip(tmp_path, corpus_file, smollm2):
     assert manifest["complete"] and len(store.committed) == len(manifest["shards"]) > 1
     tokens = _check_store_against_model(store, loaded)
     # Every corpus token exactly once, in order: docs joined by the separator token.
-    expected = []
+    expected, expected_doc_pos = [], []
     for text in SENTENCES:
         expected += smollm2.tokenizer(text, add_special_tokens=False)["input_ids"]
         expected.append(smollm2.tokenizer.eos_token_id)
+        expected_doc_pos += range(len(expected) - len(expected_doc_pos))  # the separator included
     assert tokens["token_id"].tolist() == expected
     assert tokens["doc_id"].max() == len(SENTENCES) - 1
     assert tokens["token"].iloc[1] == smollm2.tokenizer.decode([expected[1]])
+    assert tokens["doc_pos"].tolist() == expected_doc_pos
+    # a document that runs over a sequence boundary keeps counting where pos restarts ...
+    spans = tokens.groupby("doc_id")["seq_id"].nunique()
+    doc = int(spans.idxmax())
+    assert spans[doc] > 1
+    rows = tokens[tokens.doc_id == doc]
+    assert rows["doc_pos"].tolist() == list(range(len(rows))) and rows["pos"].tolist() != rows["doc_pos"].tolist()
+    # ... and across a shard boundary, in the shard files themselves
+    tables = _shard_tables(store)
+    assert all(t.schema.field("doc_pos").type == pa.int32() for t in tables)
+    assert tables[0].column_names[:5] == ["row", "doc_id", "seq_id", "pos", "doc_pos"]
+    crossed = 0
+    for before, after in zip(tables[:-1], tables[1:], strict=True):
+        last, first = before.slice(before.num_rows - 1).to_pylist()[0], after.slice(0, 1).to_pylist()[0]
+        if last["doc_id"] == first["doc_id"]:
+            crossed += 1
+            assert first["pos"] == 0 and first["doc_pos"] == last["doc_pos"] + 1 > 0
+    assert crossed > 0
 
 
 def test_document_mode_round_trip_stores_no_padding(tmp_path, corpus_file, minilm):
@@ -108,6 +135,8 @@ def test_document_mode_round_trip_stores_no_padding(tmp_path, corpus_file, minil
     lengths = [len(minilm.tokenizer(t, truncation=True, max_length=24)["input_ids"]) for t in SENTENCES]
     assert store.manifest["n_tokens"] == sum(lengths)  # no padding rows
     assert tokens.groupby("doc_id").size().tolist() == lengths
+    assert tokens["doc_pos"].tolist() == [p for n in lengths for p in range(n)]
+    assert tokens["doc_pos"].tolist() == tokens["pos"].tolist()
 
 
 def test_float16_store_equals_cast_of_the_model(tmp_path, corpus_file, smollm2):
@@ -170,7 +199,7 @@ def test_manifest_describes_the_store(tmp_path, corpus_file, smollm2):
     cfg = _config(tmp_path, corpus_file)
     extract_local(cfg, loaded)
     manifest = json.loads((tmp_path / "store" / "manifest.json").read_text())
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == 2
     assert manifest["arrays"]["resid"]["layers"] == list(range(loaded.n_layers + 1))
     assert manifest["arrays"]["pattern"]["heads"] == list(range(loaded.n_heads))
     assert all(s["status"] == "committed" for s in manifest["shards"])

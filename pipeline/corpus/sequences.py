@@ -30,6 +30,7 @@ class TokenizedCorpus:
     token_ids: np.ndarray  # int32 [n_tokens]
     doc_ids: np.ndarray  # int64 [n_tokens]
     positions: np.ndarray  # int32 [n_tokens], position within its sequence, from 0
+    doc_positions: np.ndarray  # int32 [n_tokens], position within its document, from 0
     seq_offsets: np.ndarray  # int64 [n_seq + 1]; sequence i is rows offsets[i]:offsets[i+1]
     n_documents: int  # documents with at least one stored token
 
@@ -63,6 +64,8 @@ def tokenize_corpus(documents: Iterable[Document], tokenizer, cfg: CorpusConfig)
     truncated to ``seq_len``.
     Documents that tokenize to nothing are left out. Stops at exactly
     ``cfg.max_tokens`` tokens, consuming no more documents than needed.
+    ``doc_positions`` counts each document's stored tokens from 0 across
+    sequence cuts (its separator included); in document mode it equals ``positions``.
     """
     cfg.validate()
     pack = cfg.mode == "pack"
@@ -107,8 +110,24 @@ def tokenize_corpus(documents: Iterable[Document], tokenizer, cfg: CorpusConfig)
         offsets = np.concatenate([[0], ends[ends < n], [n]]).astype(np.int64)
     starts = np.repeat(offsets[:-1], np.diff(offsets))
     positions = (np.arange(n, dtype=np.int64) - starts).astype(np.int32)
+    doc_positions = _doc_positions(np.concatenate(length_chunks), n)
     n_documents = int(np.count_nonzero(np.diff(doc_ids))) + 1
-    return TokenizedCorpus(token_ids, doc_ids, positions, offsets, n_documents)
+    return TokenizedCorpus(
+        token_ids=token_ids,
+        doc_ids=doc_ids,
+        positions=positions,
+        doc_positions=doc_positions,
+        seq_offsets=offsets,
+        n_documents=n_documents,
+    )
+
+
+def _doc_positions(lengths: np.ndarray, n: int) -> np.ndarray:
+    """int32 [n]: each token's position within its document, for documents of ``lengths``
+    stored tokens (separator included) laid end to end and cut after ``n`` tokens."""
+    doc_starts = np.cumsum(lengths) - lengths
+    starts = np.repeat(doc_starts, lengths)[:n]
+    return (np.arange(n, dtype=np.int64) - starts).astype(np.int32)
 
 
 def separator_id(tokenizer) -> int:

@@ -27,7 +27,7 @@ def extract_local(cfg: ExtractConfig, loaded: LoadedModel | None = None) -> dict
     loaded = loaded or load_model(cfg.model)
     job = prepare(cfg, loaded)
     writer = StoreWriter.open(cfg.store.path, job.manifest, job.specs, cfg.store.compressor)
-    done = writer.committed()
+    done = writer.trusted_shards(cfg.store.verify)  # verified before they are skipped
     todo = [s for s in job.plan.shards if s.index not in done]
     if done:
         log.warning("resuming %s: %d of %d shards already committed", cfg.store.path, len(done), len(job.plan.shards))

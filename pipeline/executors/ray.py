@@ -78,7 +78,7 @@ def extract_ray(cfg: ExtractConfig, loaded: LoadedModel | None = None) -> dict:
     planner = loaded or load_model(replace(cfg.model, device="cpu"))
     job = prepare(cfg, planner)
     writer = StoreWriter.open(cfg.store.path, job.manifest, job.specs, cfg.store.compressor)
-    done = writer.committed()
+    done = writer.trusted_shards(cfg.store.verify)  # verified before they are skipped
     todo = deque(s for s in job.plan.shards if s.index not in done)
     if done:
         log.warning("resuming %s: %d of %d shards already committed", cfg.store.path, len(done), len(job.plan.shards))

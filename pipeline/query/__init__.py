@@ -3,7 +3,7 @@
     from pipeline.query import open_store
     store = open_store("stores/default")
     print(store.summary())
-    sel = store.select(doc=3, pos="0:16")           # or token=, regex=, where=, sql=
+    sel = store.select(doc=3, doc_pos="0:16")       # or seq=, pos=, token=, regex=, where=, sql=
     x = sel.vectors("resid_post.6")                 # numpy [n, d_model]
     store.sql("select token, count(*) from tokens group by 1 order by 2 desc limit 5")
     ds = store.dataset("resid_post.6", batch_size=4096, seed=0)

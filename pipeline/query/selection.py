@@ -16,11 +16,11 @@ if TYPE_CHECKING:
 
     from pipeline.query.store import QueryStore
 
-TOKEN_COLUMNS = ("row", "doc_id", "seq_id", "pos", "token_id", "token")
+TOKEN_COLUMNS = ("row", "doc_id", "seq_id", "pos", "doc_pos", "token_id", "token")
 
 
 class Selection:
-    """Token rows (``table``: row, doc_id, seq_id, pos, token_id, token, plus any extra columns)."""
+    """Token rows (``table``: row, doc_id, seq_id, pos, doc_pos, token_id, token, plus any extra columns)."""
 
     def __init__(self, store: QueryStore, table: pa.Table):
         self.store = store
@@ -46,7 +46,10 @@ class Selection:
         return torch.from_numpy(self.vectors(sites))
 
     def xarray(self, sites: str | list[str]) -> xarray.DataArray:
-        """Labelled ``[token, site, d_model]``: each token carries its row, doc_id, seq_id, pos, token_id and text."""
+        """Labelled ``[token, site, d_model]``.
+
+        Each token carries its row, doc_id, seq_id, pos, doc_pos, token_id and text.
+        """
         import xarray as xr
 
         names = [s.name for s in self.store.sites(sites)]

@@ -1,7 +1,7 @@
 """Selectors -> one SQL condition over ``tokens``.
 
-Integer selectors (``row``, ``doc``, ``seq``, ``pos``, ``token_id``) take a
-number, a list of numbers, or a half-open range: ``(start, stop)``, a
+Integer selectors (``row``, ``doc``, ``seq``, ``pos``, ``doc_pos``, ``token_id``)
+take a number, a list of numbers, or a half-open range: ``(start, stop)``, a
 ``slice``, a ``range`` or the string ``"start:stop"`` (either end may be left
 out, as in Python). ``token`` is exact text (or a list of texts), ``regex`` an
 RE2 regular expression searched anywhere in the token text (anchor it with
@@ -16,18 +16,20 @@ from collections.abc import Iterable
 
 from pipeline.query.errors import QueryError
 
-INT_COLUMNS = {"row": "row", "doc": "doc_id", "seq": "seq_id", "pos": "pos", "token_id": "token_id"}
+INT_COLUMNS = {
+    "row": "row", "doc": "doc_id", "seq": "seq_id", "pos": "pos", "doc_pos": "doc_pos", "token_id": "token_id",
+}
 
 
 def token_condition(
     *,
-    row=None, doc=None, seq=None, pos=None, token_id=None,
+    row=None, doc=None, seq=None, pos=None, doc_pos=None, token_id=None,
     token: str | list[str] | None = None, regex: str | None = None, where: str | None = None,
 ) -> tuple[str, list]:
     """The WHERE clause (``TRUE`` when nothing is selected) and its parameters."""
     clauses: list[str] = []
     params: list = []
-    values = {"row": row, "doc": doc, "seq": seq, "pos": pos, "token_id": token_id}
+    values = {"row": row, "doc": doc, "seq": seq, "pos": pos, "doc_pos": doc_pos, "token_id": token_id}
     for name, value in values.items():
         if value is not None:
             clauses.append(_int_condition(INT_COLUMNS[name], name, value))

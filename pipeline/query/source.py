@@ -14,8 +14,8 @@ import zarr
 
 from pipeline.errors import StoreError
 from pipeline.store import layout
+from pipeline.store.commits import committed_shards, read_manifest
 from pipeline.store.fs import open_fs
-from pipeline.store.writer import committed_shards, read_manifest
 
 
 class StoreSource:

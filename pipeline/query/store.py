@@ -117,9 +117,9 @@ class QueryStore:
         return self._sql_tables().con
 
     def select(
-        self, *, row=None, doc=None, seq=None, pos=None, token_id=None, token=None, regex: str | None = None,
-        where: str | None = None, sql: str | None = None, columns: list[str] | None = None,
-        limit: int | None = None,
+        self, *, row=None, doc=None, seq=None, pos=None, doc_pos=None, token_id=None, token=None,
+        regex: str | None = None, where: str | None = None, sql: str | None = None,
+        columns: list[str] | None = None, limit: int | None = None,
     ) -> Selection:
         """Token rows matching every selector given (see ``pipeline.query.selectors``), in row order.
 
@@ -128,15 +128,17 @@ class QueryStore:
         """
         tables = self._sql_tables()
         if sql is not None:
-            given = [k for k, v in dict(row=row, doc=doc, seq=seq, pos=pos, token_id=token_id, token=token,
-                                        regex=regex, where=where, columns=columns).items() if v is not None]
+            given = [k for k, v in dict(row=row, doc=doc, seq=seq, pos=pos, doc_pos=doc_pos, token_id=token_id,
+                                        token=token, regex=regex, where=where, columns=columns).items()
+                     if v is not None]
             if given:
                 raise QueryError(f"sql= is a whole query; put {', '.join(given)} into it instead")
             return self._from_query(tables.sql(sql), limit)
         if regex is not None:
             tables.check_regex(regex)
         condition, params = token_condition(
-            row=row, doc=doc, seq=seq, pos=pos, token_id=token_id, token=token, regex=regex, where=where
+            row=row, doc=doc, seq=seq, pos=pos, doc_pos=doc_pos, token_id=token_id, token=token, regex=regex,
+            where=where,
         )
         extra = "".join(f", {c}" for c in columns or [])
         query = f"SELECT tokens.*{extra} FROM tokens WHERE {condition} ORDER BY row"

@@ -29,8 +29,8 @@ from pipeline.errors import StoreError
 from pipeline.stats.base import Accumulator, merge_all, read_partial
 from pipeline.stats.sequence import WalkStats
 from pipeline.store import layout as store_layout
+from pipeline.store.commits import committed_shards, read_manifest
 from pipeline.store.durable import atomic_write, atomic_write_json
-from pipeline.store.writer import committed_shards, read_manifest
 
 PARTIALS_DIR = "partials"
 META = "meta.json"

@@ -12,6 +12,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import socket
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,9 +42,17 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)``, then make ``tmp`` durable and rename it to ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def atomic_write(path: Path, write: Callable[[Path], None], tmp_dir: Path | None = None) -> None:
+    """Call ``write(tmp)``, then make ``tmp`` durable and rename it to ``path``.
+
+    ``tmp`` is a hidden name beside ``path``, or a unique name in ``tmp_dir`` (on the
+    same filesystem, so the rename stays atomic), where a killed writer's leftovers
+    are easy to find and remove, and never sit among the files readers list.
+    """
+    if tmp_dir is None:
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    else:
+        tmp = tmp_dir / f"{path.name}.{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
     with disk_errors(path):
         try:
             write(tmp)

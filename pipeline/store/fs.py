@@ -3,9 +3,9 @@
 The writer and readers go through a ``StoreFS`` so that one code path serves
 both. The two implementations differ in how a file becomes visible whole:
 
-- ``LocalFS`` (a plain path or ``file://``): write a temporary file, fsync it,
-  rename it over the final name, fsync the directory; Zarr's own chunk files
-  are fsynced before a commit. This is the benchmarked path: it must stay as
+- ``LocalFS`` (a plain path or ``file://``): write a temporary file in the
+  store's ``.tmp/``, fsync it, rename it over the final name, fsync the
+  directory; Zarr's own chunk files are fsynced before a commit. This is the benchmarked path: it must stay as
   it was.
 - ``FsspecFS`` (``memory://``, ``s3://``, ``gs://``, ...): each file is ONE
   ``pipe`` of its whole bytes. On object stores a put is atomic (the object
@@ -30,6 +30,7 @@ import fsspec
 
 from pipeline.errors import StoreError, first_line
 from pipeline.store.durable import atomic_write, disk_errors, fsync_path
+from pipeline.store.layout import TMP_DIR
 
 Writer = Callable[[BinaryIO], None]
 LOCAL_PROTOCOLS = (None, "file", "local")
@@ -58,9 +59,23 @@ class StoreFS:
     def read_bytes(self, rel: str) -> bytes:
         raise NotImplementedError
 
-    def write_atomic(self, rel: str, data: bytes | Writer) -> None:
-        """Write a whole file, ``data`` or what ``data(file)`` writes: a reader sees all of it or nothing."""
+    def open_read(self, rel: str) -> BinaryIO:
+        """A file opened for reading with seek (verification reads a shard's index, then its chunks)."""
         raise NotImplementedError
+
+    def stat(self, rel: str) -> dict | None:
+        """A file's ``size`` in bytes, and its ``mtime_ns`` where the filesystem keeps one
+        (a commit records both, and a rerun compares them); None if it is missing."""
+        raise NotImplementedError
+
+    def write_atomic(self, rel: str, data: bytes | Writer) -> dict:
+        """Write a whole file, ``data`` or what ``data(file)`` writes: a reader sees all of it or
+        nothing. Returns what ``stat`` says of the file written."""
+        raise NotImplementedError
+
+    def clear_tmp(self) -> int:
+        """Remove what killed writers left in the store's temporary directory; returns how many."""
+        return 0
 
     def list(self, rel: str = "", pattern: str = "*") -> list[str]:
         """Names (not paths) of the entries of directory ``rel`` matching ``pattern``; [] if it is missing."""
@@ -70,7 +85,7 @@ class StoreFS:
         raise NotImplementedError
 
     def remove(self, rel: str) -> None:
-        """Remove a file or a whole directory."""
+        """Remove a file or a whole directory, if it is there."""
         raise NotImplementedError
 
     def zarr_store(self, rel: str) -> Any:
@@ -108,10 +123,21 @@ class LocalFS(StoreFS):
     def read_bytes(self, rel: str) -> bytes:
         return (self.root / rel).read_bytes()
 
-    def write_atomic(self, rel: str, data: bytes | Writer) -> None:
-        path = self.root / rel
+    def open_read(self, rel: str) -> BinaryIO:
+        return open(self.root / rel, "rb")
+
+    def stat(self, rel: str) -> dict | None:
+        try:
+            st = (self.root / rel).stat()
+        except FileNotFoundError:
+            return None
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+    def write_atomic(self, rel: str, data: bytes | Writer) -> dict:
+        path, tmp_dir = self.root / rel, self.root / TMP_DIR
         with disk_errors(path):
             path.parent.mkdir(parents=True, exist_ok=True)
+            tmp_dir.mkdir(exist_ok=True)
 
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:
@@ -120,7 +146,15 @@ class LocalFS(StoreFS):
                 else:
                     f.write(data)
 
-        atomic_write(path, write)
+        atomic_write(path, write, tmp_dir)
+        return self.stat(rel)  # the rename keeps the temporary's mtime
+
+    def clear_tmp(self) -> int:
+        tmp_dir = self.root / TMP_DIR
+        leftovers = list(tmp_dir.iterdir()) if tmp_dir.is_dir() else []
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        return len(leftovers)
 
     def list(self, rel: str = "", pattern: str = "*") -> list[str]:
         base = self.root / rel
@@ -184,13 +218,23 @@ class FsspecFS(StoreFS):
     def read_bytes(self, rel: str) -> bytes:
         return self.fs.cat_file(self._path(rel))
 
-    def write_atomic(self, rel: str, data: bytes | Writer) -> None:
+    def open_read(self, rel: str) -> BinaryIO:
+        return self.fs.open(self._path(rel), "rb")
+
+    def stat(self, rel: str) -> dict | None:
+        try:
+            return {"size": int(self.fs.size(self._fresh(rel)))}  # object stores: no mtime to compare
+        except FileNotFoundError:
+            return None
+
+    def write_atomic(self, rel: str, data: bytes | Writer) -> dict:
         if callable(data):
             buf = io.BytesIO()
             data(buf)
             data = buf.getvalue()
         with remote_errors(self.describe(rel)):
             self.fs.pipe_file(self._path(rel), data)  # one put: the object appears whole or not at all
+        return {"size": len(data)}
 
     def list(self, rel: str = "", pattern: str = "*") -> list[str]:
         try:
@@ -206,7 +250,10 @@ class FsspecFS(StoreFS):
 
     def remove(self, rel: str) -> None:
         with remote_errors(self.describe(rel)):
-            self.fs.rm(self._path(rel), recursive=True)
+            try:
+                self.fs.rm(self._path(rel), recursive=True)
+            except FileNotFoundError:
+                pass
 
     def zarr_store(self, rel: str) -> Any:
         from zarr.storage import FsspecStore

@@ -1,11 +1,12 @@
-"""The store's on-disk layout (format version 1) and its array schema.
+"""The store's on-disk layout (format version 2) and its array schema.
 
     STORE/manifest.json
-    STORE/activations.zarr/{resid,final,resid_mid,attn_out,mlp_out}
-    STORE/attention.zarr/pattern
-    STORE/tokens/shard-00000.parquet
-    STORE/commits/shard-00000.json
+    STORE/activations.zarr/{resid,final,resid_mid,attn_out,mlp_out}   + coordinates layer, ...
+    STORE/attention.zarr/pattern                                       + coordinates layer, head
+    STORE/commits/shard-00000.json      a shard's commit record, written just before ...
+    STORE/tokens/shard-00000.parquet    ... its token table, whose appearance commits the shard
     STORE/stats/
+    STORE/.tmp/                         temporary files of atomic writes (removed on the next run)
 
 docs/store-format.md is the reader's version of this page.
 """
@@ -18,10 +19,11 @@ from pathlib import Path
 import pyarrow as pa
 
 FORMAT = "embwalk-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 GROUPS = {"activations": "activations.zarr", "attention": "attention.zarr"}
 TOKENS_DIR, COMMITS_DIR, STATS_DIR = "tokens", "commits", "stats"
+TMP_DIR = ".tmp"  # hidden, beside the data: a rename from here into place is atomic
 
 TOKEN_SCHEMA = pa.schema(
     [
@@ -29,6 +31,7 @@ TOKEN_SCHEMA = pa.schema(
         ("doc_id", pa.int64()),
         ("seq_id", pa.int64()),
         ("pos", pa.int32()),  # position within the sequence
+        ("doc_pos", pa.int32()),  # position within the document
         ("token_id", pa.int32()),
         ("token", pa.string()),  # the token's text, decoded alone
     ]
@@ -51,6 +54,41 @@ def commit_file(index: int) -> str:
 
 def tokens_path(root: Path, index: int) -> Path:
     return root / tokens_file(index)
+
+
+def chunk_file(array_path: str, key: tuple[int, ...]) -> str:
+    """The file of one Zarr shard (default ``/`` chunk key encoding), relative to the store's root."""
+    return f"{array_path}/c/" + "/".join(str(k) for k in key)
+
+
+def shard_files(manifest: dict, index: int) -> dict[str, str]:
+    """Every array file shard ``index`` of a store owns, mapped to its array's name: one Zarr
+    shard of each per-token array, and one pattern file per sequence it stores attention for."""
+    shard = manifest["shards"][index]
+    files = {}
+    for name, spec in manifest["arrays"].items():
+        if spec["dims"][0] == "token":
+            files[chunk_file(spec["path"], (index,) + (0,) * (len(spec["dims"]) - 1))] = name
+        else:  # attention: one Zarr shard per sequence
+            for seq in range(*shard["pattern_seqs"]):
+                files[chunk_file(spec["path"], (seq,) + (0,) * (len(spec["dims"]) - 1))] = name
+    return files
+
+
+def shard_index_of(name: str) -> int | None:
+    """The index in a file name ``shard-NNNNN.ext``; None for anything else (temporary files)."""
+    stem, dot, _ = name.partition(".")
+    head, dash, digits = stem.partition("-")
+    if head != "shard" or not dash or not dot or not digits.isdigit():
+        return None
+    return int(digits)
+
+
+def layer_dim(name: str) -> str:
+    """The dimension name of an array's layer axis: ``layer`` for resid (residual indices),
+    ``<array>_layer`` for the block-indexed arrays, so that arrays capturing different
+    layers never claim one dimension with two lengths (xarray would refuse the group)."""
+    return "layer" if name == "resid" else f"{name}_layer"
 
 
 @dataclass(frozen=True)
@@ -97,7 +135,7 @@ def array_specs(
     for name, layers in per_token_layers.items():
         specs.append(
             ArraySpec(
-                name, "activations", (n_tokens, len(layers), d_model), ("token", "layer", "d_model"),
+                name, "activations", (n_tokens, len(layers), d_model), ("token", layer_dim(name), "d_model"),
                 chunks=(chunk, 1, d_model), shards=(shard_tokens, len(layers), d_model), dtype=dtype,
                 attributes={"layers": list(layers), "layer_axis": _LAYER_AXIS[name]},
             )
@@ -120,6 +158,20 @@ def array_specs(
             )
         )
     return specs
+
+
+def coordinates(specs: list[ArraySpec]) -> dict[str, dict[str, list[int]]]:
+    """Coordinate arrays per group: each layer or head axis labelled with the indices it holds,
+    so ``xarray.open_zarr(...).resid.sel(layer=7)`` means residual index 7, not position 7."""
+    coords: dict[str, dict[str, list[int]]] = {}
+    for spec in specs:
+        group = coords.setdefault(spec.group, {})
+        for dim in spec.dims:
+            if dim == "head":
+                group[dim] = list(spec.attributes["heads"])
+            elif dim.endswith("layer"):
+                group[dim] = list(spec.attributes["layers"])
+    return coords
 
 
 _LAYER_AXIS = {

@@ -16,8 +16,8 @@ import zarr
 
 from pipeline.errors import StoreError
 from pipeline.store import layout
+from pipeline.store.commits import committed_shards, read_manifest
 from pipeline.store.fs import require_local
-from pipeline.store.writer import committed_shards, read_manifest
 
 
 class Store:
@@ -83,7 +83,7 @@ class Store:
             total += nbytes
             dims = " x ".join(f"{d}={n}" for d, n in zip(spec["dims"], spec["shape"], strict=True))
             lines.append(f"  {spec['path']}: [{dims}] {spec['dtype']}, {nbytes / 1e6:.1f} MB")
-        lines.append("  tokens/*.parquet: row, doc_id, seq_id, pos, token_id, token")
+        lines.append("  tokens/*.parquet: row, doc_id, seq_id, pos, doc_pos, token_id, token")
         lines.append(f"  arrays: {total / 1e6:.1f} MB in all")
         return "\n".join(lines)
 

@@ -1,10 +1,12 @@
 """Create (or resume) a store and write shards into it.
 
 The writer allocates every array at its final size before any shard runs, then
-each shard fills its own rows. A shard is committed, by an atomically written
-marker with row counts and checksums, only after its array files and token
-table are durable. Readers trust markers and nothing else, so a shard cut off
-half-way is invisible and is rewritten whole on the next run.
+each shard fills its own rows. A shard is committed only after its array files
+are durable: first its commit record (every file with its size), then its token
+table, whose appearance is the commit (pipeline/store/commits.py). A shard cut
+off half-way is invisible and is rewritten whole on the next run, and a
+committed shard is verified (pipeline/store/verify.py) before a rerun trusts it.
+Every chunk of every array carries a CRC-32C that any Zarr reader checks.
 
 Every file operation goes through a ``StoreFS`` (pipeline/store/fs.py): a local
 directory (fsync + rename) or an fsspec URL (one put per file).
@@ -12,36 +14,46 @@ directory (fsync + rename) or an fsspec URL (one put per file).
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import time
-import zlib
+import warnings
 from functools import partial
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 
-from pipeline.errors import StoreError
+from pipeline.errors import EmbwalkError, StoreError
 from pipeline.store import layout
+from pipeline.store.commits import committed_shards, read_manifest, recorded_shards, uncommit
 from pipeline.store.durable import disk_errors
 from pipeline.store.fs import StoreFS, open_fs
 from pipeline.store.shardfile import supports_direct_write, write_shard_file
+from pipeline.store.verify import check_shards
+
+log = logging.getLogger(__name__)
 
 COMPRESSORS = ("none", "zstd")
 
 
-def checksum(data: np.ndarray, previous: int = 0) -> int:
-    return zlib.crc32(memoryview(np.ascontiguousarray(data)).cast("B"), previous)
+def check_compressor(compressor: str) -> str:
+    if compressor not in COMPRESSORS:
+        raise EmbwalkError(f"unknown store.compressor {compressor!r}; choose one of {', '.join(COMPRESSORS)}")
+    return compressor
 
 
 class StoreWriter:
     def __init__(self, fs: StoreFS, manifest: dict):
         self.fs, self.manifest = fs, manifest
         self.root = fs.root  # a Path for local stores (the statistics code works on those only)
+        # Zarr writes even all-zero chunks, so every file a shard owns exists and is in its record.
         self.arrays = {
-            name: zarr.open_array(fs.zarr_store(spec["path"]), mode="r+")
+            name: zarr.open_array(fs.zarr_store(spec["path"]), mode="r+", config={"write_empty_chunks": True})
             for name, spec in manifest["arrays"].items()
         }
         # Uncompressed, sharded arrays take the one-write path.
@@ -62,22 +74,22 @@ class StoreWriter:
         weights, tokenizer, corpus, capture, dtype, plan); resuming against a
         store whose identity differs is an error that names the differences.
         """
+        check_compressor(compressor)
         fs = open_fs(path)
         if fs.is_file(layout.MANIFEST):
             old = read_manifest(fs)
             _check_same_job(fs, old["identity"], manifest["identity"])
+            removed = fs.clear_tmp()  # a killed writer's half-written files
+            if removed:
+                log.warning("removed %d temporary files a killed writer left in %s", removed, fs.location)
             return cls(fs, old)
         _check_creatable(fs)
         with disk_errors(fs.location):
             _estimate_fits(fs, specs)
             for sub in (layout.TOKENS_DIR, layout.COMMITS_DIR, layout.STATS_DIR):
                 fs.makedirs(sub)
-            for group in layout.GROUPS.values():
-                if any(spec.path.startswith(group) for spec in specs):
-                    zarr.open_group(fs.zarr_store(group), mode="w", zarr_format=3)
-            for spec in specs:
-                _create_array(fs, spec, compressor)
-        manifest = dict(manifest)
+            _create_arrays(fs, specs, compressor)
+        manifest = dict(manifest, complete=False)
         manifest["arrays"] = {
             spec.name: {
                 "path": spec.path, "shape": list(spec.shape), "dims": list(spec.dims),
@@ -100,31 +112,51 @@ class StoreWriter:
     def committed(self) -> set[int]:
         return committed_shards(self.fs)
 
-    def write_patterns(self, seq0: int, patterns: np.ndarray) -> None:
-        """Write whole sequences' attention, [seq, layer, head, query, key]: each sequence is its own Zarr shard."""
+    def trusted_shards(self, level: str = "quick") -> set[int]:
+        """The committed shards that pass verification (pipeline/store/verify.py) at ``level``.
+
+        A shard that fails is un-committed, with one warning naming it and the
+        file, so the run rewrites it. So is a record whose token table never
+        appeared (an interrupted commit), silently: it was never committed.
+        """
+        committed = self.committed()
+        for index in recorded_shards(self.fs) - committed:
+            uncommit(self.fs, index)
+        damaged = check_shards(self.fs, self.manifest, sorted(committed), full=level == "full")
+        for damage in damaged:
+            log.warning("committed %s; re-extracting it", damage.describe(self.fs))
+            uncommit(self.fs, damage.shard)
+        return committed - {d.shard for d in damaged}
+
+    def write_patterns(self, seq0: int, patterns: np.ndarray) -> dict[str, dict]:
+        """Write whole sequences' attention, [seq, layer, head, query, key]: each sequence is its own
+        Zarr shard. Returns each file written with its stat, for the shard's commit record."""
         keys = [(s, 0, 0, 0, 0) for s in range(seq0, seq0 + len(patterns))]
         with disk_errors(self._dir("pattern")):
             if not self.direct["pattern"]:
+                self._discard("pattern", keys)
                 self.arrays["pattern"][seq0 : seq0 + len(patterns)] = patterns
-                self._sync_chunks("pattern", keys)
-                return
-            for key, seq in zip(keys, patterns, strict=True):
-                # One chunk per layer, in layer order: the layer-major case with one row per chunk.
-                self._write_shard_file("pattern", key, seq.reshape(seq.shape[0], 1, -1), 1, 1)
+                return self._sync_chunks("pattern", keys)
+            # One chunk per layer, in layer order: the layer-major case with one row per chunk.
+            return {
+                self._file("pattern", key): self._write_shard_file("pattern", key, seq.reshape(len(seq), 1, -1), 1, 1)
+                for key, seq in zip(keys, patterns, strict=True)
+            }
 
     def write_shard(
         self, index: int, rows: tuple[int, int], arrays: dict[str, np.ndarray], tokens: pa.Table,
-        extra: dict | None = None,
+        extra: dict | None = None, written: dict[str, dict] | None = None,
     ) -> dict:
-        """Write a shard's per-token arrays and token table, then commit it.
+        """Write a shard's per-token arrays, then commit it: its record, then its token table.
 
         Arrays with a layer axis come layer-major, [layer, row, d_model], and
         may carry zero rows past the shard's end up to a whole chunk (the
-        runner's buffers); ``final`` comes as [row, d_model].
+        runner's buffers); ``final`` comes as [row, d_model]. ``written`` lists
+        files of the shard already written (its attention patterns) with their stats.
         """
         start, stop = rows
         n = stop - start
-        record = {"shard": index, "rows": [start, stop], "n_tokens": n, "checksums": {}}
+        files = dict(written or {})
         for name, data in arrays.items():
             valid = data[:, :n] if data.ndim == 3 else data[:n]
             _check_finite(name, valid, index, rows)
@@ -132,20 +164,24 @@ class StoreWriter:
             key = (index,) + (0,) * (arr.ndim - 1)
             with disk_errors(self._dir(name)):
                 if self.direct[name]:
-                    self._write_shard_file(name, key, data, spec["chunks"][0], spec["shards"][0])
+                    stat = self._write_shard_file(name, key, data, spec["chunks"][0], spec["shards"][0])
+                    files[self._file(name, key)] = stat
                 else:
+                    self._discard(name, [key])
                     arr[start:stop] = valid.transpose(1, 0, 2) if valid.ndim == 3 else valid
-                    self._sync_chunks(name, [key])
-            record["checksums"][name] = checksum(valid)
-        self.fs.write_atomic(layout.tokens_file(index), lambda f: pq.write_table(tokens, f))
-        record["checksums"]["tokens"] = checksum(tokens.column("token_id").to_numpy())
-        record.update(extra or {})
+                    files.update(self._sync_chunks(name, [key]))
+        buf = io.BytesIO()
+        pq.write_table(tokens, buf, write_page_checksum=True)  # readers that ask verify each page
+        token_bytes = buf.getvalue()
+        files[layout.tokens_file(index)] = {"size": len(token_bytes), "crc32c": google_crc32c.value(token_bytes)}
+        record = {"shard": index, "rows": [start, stop], "n_tokens": n, **(extra or {}), "files": files}
         record["committed_at"] = time.time()
-        write_json(self.fs, layout.commit_file(index), record)  # last: the shard's data is durable by now
+        write_json(self.fs, layout.commit_file(index), record)  # the shard's arrays are durable by now
+        self.fs.write_atomic(layout.tokens_file(index), token_bytes)  # last: its appearance commits the shard
         return record
 
     def finish(self) -> dict:
-        """Record every shard's status in the manifest (readers use the markers)."""
+        """Record every shard's status in the manifest (the token tables are authoritative)."""
         done = self.committed()
         for shard in self.manifest["shards"]:
             shard["status"] = "committed" if shard["index"] in done else "pending"
@@ -153,52 +189,36 @@ class StoreWriter:
         write_json(self.fs, layout.MANIFEST, self.manifest)
         return self.manifest
 
-    def _write_shard_file(self, name: str, key: tuple[int, ...], data: np.ndarray, chunk_rows: int, rows: int) -> None:
-        """Write one whole Zarr shard of array ``name`` in one go (store/shardfile.py)."""
-        path = f"{self.manifest['arrays'][name]['path']}/{self.arrays[name].metadata.encode_chunk_key(key)}"
-        self.fs.write_atomic(path, partial(write_shard_file, data=data, chunk_rows=chunk_rows, shard_rows=rows))
+    def _file(self, name: str, key: tuple[int, ...]) -> str:
+        return layout.chunk_file(self.manifest["arrays"][name]["path"], key)
+
+    def _write_shard_file(self, name: str, key: tuple[int, ...], data: np.ndarray, chunk_rows: int, rows: int) -> dict:
+        """Write one whole Zarr shard of array ``name`` in one go (store/shardfile.py); returns its stat."""
+        return self.fs.write_atomic(
+            self._file(name, key), partial(write_shard_file, data=data, chunk_rows=chunk_rows, shard_rows=rows)
+        )
 
     def _dir(self, name: str) -> str:
         return self.fs.describe(self.manifest["arrays"][name]["path"])
 
-    def _sync_chunks(self, name: str, coords: list[tuple[int, ...]]) -> None:
-        """Make the Zarr shard files zarr itself wrote durable before the commit."""
-        path = self.manifest["arrays"][name]["path"]
-        for c in coords:
-            self.fs.sync(f"{path}/{self.arrays[name].metadata.encode_chunk_key(c)}")
+    def _discard(self, name: str, keys: list[tuple[int, ...]]) -> None:
+        """Remove what an earlier attempt left of these Zarr shards: zarr reads a shard file it
+        writes into, so a damaged or half-written one would fail every later attempt."""
+        for key in keys:
+            self.fs.remove(self._file(name, key))
+
+    def _sync_chunks(self, name: str, keys: list[tuple[int, ...]]) -> dict[str, dict]:
+        """Make the Zarr shard files zarr itself wrote durable before the commit; their stats."""
+        stats = {}
+        for key in keys:
+            rel = self._file(name, key)
+            self.fs.sync(rel)
+            stats[rel] = self.fs.stat(rel)
+        return stats
 
 
 def write_json(fs: StoreFS, rel: str, data: dict) -> None:
     fs.write_atomic(rel, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
-
-
-# -- reading helpers shared with the reader ---------------------------------------------
-
-
-def read_manifest(store: StoreFS | str | Path) -> dict:
-    fs = open_fs(store)
-    if not fs.is_file(layout.MANIFEST):
-        raise StoreError(f"not an embwalk store (no {layout.MANIFEST}): {fs.location}")
-    return parse_manifest(fs.read_bytes(layout.MANIFEST), fs.describe(layout.MANIFEST))
-
-
-def parse_manifest(raw: bytes, where: str) -> dict:
-    """Decode a manifest and check it is one this version reads (``where`` names it in errors)."""
-    try:
-        manifest = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise StoreError(f"unreadable manifest {where}: {exc}") from exc
-    if manifest.get("format") != layout.FORMAT or manifest.get("format_version") != layout.FORMAT_VERSION:
-        raise StoreError(
-            f"{where} is not an embwalk store of format version {layout.FORMAT_VERSION} "
-            f"(format {manifest.get('format')!r}, version {manifest.get('format_version')!r})"
-        )
-    return manifest
-
-
-def committed_shards(store: StoreFS | str | Path) -> set[int]:
-    names = open_fs(store).list(layout.COMMITS_DIR, "shard-*.json")
-    return {int(name.removesuffix(".json").split("-")[1]) for name in names}
 
 
 # -- checks -----------------------------------------------------------------------------
@@ -223,11 +243,11 @@ def _check_creatable(fs: StoreFS) -> None:
     if not fs.is_dir():
         raise StoreError(f"store path exists and is not a directory: {fs.location}")
     entries = set(fs.list())
-    ours = set(layout.GROUPS.values()) | {layout.TOKENS_DIR, layout.COMMITS_DIR, layout.STATS_DIR}
+    ours = set(layout.GROUPS.values()) | {layout.TOKENS_DIR, layout.COMMITS_DIR, layout.STATS_DIR, layout.TMP_DIR}
     if entries - ours:
         raise StoreError(f"store path is a non-empty directory that is not an embwalk store: {fs.location}")
-    if committed_shards(fs):
-        raise StoreError(f"store {fs.location} has commit markers but no manifest; refusing to overwrite it")
+    if committed_shards(fs) or recorded_shards(fs):
+        raise StoreError(f"store {fs.location} has committed shards but no manifest; refusing to overwrite it")
     for name in entries:
         fs.remove(name)
 
@@ -243,21 +263,35 @@ def _estimate_fits(fs: StoreFS, specs: list[layout.ArraySpec]) -> None:
         )
 
 
-def _create_array(fs: StoreFS, spec: layout.ArraySpec, compressor: str) -> None:
-    if compressor not in COMPRESSORS:
-        raise StoreError(f"unknown compressor {compressor!r}; choose one of {', '.join(COMPRESSORS)}")
-    group = zarr.open_group(fs.zarr_store(layout.GROUPS[spec.group]), mode="r+")
-    group.create_array(
-        spec.name,
-        shape=spec.shape,
-        chunks=spec.chunks,
-        shards=spec.shards,
-        dtype=spec.dtype,
-        compressors=None if compressor == "none" else [zarr.codecs.ZstdCodec(level=1)],
-        fill_value=0,
-        dimension_names=spec.dims,
-        attributes=spec.attributes,
-    )
+def _create_arrays(fs: StoreFS, specs: list[layout.ArraySpec], compressor: str) -> None:
+    """Each group with its arrays, their coordinate arrays, and consolidated metadata.
+
+    Every chunk ends with its CRC-32C (after the compressor, so damage is found
+    without decompressing) and so does every shard's index. Array metadata
+    never changes after this, so the metadata is consolidated here, once, and
+    ``xarray.open_zarr`` needs no flag, during a run as after it.
+    """
+    checksum = zarr.codecs.Crc32cCodec()
+    compressors = [checksum] if compressor == "none" else [zarr.codecs.ZstdCodec(level=1), checksum]
+    coordinates = layout.coordinates(specs)
+    for key, group_path in layout.GROUPS.items():
+        members = [spec for spec in specs if spec.group == key]
+        if not members:
+            continue
+        group = zarr.open_group(fs.zarr_store(group_path), mode="w", zarr_format=3)
+        for spec in members:
+            group.create_array(
+                spec.name, shape=spec.shape, chunks=spec.chunks, shards=spec.shards, dtype=spec.dtype,
+                compressors=compressors, fill_value=0, dimension_names=spec.dims, attributes=spec.attributes,
+            )
+        for dim, values in coordinates.get(key, {}).items():
+            coord = group.create_array(
+                dim, shape=(len(values),), dtype="int64", compressors=[checksum], fill_value=0, dimension_names=[dim],
+            )
+            coord[:] = np.asarray(values, dtype=np.int64)
+        with warnings.catch_warnings():  # "consolidated metadata is not in the Zarr v3 spec (yet)"
+            warnings.simplefilter("ignore", UserWarning)
+            zarr.consolidate_metadata(fs.zarr_store(group_path))
 
 
 # inf and nan are the values whose exponent bits are all ones; testing the bits

@@ -42,6 +42,11 @@ def check_layout(tc: TokenizedCorpus):
     assert tc.token_ids.dtype == np.int32 and tc.token_ids.shape == (n,)
     assert tc.doc_ids.dtype == np.int64 and tc.doc_ids.shape == (n,)
     assert tc.positions.dtype == np.int32 and tc.positions.shape == (n,)
+    assert tc.doc_positions.dtype == np.int32 and tc.doc_positions.shape == (n,)
+    # doc_positions restart at 0 exactly where doc_ids change and count up by one otherwise
+    new_doc = np.concatenate([[True], tc.doc_ids[1:] != tc.doc_ids[:-1]])
+    assert np.all(tc.doc_positions[new_doc] == 0)
+    assert np.all(np.diff(tc.doc_positions)[~new_doc[1:]] == 1)
     assert tc.seq_offsets.dtype == np.int64
     assert tc.seq_offsets[0] == 0 and tc.seq_offsets[-1] == n
     assert np.all(np.diff(tc.seq_offsets) > 0)  # no empty sequences
@@ -60,13 +65,20 @@ def test_pack_mode(tokenizer):
     tc = tokenize_corpus(make_docs(first_id=10), tokenizer, cfg)
     check_layout(tc)
     sep = separator(tokenizer)
-    expected_ids, expected_docs = [], []
+    expected_ids, expected_docs, expected_doc_pos = [], [], []
     for i, text in enumerate(TEXTS):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [sep]
         expected_ids += ids
         expected_docs += [10 + i] * len(ids)
+        expected_doc_pos += list(range(len(ids)))  # the separator takes its document's next position
     assert tc.token_ids.tolist() == expected_ids
     assert tc.doc_ids.tolist() == expected_docs
+    assert tc.doc_positions.tolist() == expected_doc_pos
+    # the long document runs over several sequences: doc_pos keeps counting where pos restarts
+    long_doc = tc.doc_ids == 13
+    assert len(set(tc.seq_ids()[long_doc].tolist())) > 2
+    assert tc.doc_positions[long_doc].max() >= 2 * seq_len
+    assert np.any(tc.doc_positions != tc.positions)
     lengths = np.diff(tc.seq_offsets)
     assert np.all(lengths[:-1] == seq_len) and 0 < lengths[-1] <= seq_len
     assert tc.n_sequences == -(-len(expected_ids) // seq_len)
@@ -91,7 +103,9 @@ def test_document_mode(tokenizer):
         expected = tokenizer(text, truncation=True, max_length=seq_len)["input_ids"]
         assert tc.sequence(i).tolist() == expected
         assert np.all(tc.doc_ids[tc.seq_offsets[i] : tc.seq_offsets[i + 1]] == i)
+        assert tc.doc_positions[tc.seq_offsets[i] : tc.seq_offsets[i + 1]].tolist() == list(range(len(expected)))
     assert np.diff(tc.seq_offsets).max() == seq_len  # the long document was truncated
+    assert np.array_equal(tc.doc_positions, tc.positions)  # one document per sequence
 
 
 def test_document_mode_keeps_bert_special_tokens(bert_tokenizer):
@@ -112,6 +126,7 @@ def test_max_tokens_is_exact(bert_tokenizer, mode, max_tokens):
     assert np.array_equal(tc.token_ids, full.token_ids[:max_tokens])
     assert np.array_equal(tc.doc_ids, full.doc_ids[:max_tokens])
     assert np.array_equal(tc.positions, full.positions[:max_tokens])
+    assert np.array_equal(tc.doc_positions, full.doc_positions[:max_tokens])
     assert tc.n_documents == len(set(tc.doc_ids.tolist()))
 
 
@@ -132,6 +147,7 @@ def test_documents_without_tokens_are_left_out(bert_tokenizer):
         "[SEP]",
     ]
     assert tc.doc_ids.tolist() == [0, 0, 2, 2] and tc.n_documents == 2
+    assert tc.doc_positions.tolist() == [0, 1, 0, 1]
 
 
 def test_no_tokens_at_all_is_an_error(bert_tokenizer, tmp_path):
@@ -157,7 +173,7 @@ def test_deterministic(tokenizer):
     for mode in ("pack", "document"):
         cfg = CorpusConfig(mode=mode, seq_len=32)
         a, b = tokenize_corpus(docs, tokenizer, cfg), tokenize_corpus(iter(docs), tokenizer, cfg)
-        for field in ("token_ids", "doc_ids", "positions", "seq_offsets"):
+        for field in ("token_ids", "doc_ids", "positions", "doc_positions", "seq_offsets"):
             assert np.array_equal(getattr(a, field), getattr(b, field))
 
 
@@ -190,3 +206,16 @@ def test_vocabulary_strings_without_a_fast_backend():
             return "<" + ",".join(map(str, ids)) + ">"
 
     assert vocabulary_strings(SlowTokenizer()) == ["<0>", "<1>", "<2>"]
+
+
+@pytest.mark.parametrize("max_tokens", [None, 30])
+def test_doc_positions_do_not_depend_on_tokenizer_batches(smollm_tokenizer, monkeypatch, max_tokens):
+    from pipeline.corpus import sequences
+
+    cfg = CorpusConfig(mode="pack", seq_len=8, max_tokens=max_tokens)
+    whole = tokenize_corpus(make_docs(TEXTS * 3), smollm_tokenizer, cfg)
+    monkeypatch.setattr(sequences, "BATCH_DOCS", 2)  # two documents per tokenizer call
+    batched = tokenize_corpus(make_docs(TEXTS * 3), smollm_tokenizer, cfg)
+    check_layout(batched)
+    assert np.array_equal(batched.doc_positions, whole.doc_positions)
+    assert np.array_equal(batched.token_ids, whole.token_ids)

@@ -118,7 +118,8 @@ def test_datasets_export_equals_a_direct_reading(case, tmp_path, monkeypatch, re
 def test_datasets_export_of_an_empty_selection(selection, tmp_path):
     empty = open_store(selection.store.location).select(doc=999)
     ds = datasets.load_from_disk(str(empty.export(tmp_path / "empty", ["final"], format="datasets")))
-    assert len(ds) == 0 and ds.column_names == ["row", "doc_id", "seq_id", "pos", "token_id", "token", "final"]
+    assert len(ds) == 0
+    assert ds.column_names == ["row", "doc_id", "seq_id", "pos", "doc_pos", "token_id", "token", "final"]
     assert ds.features["final"].length == 32
 
 

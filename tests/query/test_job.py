@@ -41,10 +41,12 @@ def test_prints_tokens_with_norms(packed, capsys):
     lines = out.splitlines()
     assert lines[0] == f"store: {packed}"
     header = next(line for line in lines if line.startswith("row"))
-    assert header.split() == ["row", "doc_id", "seq_id", "pos", "token_id", "token", "|resid_post.1|", "|final|"]
+    assert header.split() == [
+        "row", "doc_id", "seq_id", "pos", "doc_pos", "token_id", "token", "|resid_post.1|", "|final|",
+    ]
     sel = open_store(packed).select(token=" the")
     first = lines[lines.index(header) + 2].split()
-    assert int(first[0]) == sel.rows[0] and first[5] == "'" and first[6] == "the'"
+    assert int(first[0]) == sel.rows[0] and first[6] == "'" and first[7] == "the'"
     norm = np.linalg.norm(sel.vectors("final")[0].astype(np.float32))
     assert float(first[-1]) == pytest.approx(norm, rel=1e-3)
     assert lines[-1] == f"... {len(sel) - 3} more rows ({len(sel)} in all)"
@@ -55,6 +57,14 @@ def test_sql_and_columns(packed, capsys):
     assert code == 0 and out.splitlines()[0].split() == ["pos", "n"] and out.splitlines()[-1] == "(2 rows)"
     code, out, _ = _run(capsys, packed, doc=1, pos="0:2", columns=["length(token) AS chars"])
     assert out.splitlines()[0].split()[-1] == "chars" and out.splitlines()[-1] == "(2 rows)"
+
+
+def test_doc_pos_selector(packed, capsys):
+    code, out, _ = _run(capsys, packed, doc=3, doc_pos="0:16", show=20)
+    lines = out.splitlines()
+    assert code == 0 and lines[-1] == "(16 rows)"
+    column = lines[0].split().index("doc_pos")
+    assert [int(line.split()[column]) for line in lines[2:-1]] == list(range(16))
 
 
 def test_exports(packed, tmp_path, capsys):

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-import pipeline.store.writer as writer
 from pipeline.errors import StoreError
 from pipeline.executors.local import extract_local
 from pipeline.query import open_store
+from pipeline.store import layout
+from pipeline.store.fs import LocalFS
 from tests.conftest import tiny_loaded
 from tests.query.conftest import packed_config, reference_vectors, write_corpus
 
@@ -19,22 +20,23 @@ from tests.query.conftest import packed_config, reference_vectors, write_corpus
 def test_a_running_extraction_shows_only_committed_shards(tmp_path, smollm2, monkeypatch):
     cfg = packed_config(tmp_path, write_corpus(tmp_path / "corpus.txt"), store="live")
     paused, resume = threading.Event(), threading.Event()
-    original = writer.write_json
+    original = LocalFS.write_atomic
 
-    def commit_marker(fs, rel, data):
-        # Hold the run at shard 2's commit: its arrays and token file are written, its marker is not.
-        if rel.endswith("shard-00002.json"):
+    def write_atomic(self, rel, data):
+        # Hold the run at shard 2's commit: its arrays and commit record are written, its token table is not.
+        if rel == layout.tokens_file(2):
             paused.set()
             assert resume.wait(60)
-        original(fs, rel, data)
+        return original(self, rel, data)
 
-    monkeypatch.setattr(writer, "write_json", commit_marker)
+    monkeypatch.setattr(LocalFS, "write_atomic", write_atomic)
     run = threading.Thread(target=extract_local, args=(cfg, tiny_loaded("llama", smollm2.tokenizer)))
     run.start()
     try:
         assert paused.wait(60)
         root = tmp_path / "live"
-        assert (root / "tokens" / "shard-00002.parquet").exists()  # written, not committed
+        assert (root / layout.commit_file(2)).exists()  # recorded, not committed
+        assert not (root / layout.tokens_file(2)).exists()
         store = open_store(root)
         assert store.committed == [0, 1]
         assert store.n_tokens == 64 and store.info()["planned_tokens"] == 155

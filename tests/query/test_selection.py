@@ -18,6 +18,9 @@ CASES = {
     "seq-range": (dict(seq=range(2, 4)), lambda t: t.seq_id.isin([2, 3])),
     "pos": (dict(pos=0), lambda t: t.pos == 0),
     "pos-open": (dict(pos="10:"), lambda t: t.pos >= 10),
+    "doc_pos": (dict(doc_pos=0), lambda t: t.doc_pos == 0),
+    "doc_pos-range": (dict(doc_pos="12:"), lambda t: t.doc_pos >= 12),
+    "doc-doc_pos": (dict(doc=[3, 5], doc_pos=[0, 1, 16]), lambda t: t.doc_id.isin([3, 5]) & t.doc_pos.isin([0, 1, 16])),
     "rows-across-shards": (dict(row=slice(25, 70)), lambda t: (t.row >= 25) & (t.row < 70)),
     "token": (dict(token=" the"), lambda t: t.token == " the"),
     "token-list": (dict(token=[" the", "."]), lambda t: t.token.isin([" the", "."])),
@@ -50,7 +53,7 @@ def test_selectors_match_a_direct_reading(name, store, ref, packed):
     sel = store.select(**selectors)
     expected = ref[condition(ref)].sort_values("row")
     got = sel.to_pandas()
-    assert got.columns.tolist() == ["row", "doc_id", "seq_id", "pos", "token_id", "token"]
+    assert got.columns.tolist() == ["row", "doc_id", "seq_id", "pos", "doc_pos", "token_id", "token"]
     assert got.to_dict("list") == expected.reset_index(drop=True).to_dict("list")
     rows = expected.row.to_numpy()
     np.testing.assert_array_equal(sel.vectors("resid_post.1"), reference_vectors(packed, "resid", rows, 2))
@@ -65,6 +68,34 @@ def test_cases_cover_empty_results_and_shard_spanning(store):
     assert len(store.select(doc=999)) == 0
     assert store.select(doc=999).vectors("final").shape == (0, 32)
     assert store.select(doc=999).vectors(["final", "resid_pre.0"]).shape == (0, 2, 32)
+
+
+def test_doc_pos_counts_within_the_document_where_pos_restarts(store, ref, packed):
+    # doc 3 starts at pos 1 of a sequence and runs into the next one: its first 16 tokens
+    # are doc_pos 0..15, while pos="0:16" also takes the tokens it has in the next sequence
+    doc3 = ref[ref.doc_id == 3].sort_values("row")
+    assert doc3.seq_id.nunique() == 2 and doc3.pos.iloc[0] > 0 and len(doc3) > 16
+    first16 = doc3.row.iloc[:16].tolist()
+    sel = store.select(doc=3, doc_pos="0:16")
+    assert sel.rows.tolist() == first16
+    assert sel.table.column("doc_pos").to_pylist() == list(range(16))
+    assert len(set(sel.table.column("seq_id").to_pylist())) == 2
+    assert store.select(doc=3, pos="0:16").rows.tolist() != first16
+    np.testing.assert_array_equal(sel.vectors("final"), reference_vectors(packed, "final", np.array(first16), None))
+    # doc 5 runs over a shard boundary: doc_pos carries on in the next shard's token file
+    shard_rows = store.manifest["shard_tokens"]
+    doc5 = ref[ref.doc_id == 5].sort_values("row")
+    assert doc5.row.iloc[0] // shard_rows != doc5.row.iloc[-1] // shard_rows
+    sel = store.select(doc=5, doc_pos=(1, None))
+    assert sel.rows.tolist() == doc5.row.iloc[1:].tolist()
+    assert sel.table.column("doc_pos").to_pylist() == list(range(1, len(doc5)))
+
+
+def test_document_mode_doc_pos_is_pos(documents):
+    ref = reference_tokens(documents).to_pandas()
+    assert ref.doc_pos.tolist() == ref.pos.tolist()
+    store = open_store(documents)
+    assert store.select(doc_pos="0:3").rows.tolist() == store.select(pos="0:3").rows.tolist()
 
 
 def test_site_names_and_aliases_address_the_same_vectors(store):
@@ -109,7 +140,7 @@ def test_sql_selection_keeps_the_query_order_and_columns(store, ref):
     sel = store.select(sql="SELECT row, pos + 100 AS later FROM tokens WHERE token = ' the' ORDER BY row DESC")
     expected = ref[ref.token == " the"].sort_values("row", ascending=False)
     assert sel.rows.tolist() == expected.row.tolist()
-    assert sel.table.column_names == ["row", "doc_id", "seq_id", "pos", "token_id", "token", "later"]
+    assert sel.table.column_names == ["row", "doc_id", "seq_id", "pos", "doc_pos", "token_id", "token", "later"]
     assert sel.table.column("token").to_pylist() == expected.token.tolist()
 
 

@@ -18,6 +18,8 @@ def test_conditions():
     assert token_condition(token=["a", "b"], regex="x+") == (
         "token IN (?, ?) AND regexp_matches(token, ?)", ["a", "b", "x+"])
     assert token_condition(doc="7", where="pos > 1") == ("doc_id = 7 AND (pos > 1)", [])
+    assert token_condition(doc=3, doc_pos="0:16") == ("doc_id = 3 AND doc_pos >= 0 AND doc_pos < 16", [])
+    assert token_condition(pos=0, doc_pos=[0, 4]) == ("pos = 0 AND doc_pos IN (0, 4)", [])
 
 
 @pytest.mark.parametrize(
@@ -25,6 +27,7 @@ def test_conditions():
     [
         (dict(doc="three"), "doc='three': expected an integer"),
         (dict(pos="a:b"), "its ends must be integers"),
+        (dict(doc_pos="first"), "doc_pos='first': expected an integer"),
         (dict(seq=[1, "x"]), "every item of the list must be an integer"),
         (dict(row=slice(0, 10, 2)), "ranges take no step"),
         (dict(token=5), "expected a token's text"),

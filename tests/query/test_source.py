@@ -67,6 +67,11 @@ def test_wrong_format_version(packed, tmp_path):
     manifest = json.loads((root / "manifest.json").read_text())
     manifest["format_version"] = 99
     (root / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(StoreError, match="format version 1") as info:
+    with pytest.raises(StoreError, match="not an embwalk store of format version 2 .*version 99") as info:
+        open_store(root)
+    assert "\n" not in str(info.value)
+    manifest["format_version"] = 1  # what embwalk 0.1 wrote: named, not a crash
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match="format version 1; this embwalk reads version 2") as info:
         open_store(root)
     assert "\n" not in str(info.value)

@@ -119,7 +119,7 @@ def test_a_partial_copied_into_another_shard_is_refused(pack_store, copy_store, 
 
 def test_uncommitted_shards_are_left_out(pack_store, copy_store, tiny_llama):
     store = copy_store(pack_store)
-    (store / "commits" / "shard-00002.json").unlink()
+    (store / "tokens" / "shard-00002.parquet").unlink()  # its token table is its commit
     summary = run(store, tiny_llama, families=["encoding"])
     assert summary["shards"] == {"total": 3, "committed": 2, "with_stats": 2, "missing": []}
     rows = Store(store).committed_rows().sum()

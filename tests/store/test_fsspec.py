@@ -94,27 +94,30 @@ def test_memory_store_equals_a_local_store(tmp_path, corpus, model, memory_url, 
     assert_same_contents(_contents(memory_url), _contents(local.store.path))
 
     # Every file is whole objects put in one call: no temporaries, no appends, nothing written twice
-    # (but the manifest, rewritten with the shards' status at the end).
+    # but the manifest (rewritten with the shards' status at the end) and each group's zarr.json
+    # (rewritten with the consolidated metadata once its arrays exist).
     fs, root = fsspec.core.url_to_fs(memory_url)
     files = set(fs.find(root))
     assert files == set(puts)
     assert not [f for f in files if ".tmp" in f]
     counts = Counter(puts)
-    assert counts.pop(f"{root}/{layout.MANIFEST}") == 2 and set(counts.values()) == {1}
-    # The manifest comes last at creation (after every array's metadata, before any data),
-    # each commit marker after its shard's arrays and token table.
+    twice = {f"{root}/{layout.MANIFEST}"} | {f"{root}/{group}/zarr.json" for group in layout.GROUPS.values()}
+    assert {p for p, n in counts.items() if n != 1} == twice and counts[f"{root}/{layout.MANIFEST}"] == 2
+    # The manifest comes last at creation (after every array's metadata and coordinates, before any
+    # data); each commit record after its shard's arrays, and its token table after the record.
     first = puts.index(f"{root}/{layout.MANIFEST}")
-    assert first > 0 and all(p.endswith("zarr.json") for p in puts[:first])
+    data = tuple(f"{root}/{spec['path']}/c/" for spec in manifest["arrays"].values())
+    assert first > 0 and not any(p.startswith(data) for p in puts[:first])
     assert not any(p.endswith("zarr.json") for p in puts[first:])
     for shard in manifest["shards"]:
-        marker = puts.index(f"{root}/{layout.commit_file(shard['index'])}")
-        assert puts.index(f"{root}/{layout.tokens_file(shard['index'])}") < marker
+        record = puts.index(f"{root}/{layout.commit_file(shard['index'])}")
+        assert puts.index(f"{root}/{layout.tokens_file(shard['index'])}") > record  # the commit itself
         for name in ("resid", "final"):
             chunk = f"{root}/{manifest['arrays'][name]['path']}/c/{shard['index']}/0"
             chunk += "/0" if name == "resid" else ""
-            assert puts.index(chunk) < marker
+            assert puts.index(chunk) < record
         for seq in range(*shard["pattern_seqs"]):
-            assert puts.index(f"{root}/attention.zarr/pattern/c/{seq}/0/0/0/0") < marker
+            assert puts.index(f"{root}/attention.zarr/pattern/c/{seq}/0/0/0/0") < record
 
 
 def test_file_url_equals_a_plain_path(tmp_path, corpus, model):

@@ -7,8 +7,9 @@ import errno
 import numpy as np
 import pytest
 
-from pipeline.errors import StoreError
+from pipeline.errors import EmbwalkError, StoreError
 from pipeline.store import layout
+from pipeline.store.commits import read_manifest
 from pipeline.store.durable import atomic_write
 from pipeline.store.writer import StoreWriter, _check_finite
 
@@ -76,5 +77,63 @@ def test_commit_marker_follows_the_data(tmp_path):
     tokens = pa.table(columns, schema=layout.TOKEN_SCHEMA)
     record = writer.write_shard(1, (8, 16), {"resid": data}, tokens)
     assert writer.committed() == {1}
-    assert record["n_tokens"] == 8 and record["checksums"]["resid"]
+    assert record["n_tokens"] == 8
+    shard_file, token_file = "activations.zarr/resid/c/1/0/0", layout.tokens_file(1)
+    assert set(record["files"]) == {shard_file, token_file}
+    assert record["files"][shard_file]["size"] == (tmp_path / "s" / shard_file).stat().st_size
+    assert record["files"][token_file]["size"] == (tmp_path / "s" / token_file).stat().st_size
     np.testing.assert_array_equal(writer.arrays["resid"][8:16], data.transpose(1, 0, 2))
+
+
+def test_commit_order_record_first_then_the_token_table(tmp_path, monkeypatch):
+    """The token table's appearance is the commit: the record is durable before it, and a
+    record without its token table (a cut-off commit) is not committed and is cleared on resume."""
+    import pyarrow as pa
+
+    writer = StoreWriter.open(tmp_path / "s", _manifest(), [_spec(16)])
+    columns = {c.name: pa.array(["t" if c.type == pa.string() else 0] * 8, type=c.type) for c in layout.TOKEN_SCHEMA}
+    tokens = pa.table(columns, schema=layout.TOKEN_SCHEMA)
+    order = []
+    original = writer.fs.write_atomic
+
+    def write_atomic(rel, data):
+        order.append(rel)
+        if rel == layout.tokens_file(1):
+            raise OSError("killed before the commit")
+        return original(rel, data)
+
+    monkeypatch.setattr(writer.fs, "write_atomic", write_atomic)
+    with pytest.raises(OSError):
+        writer.write_shard(1, (8, 16), {"resid": np.ones((2, 8, 4), np.float16)}, tokens)
+    assert order[-2:] == [layout.commit_file(1), layout.tokens_file(1)]
+    assert (tmp_path / "s" / layout.commit_file(1)).exists() and writer.committed() == set()
+    again = StoreWriter.open(tmp_path / "s", _manifest(), [_spec(16)])
+    assert again.trusted_shards() == set()
+    assert not (tmp_path / "s" / layout.commit_file(1)).exists()
+
+
+def test_options_are_checked_before_a_file_is_written(tmp_path):
+    with pytest.raises(EmbwalkError, match="unknown store.compressor 'lz5'"):
+        StoreWriter.open(tmp_path / "s", _manifest(), [_spec(16)], compressor="lz5")
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_version_1_store_is_one_line_naming_the_version(tmp_path):
+    import json
+
+    root = tmp_path / "old"
+    root.mkdir()
+    (root / layout.MANIFEST).write_text(json.dumps({"format": layout.FORMAT, "format_version": 1}))
+    for call in (lambda: StoreWriter.open(root, _manifest(), [_spec(16)]), lambda: read_manifest(root)):
+        with pytest.raises(StoreError, match="format version 1; this embwalk reads version 2") as info:
+            call()
+        assert "\n" not in str(info.value)
+
+
+def test_leftover_temporary_files_are_removed_on_the_next_run(tmp_path):
+    StoreWriter.open(tmp_path / "s", _manifest(), [_spec(16)])
+    tmp = tmp_path / "s" / layout.TMP_DIR
+    assert tmp.is_dir() and not list(tmp.iterdir())  # every finished write renamed its temporary away
+    (tmp / "0.host-123-abc").write_bytes(b"half a shard file")
+    StoreWriter.open(tmp_path / "s", _manifest(), [_spec(16)])
+    assert not list(tmp.iterdir())

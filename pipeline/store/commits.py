@@ -1,0 +1,82 @@
+"""What a store says about itself: its manifest, and which shards are committed.
+
+Format version 2 commits a shard in two steps, after its array files are durable:
+
+1. ``commits/shard-N.json``, the commit record: rows, and every file the shard
+   wrote with its size (and the token table's CRC-32C), for verification;
+2. ``tokens/shard-N.parquet``, the token table, renamed into place (or put, on
+   an object store) last. **Its appearance commits the shard.**
+
+So ``tokens/`` holds exactly the committed shards at every moment, and a raw
+reader of it (pyarrow, DuckDB) needs no extra step. A record without its token
+table is an interrupted commit: not committed, rewritten by the next run. To
+un-commit, the token table goes first. The writer and every reader use this
+module; nothing here writes data.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.errors import StoreError
+from pipeline.store import layout
+from pipeline.store.fs import StoreFS, open_fs
+
+
+def read_manifest(store: StoreFS | str | Path) -> dict:
+    fs = open_fs(store)
+    if not fs.is_file(layout.MANIFEST):
+        raise StoreError(f"not an embwalk store (no {layout.MANIFEST}): {fs.location}")
+    return parse_manifest(fs.read_bytes(layout.MANIFEST), fs.describe(layout.MANIFEST))
+
+
+def parse_manifest(raw: bytes, where: str) -> dict:
+    """Decode a manifest and check it is one this version reads (``where`` names it in errors)."""
+    try:
+        manifest = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StoreError(f"unreadable manifest {where}: {exc}") from exc
+    fmt, version = manifest.get("format"), manifest.get("format_version")
+    if fmt == layout.FORMAT and isinstance(version, int) and version < layout.FORMAT_VERSION:
+        raise StoreError(
+            f"{where} is an embwalk store of format version {version}; this embwalk reads version "
+            f"{layout.FORMAT_VERSION} (per-chunk checksums, verified commits): extract it again into a new store"
+        )
+    if fmt != layout.FORMAT or version != layout.FORMAT_VERSION:
+        raise StoreError(
+            f"{where} is not an embwalk store of format version {layout.FORMAT_VERSION} "
+            f"(format {fmt!r}, version {version!r})"
+        )
+    return manifest
+
+
+def committed_shards(store: StoreFS | str | Path) -> set[int]:
+    """The committed shards: those whose token table is in ``tokens/``."""
+    return _indices(open_fs(store).list(layout.TOKENS_DIR, "shard-*.parquet"))
+
+
+def recorded_shards(store: StoreFS | str | Path) -> set[int]:
+    """Shards with a commit record (committed, or whose commit was cut off before its token table)."""
+    return _indices(open_fs(store).list(layout.COMMITS_DIR, "shard-*.json"))
+
+
+def read_record(fs: StoreFS, index: int) -> dict | None:
+    """Shard ``index``'s commit record; None when it is missing or unreadable."""
+    try:
+        record = json.loads(fs.read_bytes(layout.commit_file(index)))
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def uncommit(fs: StoreFS, index: int) -> None:
+    """Take a shard back out of the committed set: its token table first (readers stop
+    seeing it at once), then its record; the next run rewrites it whole."""
+    for rel in (layout.tokens_file(index), layout.commit_file(index)):
+        if fs.exists(rel):
+            fs.remove(rel)
+
+
+def _indices(names: list[str]) -> set[int]:
+    return {i for i in map(layout.shard_index_of, names) if i is not None}
