@@ -116,6 +116,7 @@ def prepare(cfg: ExtractConfig, loaded: LoadedModel) -> PreparedJob:
         raise EmbwalkError(f"unknown store.dtype {cfg.store.dtype!r}; choose float16 or float32")
     check_compressor(cfg.store.compressor)
     check_level(cfg.store.verify)
+    cfg.capture.stats_options()  # unknown statistics options fail here, before the store exists
     if loaded.max_positions and cfg.corpus.seq_len > loaded.max_positions:
         raise EmbwalkError(
             f"corpus.seq_len={cfg.corpus.seq_len} is above the model's limit of "

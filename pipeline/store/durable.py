@@ -63,5 +63,5 @@ def atomic_write(path: Path, write: Callable[[Path], None], tmp_dir: Path | None
         fsync_path(path.parent)
 
 
-def atomic_write_json(path: Path, data: dict) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n"))
+def atomic_write_json(path: Path, data: dict, tmp_dir: Path | None = None) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n"), tmp_dir)

@@ -76,7 +76,7 @@ def documents(tmp_path_factory, minilm) -> Path:
 
 def reference_tokens(path: Path) -> pa.Table:
     """The token table as pyarrow reads it: the files of committed shards, in shard order."""
-    committed = sorted(int(p.stem.split("-")[1]) for p in (path / "commits").glob("shard-*.json"))
+    committed = sorted(int(p.stem.split("-")[1]) for p in (path / "tokens").glob("shard-*.parquet"))
     tables = [pq.read_table(path / "tokens" / f"shard-{i:05d}.parquet") for i in committed]
     return pa.concat_tables(tables)
 
