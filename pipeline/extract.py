@@ -1,7 +1,9 @@
 """Extract shards: batches through the hooked model, rows into the store.
 
 ``ShardRunner`` owns one loaded model and processes any shard of a plan, so
-the local executor and Ray workers share it. Compute and I/O overlap: the
+the local executor and Ray workers share it. It reads only the corpus rows of
+the shard at hand (``tokens_for(shard)``: from the store's staged token rows,
+or a window of an in-memory corpus). Compute and I/O overlap: the
 store writes of shard n (and the pattern writes of each batch) run on one
 writer thread, in order, while shard n+1 computes. ``run`` returns a future
 that resolves to the shard's commit record once its data is durable; at most
@@ -22,7 +24,7 @@ import pyarrow as pa
 import torch
 
 from pipeline.allocator import keep_freed_memory
-from pipeline.corpus import TokenizedCorpus
+from pipeline.corpus.sequences import ShardTokens
 from pipeline.models.capture import CaptureLayout, Capturer
 from pipeline.models.loading import LoadedModel
 from pipeline.plan import Shard
@@ -35,24 +37,23 @@ class ShardRunner:
         self,
         loaded: LoadedModel,
         capture: CaptureLayout,
-        corpus: TokenizedCorpus,
+        tokens_for: Callable[[Shard], ShardTokens],
         writer: StoreWriter,
         vocabulary: list[str],
         dtype: torch.dtype = torch.float16,
         batch_size: int = 8,
-        seq_len: int | None = None,
+        seq_len: int = 256,
         max_pending: int = 2,
         stats=None,
         store_arrays: bool = True,
     ):
-        """``stats`` (pipeline.stats.run.StatsOptions) computes walk statistics in the
+        """``stats`` (pipeline.stats.base.StatsConfig) computes walk statistics in the
         pass; ``store_arrays=False`` then stores none of the captured arrays."""
         keep_freed_memory()  # batches reuse activation memory instead of faulting it in again
-        self.loaded, self.corpus, self.writer = loaded, corpus, writer
+        self.loaded, self.tokens_for, self.writer = loaded, tokens_for, writer
         self.capture, self.dtype, self.batch_size = capture, dtype, batch_size
         self.capturer = Capturer(loaded, capture, dtype)
-        self.offsets = np.asarray(corpus.seq_offsets, dtype=np.int64)
-        self.seq_len = seq_len or int(np.diff(self.offsets).max(initial=1))
+        self.seq_len = seq_len
         self.vocabulary = pa.array(vocabulary, type=pa.string())
         self.pad_id = _pad_id(loaded.tokenizer)
         per_token = [a for a in writer.manifest["arrays"].values() if a["dims"][0] == "token"]
@@ -64,7 +65,7 @@ class ShardRunner:
         if stats is not None:
             from pipeline.stats.sequence import ModelHead
 
-            self.stats_config = stats.stats_config(corpus.token_ids, n_resid=len(capture.residual))
+            self.stats_config = stats
             self.stats_head = ModelHead.from_loaded(loaded)
         # One writer thread: writes run in submission order, so a shard's commit
         # always follows its own pattern writes.
@@ -90,24 +91,25 @@ class ShardRunner:
 
     def _compute(self, shard: Shard, on_tokens: Callable[[int], None] | None) -> Future:
         started, started_at = time.perf_counter(), time.time()
-        r0, r1 = shard.rows
+        win = self.tokens_for(shard)
         bufs, flats = self._shard_buffers(shard)
         pattern_files: dict[str, dict] = {}  # filled on the writer thread: what the commit record lists
         pattern_writes: list[Future] = []
         walk = self._walk_stats(shard)
-        for batch in self._batches(shard):
-            lengths = [int(self.offsets[s + 1] - self.offsets[s]) for s in batch]
-            ids, mask = self._inputs(batch, lengths)
-            out = self._direct_views(batch, lengths, bufs, shard)
+        for batch in self._batches(shard, win):
+            starts = [win.sequence_rows(s)[0] for s in batch]
+            lengths = [win.sequence_rows(s)[1] - a for s, a in zip(batch, starts, strict=True)]
+            ids, mask = self._inputs(win, starts, lengths)
+            out = self._direct_views(batch, starts, lengths, bufs, shard)
             got = self.capturer.run(ids, mask, out)
             if out is None:
-                self._scatter(got, batch, lengths, bufs, shard)
+                self._scatter(got, starts, lengths, bufs, shard)
             if walk is not None:
-                self._update_stats(walk, got, batch, lengths, shard)
+                self._update_stats(walk, got, batch, starts, lengths, shard, win)
             if "pattern" in got and self.store_arrays:
                 self._queue_patterns(got["pattern"], batch, lengths, shard, pattern_files, pattern_writes)
             if on_tokens:
-                on_tokens(_owned(batch, self.offsets, shard))
+                on_tokens(_owned(starts, lengths, shard))
         if self.loaded.device.type == "cuda":
             torch.cuda.current_stream(self.loaded.device).synchronize()  # asynchronous copies into pinned buffers
         arrays = {name: buf.numpy() for name, buf in bufs.items()}
@@ -116,7 +118,7 @@ class ShardRunner:
             "started_at": started_at,
             "compute_seconds": round(time.perf_counter() - started, 3),
         }
-        tokens = self._token_table(shard)
+        tokens = self._token_table(shard, win)
 
         def commit() -> dict:
             try:
@@ -141,17 +143,19 @@ class ShardRunner:
 
     # -- batching ------------------------------------------------------------------------
 
-    def _batches(self, shard: Shard) -> list[list[int]]:
+    def _batches(self, shard: Shard, win: ShardTokens) -> list[list[int]]:
         seqs = list(range(*shard.seqs))
         # Longest first: batches of similar length waste little on padding.
-        seqs.sort(key=lambda s: self.offsets[s] - self.offsets[s + 1])
+        seqs.sort(key=lambda s: np.subtract(*win.sequence_rows(s)))
         return [seqs[i : i + self.batch_size] for i in range(0, len(seqs), self.batch_size)]
 
-    def _inputs(self, batch: list[int], lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _inputs(
+        self, win: ShardTokens, starts: list[int], lengths: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         width = max(lengths)
-        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        for j, (s, n) in enumerate(zip(batch, lengths, strict=True)):
-            ids[j, :n] = torch.from_numpy(self.corpus.token_ids[self.offsets[s] : self.offsets[s] + n])
+        ids = torch.full((len(starts), width), self.pad_id, dtype=torch.long)
+        for j, (a, n) in enumerate(zip(starts, lengths, strict=True)):
+            ids[j, :n] = torch.from_numpy(win.token_ids[win.rows(a, a + n)])
         if min(lengths) == width:
             return ids, None
         mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
@@ -191,12 +195,12 @@ class ShardRunner:
                 for name, shape in shapes.items()
             }
 
-    def _direct_views(self, batch, lengths, bufs, shard: Shard) -> dict[str, torch.Tensor] | None:
+    def _direct_views(self, batch, starts, lengths, bufs, shard: Shard) -> dict[str, torch.Tensor] | None:
         """Views of the shard buffers the hooks can fill in place: a CPU batch of
         equal-length, consecutive sequences that lie inside the shard's rows."""
         if not bufs or self.loaded.device.type != "cpu":
             return None
-        first, width, n = int(self.offsets[batch[0]]), lengths[0], len(batch)
+        first, width, n = starts[0], lengths[0], len(batch)
         consecutive = batch == list(range(batch[0], batch[0] + n))
         inside = shard.rows[0] <= first and first + width * n <= shard.rows[1]
         if not consecutive or min(lengths) != width or not inside:
@@ -210,10 +214,9 @@ class ShardRunner:
                 out[name] = buf[start : start + width * n].view(n, width, -1)
         return out
 
-    def _scatter(self, got, batch, lengths, bufs, shard: Shard) -> None:
+    def _scatter(self, got, starts, lengths, bufs, shard: Shard) -> None:
         r0, r1 = shard.rows
-        for j, (s, n) in enumerate(zip(batch, lengths, strict=True)):
-            start = int(self.offsets[s])
+        for j, (start, n) in enumerate(zip(starts, lengths, strict=True)):
             lo, hi = max(start, r0), min(start + n, r1)  # the part of the sequence this shard owns
             for name, buf in bufs.items():
                 src = got[name][j, lo - start : hi - start]
@@ -243,19 +246,19 @@ class ShardRunner:
 
         return WalkStats.for_layout(self.stats_config, self.stats_head, shard.index, self.capture)
 
-    def _update_stats(self, walk, got, batch, lengths, shard: Shard) -> None:
+    def _update_stats(self, walk, got, batch, starts, lengths, shard: Shard, win: ShardTokens) -> None:
         """Every sequence whose first token is in the shard, whole, from the capture
         buffers: already in the store dtype, so the values equal what a store holds."""
         p0, p1 = shard.pattern_seqs
-        for j, (s, n) in enumerate(zip(batch, lengths, strict=True)):
+        for j, (s, a, n) in enumerate(zip(batch, starts, lengths, strict=True)):
             if not p0 <= s < p1:
                 continue
-            a = int(self.offsets[s])
+            rows = win.rows(a, a + n)
             walk.update_sequence(
                 got["resid"][j, :n] if "resid" in got else None,
                 got["final"][j, :n] if "final" in got else None,
-                torch.from_numpy(self.corpus.token_ids[a : a + n].astype(np.int64)),
-                torch.from_numpy(self.corpus.doc_ids[a : a + n].astype(np.int64)),
+                torch.from_numpy(win.token_ids[rows].astype(np.int64)),
+                torch.from_numpy(win.doc_ids[rows].astype(np.int64)),
                 got["pattern"][j, :, :, :n, :n] if "pattern" in got else None,
                 seq_id=s,
             )
@@ -269,17 +272,18 @@ class ShardRunner:
             shapes["final"] = (d,)
         return shapes
 
-    def _token_table(self, shard: Shard) -> pa.Table:
+    def _token_table(self, shard: Shard, win: ShardTokens) -> pa.Table:
         r0, r1 = shard.rows
-        token_ids = self.corpus.token_ids[r0:r1]
-        seq_ids = np.searchsorted(self.offsets, np.arange(r0, r1), side="right") - 1
+        rows = win.rows(r0, r1)
+        token_ids = win.token_ids[rows]
+        seq_ids = win.seq0 + np.searchsorted(win.seq_offsets, np.arange(r0, r1), side="right") - 1
         return pa.table(
             {
                 "row": pa.array(np.arange(r0, r1, dtype=np.int64)),
-                "doc_id": pa.array(self.corpus.doc_ids[r0:r1].astype(np.int64)),
+                "doc_id": pa.array(win.doc_ids[rows].astype(np.int64)),
                 "seq_id": pa.array(seq_ids.astype(np.int64)),
-                "pos": pa.array(self.corpus.positions[r0:r1].astype(np.int32)),
-                "doc_pos": pa.array(self.corpus.doc_positions[r0:r1].astype(np.int32)),
+                "pos": pa.array(win.positions[rows].astype(np.int32)),
+                "doc_pos": pa.array(win.doc_positions[rows].astype(np.int32)),
                 "token_id": pa.array(token_ids.astype(np.int32)),
                 "token": self.vocabulary.take(pa.array(token_ids.astype(np.int64))),
             },
@@ -287,9 +291,9 @@ class ShardRunner:
         )
 
 
-def _owned(batch: list[int], offsets: np.ndarray, shard: Shard) -> int:
+def _owned(starts: list[int], lengths: list[int], shard: Shard) -> int:
     r0, r1 = shard.rows
-    return int(sum(max(0, min(offsets[s + 1], r1) - max(offsets[s], r0)) for s in batch))
+    return int(sum(max(0, min(a + n, r1) - max(a, r0)) for a, n in zip(starts, lengths, strict=True)))
 
 
 def _pad_id(tokenizer) -> int:

@@ -1,30 +1,35 @@
-"""An extraction job: resolve its config, plan it, and describe its store.
+"""An extraction job: resolve its config, tokenize and plan it, and describe its store.
 
 Everything here runs before any shard is computed and is deterministic, so
 the local executor, a Ray driver and a rerun that resumes all derive the same
-plan and the same store identity from the same config.
+plan and the same store identity from the same config. The driver needs the
+model's description (config, tokenizer, weights fingerprint: a ModelSpec, or a
+loaded model in tests), never its weights; the corpus is tokenized part by part
+into the store's staging area by whatever CPUs the executor has
+(pipeline/corpus/staged.py), and nothing the driver holds grows with it.
 """
 
 from __future__ import annotations
 
 import platform
 import sys
-import zlib
 from dataclasses import asdict, dataclass, field, fields
 from importlib import metadata
 
 import torch
 
-from pipeline.corpus import CorpusConfig, TokenizedCorpus, read_documents, tokenize_corpus
+from pipeline.corpus import CorpusConfig
+from pipeline.corpus.sequences import ShardTokens
+from pipeline.corpus.staged import StagedCorpus, stage_corpus
 from pipeline.errors import EmbwalkError, SiteError
 from pipeline.models.capture import CaptureLayout
-from pipeline.models.loading import LoadedModel, ModelConfig
+from pipeline.models.loading import ModelConfig
 from pipeline.models.sites import parse_sites
-from pipeline.plan import Plan, make_plan, shard_tokens_for
+from pipeline.plan import Plan, Shard, plan_staged, shard_tokens_for
 from pipeline.store import layout as store_layout
 from pipeline.store.fs import open_fs, require_local
 from pipeline.store.verify import check_level
-from pipeline.store.writer import check_compressor
+from pipeline.store.writer import check_compressor, check_store_location
 
 STORE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
@@ -66,6 +71,8 @@ class ClusterConfig:
     address: str | None = None  # ray: None starts a local instance; "auto" or host:port joins a cluster
     workers: int | None = None  # ray: None = one per GPU, or 1 without GPUs
     max_retries: int = 3  # ray: further attempts of a shard whose worker died or raised
+    tokenize_workers: int | None = None  # processes (local) or Ray tasks at once tokenizing the corpus's parts;
+    # None: every CPU (local: this process alone for a corpus cut at 1M tokens or fewer); 1: this process
 
 
 @dataclass
@@ -92,21 +99,35 @@ class ExtractConfig:
 
 @dataclass
 class PreparedJob:
+    """What the driver hands the executor: small whatever the corpus (its parts' offsets,
+    not its tokens) and whatever the model (its description, not its weights)."""
+
     config: ExtractConfig
-    corpus: TokenizedCorpus
+    corpus: StagedCorpus
     plan: Plan
     layout: CaptureLayout
     sites: list[str]
     specs: list[store_layout.ArraySpec]
     manifest: dict
+    stats: object | None = None  # pipeline.stats.base.StatsConfig of in-pass statistics
 
     @property
     def dtype(self) -> torch.dtype:
         return STORE_DTYPES[self.config.store.dtype]
 
+    def tokens_for(self, shard: Shard) -> ShardTokens:
+        """A shard's corpus rows, read from the store's staging area (what a worker reads)."""
+        rows = self.corpus.read_rows(open_fs(self.config.store.path), *shard.seq_rows)
+        return ShardTokens.from_rows(rows, shard.seq_rows[0], shard.seqs[0], self.corpus.mode, self.corpus.seq_len)
 
-def prepare(cfg: ExtractConfig, loaded: LoadedModel) -> PreparedJob:
-    """Validate, tokenize, plan and describe the store; no activations are computed."""
+
+def prepare(cfg: ExtractConfig, model, parts_mapper=None) -> PreparedJob:
+    """Validate, tokenize, plan and describe the store; no activations are computed.
+
+    ``model`` describes the model (a ModelSpec; a LoadedModel works too): its
+    tokenizer, sizes and weights fingerprint. ``parts_mapper`` runs the
+    tokenization's parts (pipeline/executors/units.py; default: this process).
+    """
     if not cfg.capture.store_arrays and cfg.capture.stats is None:
         raise EmbwalkError("capture.store_arrays=false keeps nothing: also set capture.stats (e.g. capture=stats_only)")
     open_fs(cfg.store.path)  # an unknown protocol or a missing fsspec backend fails here, before any work
@@ -117,34 +138,47 @@ def prepare(cfg: ExtractConfig, loaded: LoadedModel) -> PreparedJob:
     check_compressor(cfg.store.compressor)
     check_level(cfg.store.verify)
     cfg.capture.stats_options()  # unknown statistics options fail here, before the store exists
-    if loaded.max_positions and cfg.corpus.seq_len > loaded.max_positions:
+    if model.max_positions and cfg.corpus.seq_len > model.max_positions:
         raise EmbwalkError(
             f"corpus.seq_len={cfg.corpus.seq_len} is above the model's limit of "
-            f"{loaded.max_positions} positions ({loaded.model_id})"
+            f"{model.max_positions} positions ({model.model_id})"
         )
-    sites = parse_sites(list(cfg.capture.sites), loaded.n_layers)
-    heads = _heads(cfg.capture.heads, loaded.n_heads)
+    sites = parse_sites(list(cfg.capture.sites), model.n_layers)
+    heads = _heads(cfg.capture.heads, model.n_heads)
     layout = CaptureLayout.from_sites(sites, heads)
-    corpus = tokenize_corpus(read_documents(cfg.corpus), loaded.tokenizer, cfg.corpus)
     shard_tokens = shard_tokens_for(
         cfg.store.shard_tokens, cfg.store.chunk_tokens, cfg.corpus.seq_len, cfg.corpus.mode
     )
-    plan = make_plan(corpus, shard_tokens)
+    cfg.corpus.validate()
+    fs = open_fs(cfg.store.path)
+    check_store_location(fs)  # before the first staged file: never into a directory that is not a store
+    existed = fs.exists()
+    try:
+        corpus, counts = stage_corpus(fs, cfg.corpus, model.tokenizer, parts_mapper, cfg.cluster.progress)
+    except EmbwalkError:
+        if not existed:  # bad input (an empty or binary file ...): leave no store behind
+            fs.remove("")
+        raise
+    plan = plan_staged(corpus, fs, shard_tokens)
+    stats = None
+    if cfg.capture.stats is not None:  # self-similarity types: the corpus's most frequent tokens, from counts
+        ids, n = corpus.token_counts(fs, counts)
+        stats = cfg.capture.stats_options().stats_config(counts=(ids, n), n_resid=len(layout.residual))
     specs = [] if not cfg.capture.store_arrays else store_layout.array_specs(
         n_tokens=plan.n_tokens,
         n_sequences=plan.n_sequences,
         seq_len=cfg.corpus.seq_len,
-        d_model=loaded.d_model,
+        d_model=model.d_model,
         shard_tokens=shard_tokens,
         chunk_tokens=cfg.store.chunk_tokens,
         per_token_layers=layout.array_layers(),
         final=layout.final,
         pattern_layers=layout.pattern_layers,
-        heads=tuple(heads) if heads is not None else tuple(range(loaded.n_heads)),
+        heads=tuple(heads) if heads is not None else tuple(range(model.n_heads)),
         dtype=cfg.store.dtype,
     )
-    manifest = _manifest(cfg, loaded, corpus, plan, [s.name for s in sites])
-    return PreparedJob(cfg, corpus, plan, layout, [s.name for s in sites], specs, manifest)
+    manifest = _manifest(cfg, model, corpus, plan, [s.name for s in sites])
+    return PreparedJob(cfg, corpus, plan, layout, [s.name for s in sites], specs, manifest, stats)
 
 
 def _heads(heads: list[int] | None, n_heads: int) -> list[int] | None:
@@ -156,16 +190,16 @@ def _heads(heads: list[int] | None, n_heads: int) -> list[int] | None:
     return sorted({int(h) for h in heads})
 
 
-def _manifest(cfg: ExtractConfig, loaded: LoadedModel, corpus: TokenizedCorpus, plan: Plan, sites: list[str]) -> dict:
-    tokenizer = loaded.tokenizer
-    model = loaded.describe()
+def _manifest(cfg: ExtractConfig, spec, corpus: StagedCorpus, plan: Plan, sites: list[str]) -> dict:
+    tokenizer = spec.tokenizer
+    model = spec.describe()
     identity = {
         # Everything that decides what the arrays hold; a resume must match it all.
         "model.weights_fingerprint": model["weights_fingerprint"],
         "model.dtype": model["dtype"],
         "tokenizer.vocab_size": len(tokenizer),
         "corpus": asdict(cfg.corpus),
-        "corpus.token_checksum": zlib.crc32(corpus.token_ids.tobytes()),
+        "corpus.token_checksum": corpus.checksum,
         "corpus.n_tokens": plan.n_tokens,
         "capture.sites": sites,
         "capture.heads": cfg.capture.heads,
@@ -194,7 +228,7 @@ def _manifest(cfg: ExtractConfig, loaded: LoadedModel, corpus: TokenizedCorpus, 
         "dtype": cfg.store.dtype,
         "seq_len": cfg.corpus.seq_len,
         "mode": cfg.corpus.mode,
-        "causal": loaded.family.causal,
+        "causal": spec.family.causal,
         "n_tokens": plan.n_tokens,
         "n_sequences": plan.n_sequences,
         "n_documents": corpus.n_documents,

@@ -28,6 +28,7 @@ class Shard:
     rows: tuple[int, int]  # token rows this shard owns, [start, stop)
     seqs: tuple[int, int]  # sequences it runs (those overlapping its rows)
     pattern_seqs: tuple[int, int]  # sequences whose attention it stores (first token in rows)
+    seq_rows: tuple[int, int]  # the rows those sequences span: what a worker reads of the corpus
 
     @property
     def n_rows(self) -> int:
@@ -64,5 +65,39 @@ def make_plan(corpus: TokenizedCorpus, shard_tokens: int) -> Plan:
         first = int(np.searchsorted(ends, start, side="right"))  # first seq ending after start
         last = int(np.searchsorted(starts, stop, side="left"))  # seqs starting before stop
         p_first = int(np.searchsorted(starts, start, side="left"))
-        shards.append(Shard(index, (start, stop), (first, last), (p_first, last)))
+        seq_rows = (int(starts[first]), int(ends[last - 1]))
+        shards.append(Shard(index, (start, stop), (first, last), (p_first, last), seq_rows))
     return Plan(n_tokens, n_seq, shard_tokens, tuple(shards))
+
+
+def plan_staged(corpus, fs, shard_tokens: int) -> Plan:
+    """The same plan as ``make_plan`` from a staged corpus (pipeline/corpus/staged.py), without
+    its rows: arithmetic in pack mode; in document mode the sequences' bounds are streamed
+    part by part, so memory is the plan plus one part's documents."""
+    n, n_shards = corpus.n_tokens, -(-corpus.n_tokens // shard_tokens)
+    rows = [(k * shard_tokens, min((k + 1) * shard_tokens, n)) for k in range(n_shards)]
+    if corpus.mode == "pack":  # shard_tokens is a multiple of seq_len: shards cut at sequence bounds
+        length = corpus.seq_len
+        shards = [Shard(k, r, (r[0] // length, -(-r[1] // length)), (r[0] // length, -(-r[1] // length)), r)
+                  for k, r in enumerate(rows)]
+        return Plan(n, corpus.n_sequences, shard_tokens, tuple(shards))
+    # The sequence holding each shard's first and last row, found part by part (sequences never span parts).
+    first_rows = np.array([r[0] for r in rows], dtype=np.int64)
+    last_rows = np.array([r[1] - 1 for r in rows], dtype=np.int64)
+    first_seq, last_seq = np.zeros(n_shards, np.int64), np.zeros(n_shards, np.int64)
+    first_start, last_end = np.zeros(n_shards, np.int64), np.zeros(n_shards, np.int64)
+    seq0 = 0
+    for starts, ends in corpus.sequence_bounds(fs):
+        if len(starts):
+            for wanted, seq, bound, pick in ((first_rows, first_seq, first_start, starts),
+                                             (last_rows, last_seq, last_end, ends)):
+                inside = (wanted >= starts[0]) & (wanted < ends[-1])
+                local = np.searchsorted(ends, wanted[inside], side="right")
+                seq[inside], bound[inside] = seq0 + local, pick[local]
+        seq0 += len(starts)
+    shards = []
+    for k, r in enumerate(rows):
+        p_first = int(first_seq[k]) + (1 if first_start[k] < r[0] else 0)
+        seqs = (int(first_seq[k]), int(last_seq[k]) + 1)
+        shards.append(Shard(k, r, seqs, (p_first, seqs[1]), (int(first_start[k]), int(last_end[k]))))
+    return Plan(n, seq0, shard_tokens, tuple(shards))

@@ -66,8 +66,12 @@ EMBWALK_PRESETS = {"embwalk": "residual", "embwalk_attention": "attention", "emb
 
 
 def batches(job: PreparedJob, batch_size: int) -> list[torch.Tensor]:
-    offsets, ids = job.corpus.seq_offsets, job.corpus.token_ids
-    seqs = [torch.from_numpy(ids[offsets[i] : offsets[i + 1]].astype(np.int64)) for i in range(len(offsets) - 1)]
+    seqs = []
+    for shard in job.plan.shards:  # each sequence once: from the shard that stores its first token
+        tokens = job.tokens_for(shard)
+        for s in range(*shard.pattern_seqs):
+            rows = tokens.rows(*tokens.sequence_rows(s))
+            seqs.append(torch.from_numpy(tokens.token_ids[rows].astype(np.int64)))
     return [torch.stack(seqs[i : i + batch_size]) for i in range(0, len(seqs), batch_size)]
 
 
@@ -85,9 +89,9 @@ def embwalk(loaded, job: PreparedJob, store: Path) -> float:
     cfg = job.config
     writer = StoreWriter.open(store, job.manifest, job.specs, cfg.store.compressor)
     runner = ShardRunner(
-        loaded, job.layout, job.corpus, writer, vocabulary_strings(loaded.tokenizer),
+        loaded, job.layout, job.tokens_for, writer, vocabulary_strings(loaded.tokenizer),
         dtype=job.dtype, batch_size=cfg.cluster.batch_size, seq_len=cfg.corpus.seq_len,
-        stats=cfg.capture.stats_options(), store_arrays=cfg.capture.store_arrays,
+        stats=job.stats, store_arrays=cfg.capture.store_arrays,
     )
     start = time.perf_counter()
     try:

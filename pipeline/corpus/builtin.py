@@ -29,15 +29,21 @@ _DEFS = (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
 _BLOCKS = (ast.stmt, ast.excepthandler, ast.match_case)
 
 
-def stdlib_docstrings() -> Iterator[tuple[str, str]]:
+def stdlib_docstrings(files: slice = slice(None)) -> Iterator[tuple[str, str]]:
     """Yield ``(source, docstring)`` for the stdlib, e.g. ``json/__init__.py:JSONEncoder.encode``.
 
-    Files in sorted relative-path order; in each file the module docstring,
-    then classes and functions (nested ones too) in source order.
+    Files in sorted relative-path order (``files`` picks a range of them: a part
+    of the corpus); in each file the module docstring, then classes and
+    functions (nested ones too) in source order.
     """
     root = Path(sysconfig.get_paths()["stdlib"])
-    for rel in _stdlib_sources(root):
+    for rel in _stdlib_sources(root)[files]:
         yield from _file_docstrings(root, rel)
+
+
+def stdlib_file_count() -> int:
+    """How many source files ``stdlib_docstrings`` reads (parts of the built-in corpus are ranges of them)."""
+    return len(_stdlib_sources(Path(sysconfig.get_paths()["stdlib"])))
 
 
 def _file_docstrings(root: Path, rel: str) -> list[tuple[str, str]]:
@@ -86,6 +92,7 @@ def _walk(node: ast.AST, rel: str, prefix: str) -> Iterator[tuple[str, str]]:
             yield from _walk(child, rel, prefix)
 
 
-BUILTIN_CORPORA: dict[str, Callable[[], Iterator[tuple[str, str]]]] = {
-    "stdlib_docstrings": stdlib_docstrings,
+# name -> (read the documents of a range of its files, how many files it has)
+BUILTIN_CORPORA: dict[str, tuple[Callable[[slice], Iterator[tuple[str, str]]], Callable[[], int]]] = {
+    "stdlib_docstrings": (stdlib_docstrings, stdlib_file_count),
 }

@@ -32,6 +32,43 @@ class Document:
     source: str
 
 
+@dataclass(frozen=True)
+class Part:
+    """A piece of the corpus read and tokenized on its own, in parallel with the others:
+    one input file, or a range of a built-in corpus's source files. Parts are numbered
+    in reading order, so documents numbered part after part are numbered as one reader would."""
+
+    index: int
+    label: str  # the file, or builtin:NAME[files a:b], for messages
+    path: str | None = None  # a corpus file (None: the built-in corpus)
+    format: str | None = None  # that file's format
+    files: tuple[int, int] | None = None  # the built-in corpus's source files [a, b)
+
+
+BUILTIN_FILES_PER_PART = 64  # ~20 parts for the stdlib: enough to spread over a node's cores
+
+
+def corpus_parts(cfg: CorpusConfig) -> list[Part]:
+    """The corpus as parts, in reading order (cheap: lists files, reads none of them)."""
+    cfg.validate()
+    if cfg.path is None:
+        n_files = BUILTIN_CORPORA[cfg.builtin][1]()
+        spans = [(a, min(a + BUILTIN_FILES_PER_PART, n_files)) for a in range(0, n_files, BUILTIN_FILES_PER_PART)]
+        return [Part(i, f"builtin:{cfg.builtin}[files {a}:{b}]", files=(a, b)) for i, (a, b) in enumerate(spans)]
+    return [Part(i, path.as_posix(), str(path), fmt) for i, (path, fmt) in enumerate(corpus_files(cfg))]
+
+
+def part_texts(part: Part, cfg: CorpusConfig) -> Iterator[tuple[str, str]]:
+    """``(source, text)`` of every non-blank document of a part, in order."""
+    if part.path is None:
+        read, _ = BUILTIN_CORPORA[cfg.builtin]
+        texts = ((f"builtin:{source}", text) for source, text in read(slice(*part.files)))
+    else:
+        texts = ((f"{part.label}:{where}" if where else part.label, text)
+                 for where, text in READERS[part.format](Path(part.path), cfg))
+    return ((source, text) for source, text in texts if text and not text.isspace())
+
+
 def read_documents(cfg: CorpusConfig) -> Iterator[Document]:
     """Yield the corpus's non-blank documents in deterministic order, numbered from 0.
 
@@ -39,15 +76,13 @@ def read_documents(cfg: CorpusConfig) -> Iterator[Document]:
     ``cfg.max_documents``. Raises CorpusError (naming the file) for bad input,
     lazily: a bad file surfaces when reading reaches it.
     """
-    cfg.validate()
     doc_id = 0
-    for source, text in _sources(cfg):
-        if not text or text.isspace():
-            continue
-        yield Document(doc_id, text, source)
-        doc_id += 1
-        if doc_id == cfg.max_documents:
-            return  # before touching the next file, which may not even need to exist
+    for part in corpus_parts(cfg):
+        for source, text in part_texts(part, cfg):
+            yield Document(doc_id, text, source)
+            doc_id += 1
+            if doc_id == cfg.max_documents:
+                return  # before touching the next file, which may not even need to exist
     if doc_id == 0:
         raise CorpusError(f"corpus has no documents (all empty or whitespace-only): {cfg.label}")
 
@@ -76,17 +111,6 @@ def corpus_files(cfg: CorpusConfig) -> list[tuple[Path, str]]:
         wanted = ", ".join(EXTENSIONS) if cfg.format == "auto" else "files"
         raise CorpusError(f"no corpus files ({wanted}) in {kind}: {label}")
     return sorted(files, key=lambda item: item[0].as_posix())
-
-
-def _sources(cfg: CorpusConfig) -> Iterator[tuple[str, str]]:
-    if cfg.path is None:
-        for source, text in BUILTIN_CORPORA[cfg.builtin]():
-            yield f"builtin:{source}", text
-        return
-    for path, fmt in corpus_files(cfg):
-        name = path.as_posix()
-        for where, text in READERS[fmt](path, cfg):
-            yield (f"{name}:{where}" if where else name), text
 
 
 def _walk(root: Path) -> list[Path]:

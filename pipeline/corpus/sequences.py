@@ -54,6 +54,50 @@ class TokenizedCorpus:
         return self.token_ids[self.seq_offsets[i] : self.seq_offsets[i + 1]]
 
 
+@dataclass
+class ShardTokens:
+    """The rows a shard's sequences span, [row0, row0 + n): all a worker needs of the corpus."""
+
+    row0: int
+    seq0: int  # the first of the shard's sequences
+    token_ids: np.ndarray  # int32 [n]
+    doc_ids: np.ndarray  # int64 [n]
+    positions: np.ndarray  # int32 [n], within the sequence
+    doc_positions: np.ndarray  # int32 [n], within the document
+    seq_offsets: np.ndarray  # int64 [n_seqs + 1], corpus rows: sequence seq0 + i is rows [i]:[i + 1]
+
+    @classmethod
+    def of(cls, corpus: TokenizedCorpus, seqs: tuple[int, int]) -> ShardTokens:
+        """A window of an in-memory corpus."""
+        offsets = np.asarray(corpus.seq_offsets[seqs[0] : seqs[1] + 1], dtype=np.int64)
+        a, b = int(offsets[0]), int(offsets[-1])
+        return cls(a, seqs[0], corpus.token_ids[a:b], corpus.doc_ids[a:b], corpus.positions[a:b],
+                   corpus.doc_positions[a:b], offsets)
+
+    @classmethod
+    def from_rows(cls, rows: dict[str, np.ndarray], row0: int, seq0: int, mode: str, seq_len: int) -> ShardTokens:
+        """From staged rows (token_id, doc_id, doc_pos) that start at sequence ``seq0``'s first row:
+        pack mode cuts every ``seq_len`` rows, document mode where the document changes."""
+        n = len(rows["token_id"])
+        if mode == "pack":
+            local = np.arange(n, dtype=np.int64)
+            starts = local[:: seq_len]
+            positions = (local % seq_len).astype(np.int32)
+        else:
+            starts = np.concatenate([[0], np.flatnonzero(np.diff(rows["doc_id"])) + 1]).astype(np.int64)
+            positions = rows["doc_pos"]
+        offsets = row0 + np.append(starts, n)
+        return cls(row0, seq0, rows["token_id"], rows["doc_id"], positions, rows["doc_pos"], offsets)
+
+    def rows(self, start: int, stop: int) -> slice:
+        """Corpus rows [start, stop) as a slice of this window's arrays."""
+        return slice(start - self.row0, stop - self.row0)
+
+    def sequence_rows(self, seq: int) -> tuple[int, int]:
+        i = seq - self.seq0
+        return int(self.seq_offsets[i]), int(self.seq_offsets[i + 1])
+
+
 def tokenize_corpus(documents: Iterable[Document], tokenizer, cfg: CorpusConfig) -> TokenizedCorpus:
     """Tokenize documents into sequences as ``cfg.mode`` says.
 
@@ -69,26 +113,11 @@ def tokenize_corpus(documents: Iterable[Document], tokenizer, cfg: CorpusConfig)
     """
     cfg.validate()
     pack = cfg.mode == "pack"
-    sep = separator_id(tokenizer) if pack else None
-    kwargs = dict(
-        add_special_tokens=not pack,
-        return_attention_mask=False,
-        return_token_type_ids=False,
-        verbose=False,  # packing tokenizes whole documents: no "longer than max length" spam
-    )
-    if not pack:
-        kwargs.update(truncation=True, max_length=cfg.seq_len)
-
+    encode = encoder(tokenizer, cfg)
     token_chunks, doc_chunks, length_chunks = [], [], []
     n_stored = 0
     for batch in _batches(documents):
-        encoded = tokenizer([d.text for d in batch], **kwargs)["input_ids"]
-        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-        flat = np.fromiter(
-            itertools.chain.from_iterable(encoded), dtype=np.int32, count=int(lengths.sum())
-        )
-        if pack:
-            flat, lengths = _append_separators(flat, lengths, sep)
+        flat, lengths = encode([d.text for d in batch])
         ids = np.fromiter((d.doc_id for d in batch), dtype=np.int64, count=len(batch))
         token_chunks.append(flat)
         doc_chunks.append(np.repeat(ids, lengths))
@@ -120,6 +149,30 @@ def tokenize_corpus(documents: Iterable[Document], tokenizer, cfg: CorpusConfig)
         seq_offsets=offsets,
         n_documents=n_documents,
     )
+
+
+def encoder(tokenizer, cfg: CorpusConfig):
+    """``encode(texts) -> (token ids, stored length of each text)`` as ``cfg.mode`` says:
+    pack mode appends the separator to each non-empty document; document mode adds the
+    tokenizer's special tokens and truncates to ``seq_len``. Int32 ids, int64 lengths."""
+    pack = cfg.mode == "pack"
+    sep = separator_id(tokenizer) if pack else None
+    kwargs = dict(
+        add_special_tokens=not pack,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+        verbose=False,  # packing tokenizes whole documents: no "longer than max length" spam
+    )
+    if not pack:
+        kwargs.update(truncation=True, max_length=cfg.seq_len)
+
+    def encode(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        encoded = tokenizer(texts, **kwargs)["input_ids"]
+        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int32, count=int(lengths.sum()))
+        return _append_separators(flat, lengths, sep) if pack else (flat, lengths)
+
+    return encode
 
 
 def _doc_positions(lengths: np.ndarray, n: int) -> np.ndarray:

@@ -1,18 +1,32 @@
-"""The embedded default: every shard in this process, one model, no cluster."""
+"""The embedded default: every shard in this process, one model, no cluster.
+
+The corpus is tokenized in this process too, or, for a large corpus, by a pool
+of local processes (``cluster.tokenize_workers``), part by part.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.corpus import vocabulary_strings
+from pipeline.corpus import CorpusConfig, vocabulary_strings
+from pipeline.corpus.documents import corpus_parts
+from pipeline.executors.units import UnitMapper, default_workers, process_pool
 from pipeline.extract import ShardRunner
 from pipeline.job import ExtractConfig, prepare
 from pipeline.models.loading import LoadedModel, load_model
+from pipeline.models.spec import load_spec
+from pipeline.store.fs import local_path
 from pipeline.store.writer import StoreWriter
+
+# A corpus cut at no more tokens than this, or of fewer input bytes, is tokenized in this
+# process: starting a pool (each process imports transformers, ~5 s) costs more than it saves.
+SMALL_CORPUS_TOKENS = 1_000_000
+SMALL_CORPUS_BYTES = 8_000_000
 
 log = logging.getLogger(__name__)
 
@@ -24,17 +38,17 @@ def extract_local(cfg: ExtractConfig, loaded: LoadedModel | None = None) -> dict
     """
     if cfg.cluster.threads:
         torch.set_num_threads(cfg.cluster.threads)
-    loaded = loaded or load_model(cfg.model)
-    job = prepare(cfg, loaded)
+    job = prepare(cfg, loaded or load_spec(cfg.model), parts_mapper(cfg))
     writer = StoreWriter.open(cfg.store.path, job.manifest, job.specs, cfg.store.compressor)
     done = writer.trusted_shards(cfg.store.verify)  # verified before they are skipped
     todo = [s for s in job.plan.shards if s.index not in done]
     if done:
         log.warning("resuming %s: %d of %d shards already committed", cfg.store.path, len(done), len(job.plan.shards))
+    loaded = loaded or load_model(cfg.model)
     runner = ShardRunner(
-        loaded, job.layout, job.corpus, writer, vocabulary_strings(loaded.tokenizer),
+        loaded, job.layout, job.tokens_for, writer, vocabulary_strings(loaded.tokenizer),
         dtype=job.dtype, batch_size=cfg.cluster.batch_size, seq_len=cfg.corpus.seq_len,
-        stats=cfg.capture.stats_options(), store_arrays=cfg.capture.store_arrays,
+        stats=job.stats, store_arrays=cfg.capture.store_arrays,
     )
     already = sum(s.n_rows for s in job.plan.shards if s.index in done)
     started = time.perf_counter()
@@ -60,3 +74,21 @@ def extract_local(cfg: ExtractConfig, loaded: LoadedModel | None = None) -> dict
     manifest["run_seconds"] = round(time.perf_counter() - started, 2)
     manifest["run_tokens"] = job.plan.n_tokens - already
     return manifest
+
+
+def parts_mapper(cfg: ExtractConfig) -> UnitMapper | None:
+    """How the corpus's parts are tokenized here: None (in this process) or a process pool."""
+    workers = cfg.cluster.tokenize_workers
+    if workers is None:
+        workers = 1 if _small(cfg.corpus) else default_workers(None)
+    if workers <= 1 or local_path(cfg.store.path) is None:  # memory:// lives in this process only
+        return None
+    return process_pool(workers)
+
+
+def _small(corpus: CorpusConfig) -> bool:
+    if corpus.max_tokens is not None and corpus.max_tokens <= SMALL_CORPUS_TOKENS:
+        return True
+    if corpus.path is None:  # the built-in corpus: ~315k tokens
+        return True
+    return sum(os.path.getsize(p.path) for p in corpus_parts(corpus)) < SMALL_CORPUS_BYTES

