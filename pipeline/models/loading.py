@@ -115,18 +115,8 @@ class LoadedModel:
         return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
 
     def describe(self) -> dict:
-        return {
-            "id": self.model_id,
-            "weights_fingerprint": self.weights_fingerprint,
-            "model_type": self.config.model_type,
-            "family": self.family.name,
-            "n_layers": self.n_layers,
-            "d_model": self.d_model,
-            "n_heads": self.n_heads,
-            "vocab_size": self.config.vocab_size,
-            "max_positions": self.max_positions,
-            "dtype": str(self.dtype).removeprefix("torch."),
-        }
+        """What a store's manifest records of the model (the same as its spec's)."""
+        return self.spec().describe()
 
     def spec(self) -> ModelSpec:
         """What the job driver needs of this model, without the model (same ``describe()``)."""
