@@ -27,10 +27,11 @@ import sysconfig
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 # One measured driver: prepare() on a corpus, tokenized by a pool of N processes; prints JSON.
 DRIVER = r"""
-import json, pickle, resource, sys, time
+import json, pickle, sys, time
 sys.path.insert(0, sys.argv[1])
 from pipeline.corpus import CorpusConfig
 from pipeline.executors.units import process_pool
@@ -51,7 +52,8 @@ job = prepare(cfg, spec, process_pool(workers))
 seconds = time.perf_counter() - started
 print(json.dumps({
     "tokens": job.plan.n_tokens, "shards": len(job.plan.shards), "seconds": seconds, "spec_seconds": spec_s,
-    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    # VmHWM, not ru_maxrss: Linux carries a parent's high-water mark across fork + exec into ru_maxrss
+    "peak_rss_mb": int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024,
     "job_bytes": len(pickle.dumps(job)), "tokenizer_bytes": len(pickle.dumps(spec.tokenizer)),
     "parts": len(job.corpus.parts),
 }))
@@ -61,7 +63,7 @@ print(json.dumps({
 def make_corpus(out: Path, tokens: int, files: int) -> Path:
     """jsonl files of the installation's Python sources, ~4 characters per token, repeated to size."""
     out.mkdir(parents=True, exist_ok=True)
-    marker = out / f"done-{tokens}-{files}"
+    marker = out.parent / f"corpus-done-{tokens}-{files}"
     if marker.exists():
         return out
     sources = sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py"))

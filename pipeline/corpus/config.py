@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pipeline.corpus.builtin import BUILTIN_CORPORA
 from pipeline.errors import CorpusError
 
-FORMATS = ("auto", "txt", "jsonl", "parquet")
+FORMATS = ("auto", "txt", "jsonl", "parquet", "arrow")
 TXT_UNITS = ("file", "line", "paragraph")
 INVALID_UTF8 = ("error", "replace")
 MODES = ("pack", "document")
@@ -22,11 +22,11 @@ class CorpusConfig:
     Hydra/OmegaConf may build or mutate the object after ``__init__``.
     """
 
-    path: str | None = None  # file, directory (recursive) or glob; None -> built-in corpus
+    path: str | None = None  # file, directory (recursive; a save_to_disk dataset's own order) or glob; None -> built-in
     builtin: str = "stdlib_docstrings"  # built-in corpus used when path is None
-    format: str = "auto"  # auto (by extension) | txt | jsonl | parquet
+    format: str = "auto"  # auto (by extension) | txt | jsonl (also .gz, .zst) | parquet | arrow
     txt_unit: str = "paragraph"  # txt: file | line | paragraph (blank-line separated)
-    text_field: str = "text"  # jsonl key / parquet column holding the text
+    text_field: str = "text"  # jsonl key / parquet or arrow column holding the text
     invalid_utf8: str = "error"  # error | replace (U+FFFD)
     max_documents: int | None = None
     mode: str = "pack"  # pack: fixed seq_len sequences | document: one doc per sequence

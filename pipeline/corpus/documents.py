@@ -1,13 +1,15 @@
 """Documents: the corpus as numbered texts, read from files or a built-in corpus.
 
 Document ids are 0..n-1 in reading order and reading order depends only on the
-input (files sorted by path, documents in file order), so a rerun of the same
-job numbers the same documents the same way: planning relies on it.
+input (files sorted by path, documents in file order; a Hugging Face dataset
+saved with ``save_to_disk`` keeps its own order of data files), so a rerun of
+the same job numbers the same documents the same way: planning relies on it.
 """
 
 from __future__ import annotations
 
 import glob
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,8 +21,18 @@ from pipeline.corpus.readers import READERS
 from pipeline.errors import CorpusError
 
 # Extensions read when format is "auto"; other files in a directory or glob are ignored.
-EXTENSIONS = {".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+# Compressed JSON lines are read by the jsonl reader (it recognises gzip and zstd by their bytes).
+EXTENSIONS = {
+    ".txt": "txt",
+    ".jsonl": "jsonl", ".ndjson": "jsonl",
+    ".jsonl.gz": "jsonl", ".ndjson.gz": "jsonl", ".jsonl.zst": "jsonl", ".ndjson.zst": "jsonl",
+    ".parquet": "parquet",
+    ".arrow": "arrow",
+}
 _GLOB_CHARS = frozenset("*?[")
+# A directory written by datasets' save_to_disk: a Dataset, or a DatasetDict of them.
+_DATASET_FILES = ("state.json", "dataset_info.json")
+_DATASET_DICT_FILE = "dataset_dict.json"
 
 
 @dataclass(frozen=True)
@@ -40,7 +52,7 @@ class Part:
 
     index: int
     label: str  # the file, or builtin:NAME[files a:b], for messages
-    path: str | None = None  # a corpus file (None: the built-in corpus)
+    path: str | None = None  # a corpus file, e.g. one data file of a dataset (None: the built-in corpus)
     format: str | None = None  # that file's format
     files: tuple[int, int] | None = None  # the built-in corpus's source files [a, b)
 
@@ -49,7 +61,9 @@ BUILTIN_FILES_PER_PART = 64  # ~20 parts for the stdlib: enough to spread over a
 
 
 def corpus_parts(cfg: CorpusConfig) -> list[Part]:
-    """The corpus as parts, in reading order (cheap: lists files, reads none of them)."""
+    """The corpus as parts, in reading order: one per file (a dataset's data files each one).
+    Cheap: lists files and reads none of them (only a save_to_disk dataset's small JSON
+    metadata, for the order of its data files)."""
     cfg.validate()
     if cfg.path is None:
         n_files = BUILTIN_CORPORA[cfg.builtin][1]()
@@ -88,48 +102,137 @@ def read_documents(cfg: CorpusConfig) -> Iterator[Document]:
 
 
 def corpus_files(cfg: CorpusConfig) -> list[tuple[Path, str]]:
-    """The files of ``cfg.path`` with their formats, sorted by path."""
+    """The files of ``cfg.path`` with their formats, in reading order: sorted by path,
+    except that a ``save_to_disk`` dataset's data files keep the dataset's order (they
+    sort as one entry, at the place of the dataset's directory)."""
     label = os.fspath(cfg.path)
     path = Path(os.path.expanduser(label))
+    datasets = cfg.format in ("auto", "arrow")  # with another explicit format, every file is read in it
     if path.is_file():
         return [(path, _format_of(path, cfg.format))]
+    if path.is_dir() and _is_dataset(path):
+        if not datasets:
+            raise CorpusError(
+                f"corpus path is a Hugging Face dataset directory (save_to_disk), not {cfg.format} files;"
+                f" set corpus.format to auto or arrow: {label}"
+            )
+        files = _dataset_files(path)
+        if not files:
+            raise CorpusError(f"no data files (.arrow) in dataset directory: {label}")
+        return [(f, "arrow") for f in files]
     if path.is_dir():
-        candidates, kind = _walk(path), "directory"
+        candidates, dataset_dirs = _walk(path, datasets)
+        kind = "directory"
     elif path.exists():
         raise CorpusError(f"corpus path is not a file or directory: {label}")
     elif _GLOB_CHARS.intersection(label):
-        matches = glob.glob(os.path.expanduser(label), recursive=True)
-        candidates, kind = [Path(m) for m in matches if os.path.isfile(m)], "glob"
+        matches = [Path(m) for m in glob.glob(os.path.expanduser(label), recursive=True)]
+        dataset_dirs = [m for m in matches if datasets and m.is_dir() and _is_dataset(m)]
+        # The dataset directories' own files (and splits) come with them, in their order.
+        dataset_dirs = [d for d in dataset_dirs if not _inside(d, dataset_dirs)]
+        candidates = [m for m in matches if m.is_file() and not _inside(m, dataset_dirs)]
+        kind = "glob"
     else:
         raise CorpusError(f"corpus path does not exist: {label}")
     if cfg.format == "auto":
-        known = [(f, EXTENSIONS.get(f.suffix.lower())) for f in candidates]
+        known = [(f, _extension_format(f)) for f in candidates]
         files = [(f, fmt) for f, fmt in known if fmt is not None]
     else:
         files = [(f, cfg.format) for f in candidates]
-    if not files:
+    entries = [(f.as_posix(), [(f, fmt)]) for f, fmt in files]
+    entries += [(d.as_posix() + "/", [(f, "arrow") for f in _dataset_files(d)]) for d in dataset_dirs]
+    ordered = [item for _, items in sorted(entries, key=lambda entry: entry[0]) for item in items]
+    if not ordered:
         wanted = ", ".join(EXTENSIONS) if cfg.format == "auto" else "files"
         raise CorpusError(f"no corpus files ({wanted}) in {kind}: {label}")
-    return sorted(files, key=lambda item: item[0].as_posix())
+    return ordered
 
 
-def _walk(root: Path) -> list[Path]:
+def _walk(root: Path, datasets: bool) -> tuple[list[Path], list[Path]]:
+    """The files under ``root``, and the ``save_to_disk`` dataset directories (not walked
+    into: their data files are listed by the dataset) if ``datasets``."""
     # Hidden files and directories (.git, .DS_Store) are never corpus text.
-    found = []
+    found, dataset_dirs = [], []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if datasets:
+            here = [d for d in dirnames if _is_dataset(Path(dirpath, d))]
+            dataset_dirs.extend(Path(dirpath, d) for d in here)
+            dirnames[:] = [d for d in dirnames if d not in here]
         paths = (Path(dirpath, f) for f in filenames if not f.startswith("."))
         found.extend(p for p in paths if p.is_file())  # no sockets, fifos, broken links
-    return found
+    return found, dataset_dirs
+
+
+def _inside(path: Path, dirs: list[Path]) -> bool:
+    return any(d in path.parents for d in dirs)
+
+
+def _is_dataset(path: Path) -> bool:
+    """A directory written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``."""
+    return (path / _DATASET_DICT_FILE).is_file() or all((path / f).is_file() for f in _DATASET_FILES)
+
+
+def _dataset_files(path: Path) -> list[Path]:
+    """A save_to_disk directory's data files in the dataset's order: a DatasetDict's splits
+    in the order ``dataset_dict.json`` lists them, a Dataset's files in the order
+    ``state.json`` lists them (``_data_files``), else its ``.arrow`` files sorted by name.
+    Only these JSON files are read: nothing is imported from ``datasets``, nothing unpickled."""
+    if (path / _DATASET_DICT_FILE).is_file():
+        splits = _json_field(path / _DATASET_DICT_FILE, "splits")
+        if not isinstance(splits, list) or not all(_plain_name(s) for s in splits):
+            raise CorpusError(f"'splits' is not a list of split names in dataset file: {path / _DATASET_DICT_FILE}")
+        files = []
+        for split in splits:
+            if not all((path / split / f).is_file() for f in _DATASET_FILES):
+                raise CorpusError(f"split {split!r} listed in {_DATASET_DICT_FILE} has no dataset directory: "
+                                  f"{path / split}")
+            files += _dataset_files(path / split)
+        return files
+    data_files = _json_field(path / "state.json", "_data_files")
+    if data_files is None:
+        return sorted((f for f in path.iterdir() if f.suffix == ".arrow" and f.is_file()), key=lambda f: f.name)
+    names = [entry.get("filename") if isinstance(entry, dict) else None for entry in data_files] \
+        if isinstance(data_files, list) else [None]
+    if not all(_plain_name(name) for name in names):
+        raise CorpusError(f"'_data_files' is not a list of file names in dataset file: {path / 'state.json'}")
+    missing = [name for name in names if not (path / name).is_file()]
+    if missing:
+        raise CorpusError(f"data file {missing[0]!r} listed in state.json is missing from dataset directory: {path}")
+    return [path / name for name in names]
+
+
+def _json_field(path: Path, key: str):
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) else type(e).__name__
+        raise CorpusError(f"cannot read dataset file ({reason}): {path}") from None
+    if not isinstance(value, dict):
+        raise CorpusError(f"dataset file is not a JSON object: {path}")
+    return value.get(key)
+
+
+def _plain_name(name: object) -> bool:
+    # A file or split name in the directory itself: never a path out of it.
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+
+
+def _extension_format(path: Path) -> str | None:
+    name = path.name.lower()
+    for ext in sorted(EXTENSIONS, key=len, reverse=True):
+        if name.endswith(ext) and len(name) > len(ext):
+            return EXTENSIONS[ext]
+    return None
 
 
 def _format_of(path: Path, fmt: str) -> str:
     if fmt != "auto":
         return fmt
-    try:
-        return EXTENSIONS[path.suffix.lower()]
-    except KeyError:
+    found = _extension_format(path)
+    if found is None:
         raise CorpusError(
             f"unknown corpus format for extension {path.suffix or '(none)'!r}"
-            f" (set corpus.format to txt, jsonl or parquet): {path}"
-        ) from None
+            f" (set corpus.format to txt, jsonl, parquet or arrow): {path}"
+        )
+    return found

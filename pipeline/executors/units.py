@@ -62,7 +62,7 @@ def process_pool(workers: int) -> UnitMapper:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_set_shared, initargs=shared) as pool:
             yield from in_order(units, lambda u: pool.submit(_with_shared, fn, u), lambda f: f.result(),
-                                2 * workers, lambda f: f.cancel())
+                                4 * workers, lambda f: f.cancel())
 
     return mapper
 
