@@ -233,7 +233,7 @@ def _manifest(cfg: ExtractConfig, spec, corpus: StagedCorpus, plan: Plan, sites:
         "n_sequences": plan.n_sequences,
         "n_documents": corpus.n_documents,
         "shard_tokens": plan.shard_tokens,
-        "shards": [{**s.to_dict(), "status": "pending"} for s in plan.shards],
+        "shards": [s.to_dict() for s in plan.shards],  # written as plan.parquet where not derivable
         "identity": identity,
         "versions": _versions(),
     }

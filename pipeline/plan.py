@@ -70,17 +70,26 @@ def make_plan(corpus: TokenizedCorpus, shard_tokens: int) -> Plan:
     return Plan(n_tokens, n_seq, shard_tokens, tuple(shards))
 
 
+def pack_shards(n_tokens: int, shard_tokens: int, seq_len: int) -> tuple[Shard, ...]:
+    """The shards of a packed corpus, by arithmetic: ``shard_tokens`` is a multiple of
+    ``seq_len``, so shards cut at sequence bounds and own their sequences whole. This is
+    why a store's manifest need not list them (pipeline/store/commits.py derives them)."""
+    shards = []
+    for k, start in enumerate(range(0, n_tokens, shard_tokens)):
+        rows = (start, min(start + shard_tokens, n_tokens))
+        seqs = (rows[0] // seq_len, -(-rows[1] // seq_len))
+        shards.append(Shard(k, rows, seqs, seqs, rows))
+    return tuple(shards)
+
+
 def plan_staged(corpus, fs, shard_tokens: int) -> Plan:
     """The same plan as ``make_plan`` from a staged corpus (pipeline/corpus/staged.py), without
     its rows: arithmetic in pack mode; in document mode the sequences' bounds are streamed
     part by part, so memory is the plan plus one part's documents."""
     n, n_shards = corpus.n_tokens, -(-corpus.n_tokens // shard_tokens)
+    if corpus.mode == "pack":
+        return Plan(n, corpus.n_sequences, shard_tokens, pack_shards(n, shard_tokens, corpus.seq_len))
     rows = [(k * shard_tokens, min((k + 1) * shard_tokens, n)) for k in range(n_shards)]
-    if corpus.mode == "pack":  # shard_tokens is a multiple of seq_len: shards cut at sequence bounds
-        length = corpus.seq_len
-        shards = [Shard(k, r, (r[0] // length, -(-r[1] // length)), (r[0] // length, -(-r[1] // length)), r)
-                  for k, r in enumerate(rows)]
-        return Plan(n, corpus.n_sequences, shard_tokens, tuple(shards))
     # The sequence holding each shard's first and last row, found part by part (sequences never span parts).
     first_rows = np.array([r[0] for r in rows], dtype=np.int64)
     last_rows = np.array([r[1] - 1 for r in rows], dtype=np.int64)

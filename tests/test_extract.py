@@ -202,7 +202,13 @@ def test_manifest_describes_the_store(tmp_path, corpus_file, smollm2):
     assert manifest["format_version"] == 2
     assert manifest["arrays"]["resid"]["layers"] == list(range(loaded.n_layers + 1))
     assert manifest["arrays"]["pattern"]["heads"] == list(range(loaded.n_heads))
-    assert all(s["status"] == "committed" for s in manifest["shards"])
+    from pipeline.store.commits import read_manifest
+
+    shards = read_manifest(tmp_path / "store")["shards"]  # pack mode: derived, not listed in the file
+    assert "shards" not in manifest and manifest["plan"] == {"n_shards": len(shards), "file": None}
+    assert len(shards) > 1 and manifest["complete"] and manifest["n_committed"] == len(shards)
+    assert [s["rows"][0] for s in shards[1:]] == [s["rows"][1] for s in shards[:-1]]
+    assert shards[0]["rows"][0] == 0 and shards[-1]["rows"][1] == manifest["n_tokens"]
     assert manifest["versions"]["zarr"]
 
 

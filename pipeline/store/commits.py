@@ -11,13 +11,22 @@ So ``tokens/`` holds exactly the committed shards at every moment, and a raw
 reader of it (pyarrow, DuckDB) needs no extra step. A record without its token
 table is an interrupted commit: not committed, rewritten by the next run. To
 un-commit, the token table goes first. The writer and every reader use this
-module; nothing here writes data.
+module; it writes no data, only the manifest and the plan of a store's shards.
+
+The manifest does not list the shards (244k of them for 1B tokens): a reader
+derives them in pack mode, and reads ``plan.parquet`` (one row per shard: its
+rows, sequences and pattern sequences) in document mode, where they cannot be
+derived; ``read_manifest`` gives them back as ``manifest["shards"]``.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline.errors import StoreError
 from pipeline.store import layout
@@ -25,10 +34,14 @@ from pipeline.store.fs import StoreFS, open_fs
 
 
 def read_manifest(store: StoreFS | str | Path) -> dict:
+    """The manifest, with its ``shards`` list filled in: derived in pack mode, read from
+    ``plan.parquet`` in document mode (the manifest itself stays small at any scale)."""
     fs = open_fs(store)
     if not fs.is_file(layout.MANIFEST):
         raise StoreError(f"not an embwalk store (no {layout.MANIFEST}): {fs.location}")
-    return parse_manifest(fs.read_bytes(layout.MANIFEST), fs.describe(layout.MANIFEST))
+    manifest = parse_manifest(fs.read_bytes(layout.MANIFEST), fs.describe(layout.MANIFEST))
+    manifest["shards"] = _shards(fs, manifest)
+    return manifest
 
 
 def parse_manifest(raw: bytes, where: str) -> dict:
@@ -80,3 +93,43 @@ def uncommit(fs: StoreFS, index: int) -> None:
 
 def _indices(names: list[str]) -> set[int]:
     return {i for i in map(layout.shard_index_of, names) if i is not None}
+
+
+def write_manifest(fs: StoreFS, manifest: dict, with_plan: bool = True) -> None:
+    """Write the manifest without its ``shards`` list, which a reader derives (pack mode:
+    arithmetic) or reads from ``plan.parquet`` (written first, with ``with_plan``, when they
+    cannot be derived: document mode). So the manifest stays a few KB at any scale."""
+    shards = manifest["shards"]
+    derivable = manifest.get("mode") == "pack" and shards == _pack_shards(manifest)
+    manifest["plan"] = {"n_shards": len(shards), "file": None if derivable else layout.PLAN_FILE}
+    if with_plan and not derivable:
+        keys = [key for key in _RANGES if all(key in s for s in shards)]
+        columns = {f"{key}_{end}": [s[key][i] for s in shards]
+                   for key in keys for i, end in enumerate(("start", "stop"))}
+        buf = io.BytesIO()
+        pq.write_table(pa.table(columns, schema=pa.schema([(c, pa.int64()) for c in columns])), buf)
+        fs.write_atomic(layout.PLAN_FILE, buf.getvalue())
+    write_json(fs, layout.MANIFEST, {k: v for k, v in manifest.items() if k != "shards"})
+
+
+def write_json(fs: StoreFS, rel: str, data: dict) -> None:
+    fs.write_atomic(rel, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
+
+
+_RANGES = ("rows", "seqs", "pattern_seqs", "seq_rows")
+
+
+def _shards(fs: StoreFS, manifest: dict) -> list[dict]:
+    plan = manifest.get("plan") or {}
+    if plan.get("file") is None:
+        return _pack_shards(manifest)
+    table = pq.read_table(io.BytesIO(fs.read_bytes(plan["file"]))).to_pydict()
+    keys = [key for key in _RANGES if f"{key}_start" in table]
+    return [{"index": i, **{key: [table[f"{key}_start"][i], table[f"{key}_stop"][i]] for key in keys}}
+            for i in range(plan["n_shards"])]
+
+
+def _pack_shards(manifest: dict) -> list[dict]:
+    from pipeline.plan import pack_shards
+
+    return [s.to_dict() for s in pack_shards(manifest["n_tokens"], manifest["shard_tokens"], manifest["seq_len"])]

@@ -1,6 +1,7 @@
 """The store's on-disk layout (format version 2) and its array schema.
 
     STORE/manifest.json
+    STORE/plan.parquet                  (document mode) each shard's sequences: what cannot be derived
     STORE/activations.zarr/{resid,final,resid_mid,attn_out,mlp_out}   + coordinates layer, ...
     STORE/attention.zarr/pattern                                       + coordinates layer, head
     STORE/commits/shard-00000.json      a shard's commit record, written just before ...
@@ -25,6 +26,7 @@ MANIFEST = "manifest.json"
 GROUPS = {"activations": "activations.zarr", "attention": "attention.zarr"}
 TOKENS_DIR, COMMITS_DIR, STATS_DIR = "tokens", "commits", "stats"
 TMP_DIR = ".tmp"  # hidden, beside the data: a rename from here into place is atomic
+PLAN_FILE = "plan.parquet"  # document mode: each shard's sequences (pack mode derives them)
 STAGING_DIR = "staging"  # the corpus's token rows, tokenized part by part (pipeline/corpus/staged.py)
 
 TOKEN_SCHEMA = pa.schema(

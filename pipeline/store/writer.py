@@ -30,7 +30,14 @@ import zarr
 
 from pipeline.errors import EmbwalkError, StoreError
 from pipeline.store import layout
-from pipeline.store.commits import committed_shards, read_manifest, recorded_shards, uncommit
+from pipeline.store.commits import (
+    committed_shards,
+    read_manifest,
+    recorded_shards,
+    uncommit,
+    write_json,
+    write_manifest,
+)
 from pipeline.store.durable import disk_errors
 from pipeline.store.fs import StoreFS, open_fs
 from pipeline.store.shardfile import supports_direct_write, write_shard_file
@@ -98,7 +105,7 @@ class StoreWriter:
             }
             for spec in specs
         }
-        write_json(fs, layout.MANIFEST, manifest)  # last: its presence means the layout is whole
+        write_manifest(fs, manifest)  # last: its presence means the layout is whole
         return cls(fs, manifest)
 
     @classmethod
@@ -181,12 +188,11 @@ class StoreWriter:
         return record
 
     def finish(self) -> dict:
-        """Record every shard's status in the manifest (the token tables are authoritative)."""
+        """Record in the manifest whether every shard is committed (the token tables say which)."""
         done = self.committed()
-        for shard in self.manifest["shards"]:
-            shard["status"] = "committed" if shard["index"] in done else "pending"
         self.manifest["complete"] = len(done) == len(self.manifest["shards"])
-        write_json(self.fs, layout.MANIFEST, self.manifest)
+        self.manifest["n_committed"] = len(done)
+        write_manifest(self.fs, self.manifest, with_plan=False)
         return self.manifest
 
     def _file(self, name: str, key: tuple[int, ...]) -> str:
@@ -217,10 +223,6 @@ class StoreWriter:
         return stats
 
 
-def write_json(fs: StoreFS, rel: str, data: dict) -> None:
-    fs.write_atomic(rel, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
-
-
 # -- checks -----------------------------------------------------------------------------
 
 
@@ -247,7 +249,7 @@ def check_store_location(fs: StoreFS) -> None:
 
 
 _OURS = {*layout.GROUPS.values(), layout.TOKENS_DIR, layout.COMMITS_DIR, layout.STATS_DIR, layout.TMP_DIR,
-         layout.STAGING_DIR}
+         layout.STAGING_DIR, layout.PLAN_FILE}
 
 
 def _check_creatable(fs: StoreFS) -> None:

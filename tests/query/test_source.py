@@ -19,7 +19,7 @@ def test_summary_and_info(packed):
     manifest = json.loads((packed / "manifest.json").read_text())
     assert info["model"] == "tiny-llama"
     assert info["committed_tokens"] == info["planned_tokens"] == manifest["n_tokens"]
-    assert info["committed_shards"] == info["shards"] == len(manifest["shards"])
+    assert info["committed_shards"] == info["shards"] == manifest["plan"]["n_shards"]
     assert "resid_post.1" in info["sites"]
     text = store.summary()
     for fragment in ("model: tiny-llama", f"tokens: {manifest['n_tokens']} committed", "5/5 shards",

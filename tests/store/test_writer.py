@@ -137,3 +137,30 @@ def test_leftover_temporary_files_are_removed_on_the_next_run(tmp_path):
     (tmp / "0.host-123-abc").write_bytes(b"half a shard file")
     StoreWriter.open(tmp_path / "s", _manifest(), [_spec(16)])
     assert not list(tmp.iterdir())
+
+
+def test_the_manifest_lists_no_shards_and_readers_get_them_back(tmp_path):
+    """Pack mode: derived by arithmetic; otherwise (document mode) from plan.parquet."""
+    import json
+
+    from pipeline.plan import pack_shards
+    from pipeline.store.commits import write_manifest
+    from pipeline.store.fs import open_fs
+
+    base = {"format": layout.FORMAT, "format_version": layout.FORMAT_VERSION, "n_tokens": 100, "shard_tokens": 32,
+            "seq_len": 16}
+    pack = dict(base, mode="pack", shards=[s.to_dict() for s in pack_shards(100, 32, 16)])
+    document = dict(base, mode="document", shards=[
+        {"index": 0, "rows": [0, 32], "seqs": [0, 3], "pattern_seqs": [0, 3], "seq_rows": [0, 40]},
+        {"index": 1, "rows": [32, 64], "seqs": [2, 5], "pattern_seqs": [3, 5], "seq_rows": [25, 70]},
+        {"index": 2, "rows": [64, 100], "seqs": [4, 8], "pattern_seqs": [5, 8], "seq_rows": [60, 100]},
+    ])
+    for name, manifest in (("pack", pack), ("document", document)):
+        fs = open_fs(tmp_path / name)
+        want = [dict(s) for s in manifest["shards"]]
+        write_manifest(fs, dict(manifest))
+        on_disk = json.loads((tmp_path / name / layout.MANIFEST).read_text())
+        assert "shards" not in on_disk and on_disk["plan"]["n_shards"] == len(want)
+        assert (on_disk["plan"]["file"] is None) == (name == "pack")
+        assert (tmp_path / name / layout.PLAN_FILE).exists() == (name == "document")
+        assert read_manifest(tmp_path / name)["shards"] == want
