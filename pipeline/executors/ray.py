@@ -79,11 +79,7 @@ def extract_ray(cfg: ExtractConfig, loaded: LoadedModel | None = None) -> dict:
         )
     c = cfg.cluster
     use_gpu = torch.cuda.is_available() if cfg.model.device == "auto" else cfg.model.device.startswith("cuda")
-    if not ray.is_initialized():
-        # A local instance gets enough CPU slots for every worker asked for.
-        slots = max(os.cpu_count() or 1, (c.workers or 1) * (c.threads or 1))
-        init = {"address": c.address} if c.address else {"num_cpus": slots}
-        ray.init(**init, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ensure_ray(c.address, (c.workers or 1) * (c.threads or 1))  # a local instance: a slot for every worker
     # The driver plans from the model's description (config, tokenizer, fingerprint), never its weights.
     job = prepare(cfg, loaded or load_spec(replace(cfg.model, device="cpu")), ray_parts_mapper(c.tokenize_workers))
     writer = StoreWriter.open(cfg.store.path, job.manifest, job.specs, cfg.store.compressor)
@@ -171,17 +167,34 @@ def extract_ray(cfg: ExtractConfig, loaded: LoadedModel | None = None) -> dict:
 
 
 def ray_parts_mapper(workers: int | None):
-    """A unit mapper (pipeline/executors/units.py) over Ray tasks: one CPU each, ``workers`` at
-    once (None: the cluster's CPUs); what every unit shares (a tokenizer) is put once."""
+    """The corpus's parts as Ray tasks of one CPU, ``workers`` at once (None: the cluster's CPUs)."""
+    return ray_mapper(workers)
+
+
+def ray_mapper(workers: int | None, num_cpus: int = 1, num_gpus: int = 0, max_retries: int = 3):
+    """A unit mapper (pipeline/executors/units.py) over Ray tasks of ``num_cpus`` CPUs (and
+    ``num_gpus`` GPUs), ``workers`` at once (None: as many as the cluster's CPUs allow);
+    what every unit shares (a tokenizer, a model head) is put once. A task whose worker
+    dies is retried up to ``max_retries`` times."""
     import ray
 
     def mapper(fn, units, shared):
-        width = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        width = workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // num_cpus)
         shared_ref = ray.put(shared)
-        task = ray.remote(_run_unit).options(num_cpus=1, max_retries=3)  # retried if its worker dies
+        task = ray.remote(_run_unit).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries)
         yield from in_order(units, lambda u: task.remote(fn, u, shared_ref), _get, 2 * width, ray.cancel)
 
     return mapper
+
+
+def ensure_ray(address: str | None, slots: int) -> None:
+    """Join the cluster at ``address`` (``auto``, host:port), or start a local instance of
+    ``slots`` CPUs; nothing if this process is connected already."""
+    import ray
+
+    if not ray.is_initialized():
+        init = {"address": address} if address else {"num_cpus": max(os.cpu_count() or 1, slots)}
+        ray.init(**init, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
 
 
 def _run_unit(fn, unit, shared: tuple):

@@ -10,20 +10,18 @@ only its unembedding and final norm travel to the workers.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
 
 from pipeline.errors import EmbwalkError, StoreError
+from pipeline.executors.units import in_process, process_pool
 from pipeline.models.loading import resolve_device
 from pipeline.stats.config import FAMILIES, StatsConfig
 from pipeline.stats.geometry import top_types
@@ -179,29 +177,32 @@ def _up_to_date(store: Store, index: int, config: StatsConfig, options: StatsOpt
 
 def run_shards(root: Path, shards: list[int], config: StatsConfig, head: ModelHead, device: str,
                cluster: StatsCluster, say: Callable[[str], None]) -> list[dict]:
+    """Every shard's statistics as a work unit (pipeline/executors/units.py): in this
+    process, a local process pool, or Ray tasks; partials are replaced, never added to,
+    so a retried shard is harmless."""
     if not shards:
         return []
-    if cluster.kind == "ray":
-        return _run_ray(root, shards, config, head, device, cluster, say)
-    if cluster.kind != "local":
-        raise EmbwalkError(f"unknown cluster.kind {cluster.kind!r}; choose local or ray")
     # One torch thread per worker by default: a shard's reader thread runs beside the
     # statistics, and a 2-thread OpenMP op waits at its barrier whenever the other core is
     # busy (measured 10x slower on a shared 2-core machine); parallelism comes from workers.
     threads = cluster.threads or 1
-    workers = min(default_workers(cluster, device, len(shards)), len(shards))
-    if workers <= 1:
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            return list(_progress(((i, _one(root, i, config, head, device)) for i in shards), shards, cluster, say))
-        finally:
-            torch.set_num_threads(before)
-    ctx = multiprocessing.get_context("spawn")  # never fork a process that holds torch threads
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(config, head, device, threads)) as pool:
-        futures = {pool.submit(_worker_shard, str(root), i): i for i in shards}
-        return list(_progress(((futures[f], f.result()) for f in as_completed(futures)), shards, cluster, say))
+    if cluster.kind == "ray":
+        from pipeline.executors.ray import ensure_ray, ray_mapper
+
+        ensure_ray(cluster.address, (cluster.workers or 1) * threads)
+        mapper = ray_mapper(cluster.workers or len(shards), num_cpus=threads,
+                            num_gpus=1 if device.startswith("cuda") else 0, max_retries=cluster.max_retries)
+    elif cluster.kind == "local":
+        workers = min(default_workers(cluster, device, len(shards)), len(shards))
+        mapper = in_process if workers <= 1 else process_pool(workers)
+    else:
+        raise EmbwalkError(f"unknown cluster.kind {cluster.kind!r}; choose local or ray")
+    before = torch.get_num_threads()
+    try:
+        results = mapper(_stats_unit, shards, (str(root), config, head, device, threads))
+        return list(_progress(zip(shards, results, strict=True), shards, cluster, say))
+    finally:
+        torch.set_num_threads(before)
 
 
 def default_workers(cluster: StatsCluster, device: str, n_shards: int) -> int:
@@ -221,51 +222,9 @@ def _one(root: Path, index: int, config: StatsConfig, head: ModelHead, device: s
         return {"shard": index, "not_ready": str(exc)}
 
 
-_WORKER: dict[str, Any] = {}
-
-
-def _init_worker(config: StatsConfig, head: ModelHead, device: str, threads: int) -> None:
+def _stats_unit(index: int, root: str, config: StatsConfig, head: ModelHead, device: str, threads: int) -> dict:
     torch.set_num_threads(threads)
-    _WORKER.update(config=config, head=head, device=device)
-
-
-def _worker_shard(root: str, index: int) -> dict:
-    return _one(Path(root), index, _WORKER["config"], _WORKER["head"], _WORKER["device"])
-
-
-def _run_ray(root: Path, shards: list[int], config: StatsConfig, head: ModelHead, device: str,
-             cluster: StatsCluster, say: Callable[[str], None]) -> list[dict]:
-    import ray
-
-    if not ray.is_initialized():
-        slots = max(os.cpu_count() or 1, (cluster.workers or 1) * (cluster.threads or 1))
-        init = {"address": cluster.address} if cluster.address else {"num_cpus": slots}
-        ray.init(**init, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    use_gpu = device.startswith("cuda")
-    threads = cluster.threads or 1
-
-    def task(root: str, index: int, config: StatsConfig, head: ModelHead) -> dict:
-        torch.set_num_threads(threads)
-        return _one(Path(root), index, config, head, device)
-
-    # Ray retries a task whose worker died; a shard's partials are replaced, never added to.
-    remote = ray.remote(task).options(num_cpus=threads, num_gpus=1 if use_gpu else 0,
-                                      max_retries=cluster.max_retries)
-    config_ref, head_ref = ray.put(config), ray.put(head)
-    limit = cluster.workers or len(shards)
-    pending = list(shards)
-    inflight: dict = {}
-
-    def results() -> Iterable[tuple[int, dict]]:
-        while pending or inflight:
-            while pending and len(inflight) < limit:
-                i = pending.pop(0)
-                inflight[remote.remote(str(root), i, config_ref, head_ref)] = i
-            ready, _ = ray.wait(list(inflight), num_returns=1)
-            i = inflight.pop(ready[0])
-            yield i, ray.get(ready[0])
-
-    return list(_progress(results(), shards, cluster, say))
+    return _one(Path(root), index, config, head, device)
 
 
 def _progress(items: Iterable[tuple[int, dict]], shards: list[int], cluster: StatsCluster,
