@@ -83,3 +83,39 @@ def test_the_driver_never_builds_the_model_and_ships_no_corpus(tmp_path, ray_ins
     manifest = extract_ray(_config(tmp_path / "ray-large", large, str(model_dir), "ray", 1280))
     assert manifest["n_tokens"] > 9 * small_tokens and len(manifest["shards"]) == len(reference_shards(tmp_path))
     assert abs(sum(shipped) - small_bytes) < 0.02 * small_bytes, (small_bytes, sum(shipped))
+
+
+def _dies_once(part, location, cfg, tokenizer, flag_dir):
+    """A tokenizing task whose worker is SIGKILLed the first time it reaches part 2."""
+    import os
+    import signal
+
+    from pipeline.corpus.staged import stage_part_at
+
+    flag = Path(flag_dir) / f"died-{part.index}"
+    if part.index == 2 and not flag.exists():
+        flag.touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return stage_part_at(part, location, cfg, tokenizer)
+
+
+def test_a_tokenizing_worker_killed_mid_run_is_retried(tmp_path, ray_instance, smollm2):
+    """Ray runs the part again on another worker; the staged corpus is the uninterrupted one."""
+    import sys
+
+    from pipeline.corpus import read_documents, tokenize_corpus
+    from pipeline.corpus.documents import corpus_parts
+    from pipeline.corpus.staged import StagedCorpus
+    from pipeline.store.fs import open_fs
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the task ships with its code
+    cfg = CorpusConfig(path=str(write_corpus(tmp_path / "corpus", n_files=6)), mode="pack", seq_len=16)
+    fs = open_fs(tmp_path / "store")
+    counts = list(ray_parts_mapper(2)(_dies_once, corpus_parts(cfg), (fs.location, cfg, smollm2.tokenizer,
+                                                                      str(tmp_path))))
+    assert (tmp_path / "died-2").exists() and [c.index for c in counts] == list(range(6))
+    staged = StagedCorpus.from_counts(fs, counts, cfg, "smollm2")
+    want = tokenize_corpus(read_documents(cfg), smollm2.tokenizer, cfg)
+    rows = staged.read_rows(fs, 0, staged.n_tokens)
+    assert staged.n_tokens == want.n_tokens
+    assert (rows["token_id"] == want.token_ids).all() and (rows["doc_id"] == want.doc_ids).all()
