@@ -6,56 +6,44 @@ of local processes (``cluster.tokenize_workers``), part by part.
 
 from __future__ import annotations
 
-import logging
 import os
-import time
 
 import torch
-from tqdm.auto import tqdm
 
 from pipeline.corpus import CorpusConfig, vocabulary_strings
 from pipeline.corpus.documents import corpus_parts
+from pipeline.driver import run_extraction
 from pipeline.executors.units import UnitMapper, default_workers, process_pool
 from pipeline.extract import ShardRunner
-from pipeline.job import ExtractConfig, prepare
+from pipeline.job import ExtractConfig
 from pipeline.models.loading import LoadedModel, load_model
-from pipeline.models.spec import load_spec
 from pipeline.store.fs import local_path
-from pipeline.store.writer import StoreWriter
 
 # A corpus cut at no more tokens than this, or of fewer input bytes, is tokenized in this
 # process: starting a pool (each process imports transformers, ~5 s) costs more than it saves.
 SMALL_CORPUS_TOKENS = 1_000_000
 SMALL_CORPUS_BYTES = 8_000_000
 
-log = logging.getLogger(__name__)
 
 
-def extract_local(cfg: ExtractConfig, loaded: LoadedModel | None = None) -> dict:
-    """Run (or resume) an extraction job here; returns the store's manifest.
+class LocalExecutor:
+    """Every shard in this process, one after the other, each shard's writes overlapping the
+    next one's compute (pipeline/extract.py)."""
 
-    ``loaded`` skips loading ``cfg.model`` (tests pass random-initialised models).
-    """
-    if cfg.cluster.threads:
-        torch.set_num_threads(cfg.cluster.threads)
-    job = prepare(cfg, loaded or load_spec(cfg.model), parts_mapper(cfg))
-    writer = StoreWriter.open(cfg.store.path, job.manifest, job.specs, cfg.store.compressor)
-    done = writer.trusted_shards(cfg.store.verify)  # verified before they are skipped
-    todo = [s for s in job.plan.shards if s.index not in done]
-    if done:
-        log.warning("resuming %s: %d of %d shards already committed", cfg.store.path, len(done), len(job.plan.shards))
-    loaded = loaded or load_model(cfg.model)
-    runner = ShardRunner(
-        loaded, job.layout, job.tokens_for, writer, vocabulary_strings(loaded.tokenizer),
-        dtype=job.dtype, batch_size=cfg.cluster.batch_size, seq_len=cfg.corpus.seq_len,
-        stats=job.stats, store_arrays=cfg.capture.store_arrays,
-    )
-    already = sum(s.n_rows for s in job.plan.shards if s.index in done)
-    started = time.perf_counter()
-    with tqdm(
-        total=job.plan.n_tokens, initial=already, unit="tok", unit_scale=True,
-        desc="extract", disable=not cfg.cluster.progress, smoothing=0.1,
-    ) as bar:
+    def start(self, cfg: ExtractConfig) -> None:
+        if cfg.cluster.threads:
+            torch.set_num_threads(cfg.cluster.threads)
+
+    def parts_mapper(self, cfg: ExtractConfig) -> UnitMapper | None:
+        return parts_mapper(cfg)
+
+    def extract(self, cfg, job, writer, todo, loaded, bar) -> int:
+        loaded = loaded or load_model(cfg.model)
+        runner = ShardRunner(
+            loaded, job.layout, job.tokens_for, writer, vocabulary_strings(loaded.tokenizer),
+            dtype=job.dtype, batch_size=cfg.cluster.batch_size, seq_len=cfg.corpus.seq_len,
+            stats=job.stats, store_arrays=cfg.capture.store_arrays,
+        )
         commits = []
         try:
             for shard in todo:
@@ -66,14 +54,15 @@ def extract_local(cfg: ExtractConfig, loaded: LoadedModel | None = None) -> dict
             runner.close()  # waits for the queued writes and commits
         for commit in commits:
             commit.result()
-    manifest = writer.finish()
-    if cfg.capture.stats is not None:
-        from pipeline.stats.partials import merge_store_stats
+        return sum(s.n_rows for s in todo)
 
-        merge_store_stats(writer.root)
-    manifest["run_seconds"] = round(time.perf_counter() - started, 2)
-    manifest["run_tokens"] = job.plan.n_tokens - already
-    return manifest
+
+def extract_local(cfg: ExtractConfig, loaded: LoadedModel | None = None) -> dict:
+    """Run (or resume) an extraction job here; returns the store's manifest.
+
+    ``loaded`` skips loading ``cfg.model`` (tests pass random-initialised models).
+    """
+    return run_extraction(cfg, LocalExecutor(), loaded)
 
 
 def parts_mapper(cfg: ExtractConfig) -> UnitMapper | None:

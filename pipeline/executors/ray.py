@@ -17,21 +17,19 @@ import logging
 import os
 import time
 from collections import Counter, deque
-from dataclasses import replace
 
 import fsspec
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from pipeline.corpus import vocabulary_strings
+from pipeline.driver import run_extraction
 from pipeline.errors import EmbwalkError, StoreError, first_line
 from pipeline.executors import faults
 from pipeline.executors.units import in_order
 from pipeline.extract import ShardRunner
-from pipeline.job import ExtractConfig, PreparedJob, prepare
+from pipeline.job import ExtractConfig, PreparedJob
 from pipeline.models.loading import LoadedModel, load_model
-from pipeline.models.spec import load_spec
 from pipeline.plan import Shard
 from pipeline.store.writer import StoreWriter
 
@@ -64,86 +62,84 @@ class ShardWorker:
         self.runner.close()
 
 
-def extract_ray(cfg: ExtractConfig, loaded: LoadedModel | None = None) -> dict:
-    """Run (or resume) an extraction job on Ray; returns the store's manifest.
+class RayExecutor:
+    """Shards from a queue to ShardWorker actors (one per GPU, or ``cluster.workers`` CPU
+    workers), two in flight each; a worker that dies is replaced and its shards retried."""
 
-    ``loaded`` ships an in-memory model to the workers (tests use random ones);
-    otherwise each worker loads ``cfg.model`` itself.
-    """
-    import ray
-
-    if fsspec.core.split_protocol(cfg.store.path)[0] == "memory":
-        raise StoreError(
-            f"store {cfg.store.path}: a memory:// store lives inside one process and Ray workers cannot "
-            "write to it; use a path on a shared filesystem, file://, or an object store URL"
-        )
-    c = cfg.cluster
-    use_gpu = torch.cuda.is_available() if cfg.model.device == "auto" else cfg.model.device.startswith("cuda")
-    ensure_ray(c.address, (c.workers or 1) * (c.threads or 1))  # a local instance: a slot for every worker
-    # The driver plans from the model's description (config, tokenizer, fingerprint), never its weights.
-    job = prepare(cfg, loaded or load_spec(replace(cfg.model, device="cpu")), ray_parts_mapper(c.tokenize_workers))
-    writer = StoreWriter.open(cfg.store.path, job.manifest, job.specs, cfg.store.compressor)
-    done = writer.trusted_shards(cfg.store.verify)  # verified before they are skipped
-    todo = deque(s for s in job.plan.shards if s.index not in done)
-    if done:
-        log.warning("resuming %s: %d of %d shards already committed", cfg.store.path, len(done), len(job.plan.shards))
-    n_workers = c.workers or (max(1, int(ray.cluster_resources().get("GPU", 0))) if use_gpu else 1)
-    actor_cls = ray.remote(ShardWorker).options(
-        num_cpus=c.threads or 1, num_gpus=1 if use_gpu else 0,
-        max_concurrency=IN_FLIGHT_PER_WORKER, max_restarts=0,
-    )
-    model_ref = ray.put(loaded) if loaded is not None else None
-    job_ref = ray.put(job)
-    fault = os.environ.get(faults.ENV)
-
-    def spawn():
-        return actor_cls.remote(cfg, job_ref, model_ref, fault)
-
-    workers = [spawn() for _ in range(min(n_workers, max(1, len(todo))))]
-    inflight: dict = {}  # ObjectRef -> (worker, shard)
-    attempts: Counter = Counter()
-    given_up: dict[int, str] = {}  # shard -> last error, once its retries are spent
-    started, written = time.perf_counter(), 0
-    bytes_per_token = _bytes_per_token(job)
-
-    def feed(worker) -> None:
-        while todo and sum(w is worker for w, _ in inflight.values()) < IN_FLIGHT_PER_WORKER:
-            shard = todo.popleft()
-            inflight[worker.run.remote(shard)] = (worker, shard)
-
-    already = job.plan.n_tokens - sum(s.n_rows for s in todo)
-    bar = tqdm(total=job.plan.n_tokens, initial=already, unit="tok", unit_scale=True, desc="extract",
-               disable=not c.progress, smoothing=0.1)
-    failed = 0
-    try:
-        for worker in workers:
-            feed(worker)
-        while inflight:
-            ready, _ = ray.wait(list(inflight), num_returns=1)
-            worker, shard = inflight.pop(ready[0])
-            try:
-                ray.get(ready[0])
-                written += shard.n_rows
-                bar.update(shard.n_rows)
-            except ray.exceptions.RayActorError as exc:
-                failed += 1
-                _retry(shard, attempts, c.max_retries, f"worker died: {first_line(exc)}", todo, given_up)
-                if worker in workers:  # replace it once; its other in-flight shards fail here too
-                    workers.remove(worker)
-                    ray.kill(worker, no_restart=True)
-                    workers.append(spawn())
-            except ray.exceptions.RayTaskError as exc:
-                failed += 1
-                _retry(shard, attempts, c.max_retries, first_line(exc.cause or exc), todo, given_up)
-            seconds = time.perf_counter() - started
-            bar.set_postfix_str(
-                f"{written * bytes_per_token / max(seconds, 1e-9) / 1e6:.1f} MB/s, "
-                f"shards {len(job.plan.shards) - len(todo) - len(inflight)}/{len(job.plan.shards)} done, "
-                f"{len(inflight)} running, {failed} failed"
+    def start(self, cfg: ExtractConfig) -> None:
+        if fsspec.core.split_protocol(cfg.store.path)[0] == "memory":
+            raise StoreError(
+                f"store {cfg.store.path}: a memory:// store lives inside one process and Ray workers cannot "
+                "write to it; use a path on a shared filesystem, file://, or an object store URL"
             )
+        c = cfg.cluster
+        ensure_ray(c.address, (c.workers or 1) * (c.threads or 1))  # a local instance: a slot for every worker
+
+    def parts_mapper(self, cfg: ExtractConfig):
+        return ray_parts_mapper(cfg.cluster.tokenize_workers)
+
+    def extract(self, cfg, job, writer, todo, loaded, bar) -> int:
+        import ray
+
+        c = cfg.cluster
+        todo = deque(todo)
+        use_gpu = torch.cuda.is_available() if cfg.model.device == "auto" else cfg.model.device.startswith("cuda")
+        n_workers = c.workers or (max(1, int(ray.cluster_resources().get("GPU", 0))) if use_gpu else 1)
+        actor_cls = ray.remote(ShardWorker).options(
+            num_cpus=c.threads or 1, num_gpus=1 if use_gpu else 0,
+            max_concurrency=IN_FLIGHT_PER_WORKER, max_restarts=0,
+        )
+        model_ref = ray.put(loaded) if loaded is not None else None
+        job_ref = ray.put(job)
+        fault = os.environ.get(faults.ENV)
+
+        def spawn():
+            return actor_cls.remote(cfg, job_ref, model_ref, fault)
+
+        workers = [spawn() for _ in range(min(n_workers, max(1, len(todo))))]
+        inflight: dict = {}  # ObjectRef -> (worker, shard)
+        attempts: Counter = Counter()
+        given_up: dict[int, str] = {}  # shard -> last error, once its retries are spent
+        started, written, failed = time.perf_counter(), 0, 0
+        bytes_per_token = _bytes_per_token(job)
+
+        def feed(worker) -> None:
+            while todo and sum(w is worker for w, _ in inflight.values()) < IN_FLIGHT_PER_WORKER:
+                shard = todo.popleft()
+                inflight[worker.run.remote(shard)] = (worker, shard)
+
+        try:
+            for worker in workers:
+                feed(worker)
+            while inflight:
+                ready, _ = ray.wait(list(inflight), num_returns=1)
+                worker, shard = inflight.pop(ready[0])
+                try:
+                    ray.get(ready[0])
+                    written += shard.n_rows
+                    bar.update(shard.n_rows)
+                except ray.exceptions.RayActorError as exc:
+                    failed += 1
+                    _retry(shard, attempts, c.max_retries, f"worker died: {first_line(exc)}", todo, given_up)
+                    if worker in workers:  # replace it once; its other in-flight shards fail here too
+                        workers.remove(worker)
+                        ray.kill(worker, no_restart=True)
+                        workers.append(spawn())
+                except ray.exceptions.RayTaskError as exc:
+                    failed += 1
+                    _retry(shard, attempts, c.max_retries, first_line(exc.cause or exc), todo, given_up)
+                seconds = time.perf_counter() - started
+                bar.set_postfix_str(
+                    f"{written * bytes_per_token / max(seconds, 1e-9) / 1e6:.1f} MB/s, "
+                    f"shards {len(job.plan.shards) - len(todo) - len(inflight)}/{len(job.plan.shards)} done, "
+                    f"{len(inflight)} running, {failed} failed"
+                )
+                for w in workers:
+                    feed(w)
+            ray.get([w.close.remote() for w in workers])
+        finally:
             for w in workers:
-                feed(w)
-        ray.get([w.close.remote() for w in workers])
+                ray.kill(w, no_restart=True)
         if given_up:  # the other shards ran to the end and stay committed
             index, cause = next(iter(given_up.items()))
             rows = job.plan.shards[index].rows
@@ -152,18 +148,16 @@ def extract_ray(cfg: ExtractConfig, loaded: LoadedModel | None = None) -> dict:
                 f"shard {index} (token rows {rows[0]}..{rows[1]}) failed {attempts[index]} times{others}; "
                 f"last error: {cause}"
             )
-    finally:
-        bar.close()
-        for w in workers:
-            ray.kill(w, no_restart=True)
-        manifest = writer.finish()  # records what is committed, also after a failure
-    if cfg.capture.stats is not None:
-        from pipeline.stats.partials import merge_store_stats
+        return written
 
-        merge_store_stats(writer.root)
-    manifest["run_seconds"] = round(time.perf_counter() - started, 2)
-    manifest["run_tokens"] = written
-    return manifest
+
+def extract_ray(cfg: ExtractConfig, loaded: LoadedModel | None = None) -> dict:
+    """Run (or resume) an extraction job on Ray; returns the store's manifest.
+
+    ``loaded`` ships an in-memory model to the workers (tests use random ones);
+    otherwise each worker loads ``cfg.model`` itself.
+    """
+    return run_extraction(cfg, RayExecutor(), loaded)
 
 
 def ray_parts_mapper(workers: int | None):

@@ -1,0 +1,71 @@
+"""One job driver for every executor: plan, open or resume the store, hand the shards over, finish.
+
+The stages and their order live here once; an executor (pipeline/executors/:
+``LocalExecutor`` in this process, ``RayExecutor`` on a cluster) only says where
+work units run: the corpus's parts (``parts_mapper``) and the shards
+(``extract``). Retries of a worker that died are the executor's; resume is the
+store's (committed shards are verified, then skipped).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from typing import Protocol
+
+from tqdm.auto import tqdm
+
+from pipeline.executors.units import UnitMapper
+from pipeline.job import ExtractConfig, PreparedJob, prepare
+from pipeline.models.loading import LoadedModel
+from pipeline.plan import Shard
+from pipeline.store.writer import StoreWriter
+
+log = logging.getLogger(__name__)
+
+
+class Executor(Protocol):
+    def start(self, cfg: ExtractConfig) -> None:
+        """Get ready (a Ray connection, torch threads); refuse what it cannot run, before any work."""
+
+    def parts_mapper(self, cfg: ExtractConfig) -> UnitMapper | None:
+        """Where the corpus's parts are tokenized (None: in this process)."""
+
+    def extract(self, cfg: ExtractConfig, job: PreparedJob, writer: StoreWriter, todo: list[Shard],
+                loaded: LoadedModel | None, bar: tqdm) -> int:
+        """Extract and commit ``todo``; returns the tokens written. A shard that fails for good
+        raises once the others are done."""
+
+
+def run_extraction(cfg: ExtractConfig, executor: Executor, loaded: LoadedModel | None = None) -> dict:
+    """Run (or resume) an extraction job; returns the store's manifest (with ``run_seconds``
+    and ``run_tokens`` of this run). ``loaded`` is an in-memory model (tests); otherwise the
+    driver plans from the model's description and the workers load it."""
+    executor.start(cfg)
+    # The driver plans from the model's description (config, tokenizer, fingerprint), never its weights.
+    if loaded is None:
+        from pipeline.models.spec import load_spec
+
+        spec = load_spec(replace(cfg.model, device="cpu"))
+    job = prepare(cfg, loaded or spec, executor.parts_mapper(cfg))
+    writer = StoreWriter.open(cfg.store.path, job.manifest, job.specs, cfg.store.compressor)
+    done = writer.trusted_shards(cfg.store.verify)  # verified before they are skipped
+    todo = [s for s in job.plan.shards if s.index not in done]
+    if done:
+        log.warning("resuming %s: %d of %d shards already committed", cfg.store.path, len(done), len(job.plan.shards))
+    started = time.perf_counter()
+    bar = tqdm(total=job.plan.n_tokens, initial=job.plan.n_tokens - sum(s.n_rows for s in todo), unit="tok",
+               unit_scale=True, desc="extract", disable=not cfg.cluster.progress, smoothing=0.1)
+    try:
+        written = executor.extract(cfg, job, writer, todo, loaded, bar)
+    finally:
+        bar.close()
+        manifest = writer.finish()  # records what is committed, also after a failure
+    if cfg.capture.stats is not None:
+        from pipeline.stats.partials import merge_store_stats
+
+        merge_store_stats(writer.root)
+    manifest["run_seconds"] = round(time.perf_counter() - started, 2)
+    manifest["run_tokens"] = written
+    return manifest
