@@ -113,18 +113,14 @@ def tokenize_corpus(documents: Iterable[Document], tokenizer, cfg: CorpusConfig)
     """
     cfg.validate()
     pack = cfg.mode == "pack"
-    encode = encoder(tokenizer, cfg)
     token_chunks, doc_chunks, length_chunks = [], [], []
     n_stored = 0
-    for batch in _batches(documents):
-        flat, lengths = encode([d.text for d in batch])
+    for batch, flat, lengths in encoded_batches(documents, tokenizer, cfg):
         ids = np.fromiter((d.doc_id for d in batch), dtype=np.int64, count=len(batch))
         token_chunks.append(flat)
         doc_chunks.append(np.repeat(ids, lengths))
         length_chunks.append(lengths[lengths > 0])
         n_stored += flat.shape[0]
-        if cfg.max_tokens is not None and n_stored >= cfg.max_tokens:
-            break
     if n_stored == 0:
         name = _name(tokenizer)
         raise CorpusError(f"corpus produced no tokens with tokenizer {name}: {cfg.label}")
@@ -149,6 +145,22 @@ def tokenize_corpus(documents: Iterable[Document], tokenizer, cfg: CorpusConfig)
         seq_offsets=offsets,
         n_documents=n_documents,
     )
+
+
+def encoded_batches(
+    documents: Iterable[Document], tokenizer, cfg: CorpusConfig
+) -> Iterator[tuple[list[Document], np.ndarray, np.ndarray]]:
+    """``(documents, token ids, stored length of each)`` batch by batch, stopping after the
+    batch that reaches ``cfg.max_tokens``: the one tokenizing loop of the whole corpus in one
+    process (``tokenize_corpus``) and of a part (pipeline/corpus/staged.py), so both agree."""
+    encode = encoder(tokenizer, cfg)
+    n_stored = 0
+    for batch in _batches(documents):
+        flat, lengths = encode([d.text for d in batch])
+        yield batch, flat, lengths
+        n_stored += flat.shape[0]
+        if cfg.max_tokens is not None and n_stored >= cfg.max_tokens:
+            return
 
 
 def encoder(tokenizer, cfg: CorpusConfig):

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from pipeline.corpus.config import CorpusConfig
 from pipeline.corpus.documents import Document, Part, part_texts
-from pipeline.corpus.sequences import _batches, _doc_positions, _name, encoder
+from pipeline.corpus.sequences import _doc_positions, _name, encoded_batches
 from pipeline.errors import CorpusError, StoreError
 
 STAGING_DIR = "staging/tokens"  # under the store root (pipeline/store/layout.py: STAGING_DIR)
@@ -65,17 +65,12 @@ def tokenize_part(part: Part, cfg: CorpusConfig, tokenizer) -> tuple[dict[str, n
     Stops early where the corpus-wide cuts would, at the latest: no part
     contributes more than ``max_documents`` documents or ``max_tokens`` tokens.
     """
-    encode = encoder(tokenizer, cfg)
     texts = part_texts(part, cfg)
     docs = (Document(i, text, source) for i, (source, text) in enumerate(itertools.islice(texts, cfg.max_documents)))
-    tokens, lengths, n_stored = [], [], 0
-    for batch in _batches(docs):
-        flat, batch_lengths = encode([d.text for d in batch])
+    tokens, lengths = [], []
+    for _, flat, batch_lengths in encoded_batches(docs, tokenizer, cfg):
         tokens.append(flat)
         lengths.append(batch_lengths)
-        n_stored += flat.shape[0]
-        if cfg.max_tokens is not None and n_stored >= cfg.max_tokens:
-            break
     token_ids = np.concatenate(tokens) if tokens else np.zeros(0, np.int32)
     doc_lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
     rows = {

@@ -76,7 +76,7 @@ class RayExecutor:
         ensure_ray(c.address, (c.workers or 1) * (c.threads or 1))  # a local instance: a slot for every worker
 
     def parts_mapper(self, cfg: ExtractConfig):
-        return ray_parts_mapper(cfg.cluster.tokenize_workers)
+        return ray_mapper(cfg.cluster.tokenize_workers)  # one CPU per part
 
     def extract(self, cfg, job, writer, todo, loaded, bar) -> int:
         import ray
@@ -158,11 +158,6 @@ def extract_ray(cfg: ExtractConfig, loaded: LoadedModel | None = None) -> dict:
     otherwise each worker loads ``cfg.model`` itself.
     """
     return run_extraction(cfg, RayExecutor(), loaded)
-
-
-def ray_parts_mapper(workers: int | None):
-    """The corpus's parts as Ray tasks of one CPU, ``workers`` at once (None: the cluster's CPUs)."""
-    return ray_mapper(workers)
 
 
 def ray_mapper(workers: int | None, num_cpus: int = 1, num_gpus: int = 0, max_retries: int = 3):

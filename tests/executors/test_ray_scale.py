@@ -13,7 +13,7 @@ ray = pytest.importorskip("ray")
 
 from pipeline.corpus import CorpusConfig  # noqa: E402
 from pipeline.executors.local import extract_local  # noqa: E402
-from pipeline.executors.ray import extract_ray, ray_parts_mapper  # noqa: E402
+from pipeline.executors.ray import extract_ray, ray_mapper  # noqa: E402
 from pipeline.job import CaptureConfig, ClusterConfig, ExtractConfig, StoreConfig  # noqa: E402
 from pipeline.models.loading import ModelConfig  # noqa: E402
 from tests.conftest import assert_same_contents, tiny_loaded  # noqa: E402
@@ -31,9 +31,9 @@ def ray_instance():
 def test_ray_tasks_tokenize_as_one_process_does(tmp_path, ray_instance, smollm2, minilm):
     corpus = write_corpus(tmp_path / "corpus", n_files=8)
     check_equal(CorpusConfig(path=str(corpus), mode="pack", seq_len=16, max_tokens=800), smollm2.tokenizer,
-                tmp_path / "pack", ray_parts_mapper(2))
+                tmp_path / "pack", ray_mapper(2))
     check_equal(CorpusConfig(path=str(corpus), mode="document", seq_len=24), minilm.tokenizer,
-                tmp_path / "document", ray_parts_mapper(2))
+                tmp_path / "document", ray_mapper(2))
 
 
 def _config(store: Path, corpus: Path, model: str, kind: str, shard_tokens: int) -> ExtractConfig:
@@ -111,7 +111,7 @@ def test_a_tokenizing_worker_killed_mid_run_is_retried(tmp_path, ray_instance, s
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the task ships with its code
     cfg = CorpusConfig(path=str(write_corpus(tmp_path / "corpus", n_files=6)), mode="pack", seq_len=16)
     fs = open_fs(tmp_path / "store")
-    counts = list(ray_parts_mapper(2)(_dies_once, corpus_parts(cfg), (fs.location, cfg, smollm2.tokenizer,
+    counts = list(ray_mapper(2)(_dies_once, corpus_parts(cfg), (fs.location, cfg, smollm2.tokenizer,
                                                                       str(tmp_path))))
     assert (tmp_path / "died-2").exists() and [c.index for c in counts] == list(range(6))
     staged = StagedCorpus.from_counts(fs, counts, cfg, "smollm2")
