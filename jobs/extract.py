@@ -7,7 +7,7 @@ from omegaconf import DictConfig
 
 from jobs._entry import run_job
 from pipeline.errors import EmbwalkError
-from pipeline.job import ExtractConfig
+from pipeline.extract.config import ExtractConfig
 from pipeline.query import open_store
 from pipeline.store.fs import local_path
 from pipeline.store.reader import Store

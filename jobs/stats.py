@@ -8,8 +8,11 @@ import hydra
 from omegaconf import DictConfig
 
 from jobs._entry import require_store, run_job, store_argument
+from pipeline.config import from_dict
 from pipeline.errors import EmbwalkError
-from pipeline.stats.run import StatsCluster, StatsOptions, compute_store_stats
+from pipeline.executors.config import ClusterConfig
+from pipeline.stats.config import StatsOptions
+from pipeline.stats.run import compute_store_stats
 
 
 def options(section: dict | None, cls):
@@ -24,7 +27,7 @@ def options(section: dict | None, cls):
 def stats(config: dict) -> int:
     path = require_store(config)
     opts = options(config.get("stats"), StatsOptions)
-    cluster = StatsCluster.from_dict(config.get("cluster"))
+    cluster = from_dict(ClusterConfig, config.get("cluster"))
     summary = compute_store_stats(path, opts, cluster, report=lambda msg: print(msg, file=sys.stderr))
     print(format_summary(summary))
     return 0

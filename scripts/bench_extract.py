@@ -49,10 +49,14 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.allocator import keep_freed_memory  # noqa: E402
 from pipeline.corpus import CorpusConfig, vocabulary_strings  # noqa: E402
-from pipeline.extract import ShardRunner  # noqa: E402
-from pipeline.job import CaptureConfig, ClusterConfig, ExtractConfig, PreparedJob, StoreConfig, prepare  # noqa: E402
-from pipeline.models.loading import ModelConfig, load_model  # noqa: E402
+from pipeline.executors.config import ClusterConfig  # noqa: E402
+from pipeline.extract.config import CaptureConfig, ExtractConfig  # noqa: E402
+from pipeline.extract.job import PreparedJob, prepare  # noqa: E402
+from pipeline.extract.runner import ShardRunner  # noqa: E402
+from pipeline.models.config import ModelConfig  # noqa: E402
+from pipeline.models.loading import load_model  # noqa: E402
 from pipeline.stats.partials import merge_store_stats  # noqa: E402
+from pipeline.store.config import StoreConfig  # noqa: E402
 from pipeline.store.writer import StoreWriter  # noqa: E402
 from scripts import peers  # noqa: E402
 

@@ -23,10 +23,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.corpus import CorpusConfig  # noqa: E402
+from pipeline.executors.config import ClusterConfig  # noqa: E402
 from pipeline.executors.local import extract_local  # noqa: E402
 from pipeline.executors.ray import extract_ray  # noqa: E402
-from pipeline.job import CaptureConfig, ClusterConfig, ExtractConfig, StoreConfig  # noqa: E402
-from pipeline.models.loading import ModelConfig  # noqa: E402
+from pipeline.extract.config import CaptureConfig, ExtractConfig  # noqa: E402
+from pipeline.models.config import ModelConfig  # noqa: E402
+from pipeline.store.config import StoreConfig  # noqa: E402
 from scripts.bench_extract import machine  # noqa: E402
 
 

@@ -67,7 +67,8 @@ def tiny(request) -> LoadedModel:
 @pytest.fixture(scope="session")
 def smollm2() -> LoadedModel:
     """The real SmolLM2-135M (converted from its GGUF once, then cached as safetensors)."""
-    from pipeline.models.loading import ModelConfig, load_model
+    from pipeline.models.config import ModelConfig
+    from pipeline.models.loading import load_model
 
     return load_model(ModelConfig(name="smollm2-135m", device="cpu"))
 
@@ -75,7 +76,8 @@ def smollm2() -> LoadedModel:
 @pytest.fixture(scope="session")
 def minilm() -> LoadedModel:
     """The real all-MiniLM-L6-v2 BERT encoder."""
-    from pipeline.models.loading import ModelConfig, load_model
+    from pipeline.models.config import ModelConfig
+    from pipeline.models.loading import load_model
 
     return load_model(ModelConfig(name="all-minilm-l6-v2", device="cpu"))
 

@@ -14,8 +14,10 @@ import torch
 
 from pipeline.corpus import CorpusConfig
 from pipeline.errors import StoreError
+from pipeline.executors.config import ClusterConfig
 from pipeline.executors.local import extract_local
-from pipeline.job import CaptureConfig, ClusterConfig, ExtractConfig, StoreConfig
+from pipeline.extract.config import CaptureConfig, ExtractConfig
+from pipeline.store.config import StoreConfig
 from pipeline.store.reader import Store
 from tests.conftest import tiny_loaded
 

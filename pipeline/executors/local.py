@@ -12,10 +12,10 @@ import torch
 
 from pipeline.corpus import CorpusConfig, vocabulary_strings
 from pipeline.corpus.documents import corpus_parts
-from pipeline.driver import run_extraction
 from pipeline.executors.units import UnitMapper, default_workers, process_pool
-from pipeline.extract import ShardRunner
-from pipeline.job import ExtractConfig
+from pipeline.extract.config import ExtractConfig
+from pipeline.extract.driver import run_extraction
+from pipeline.extract.runner import ShardRunner
 from pipeline.models.loading import LoadedModel, load_model
 from pipeline.store.fs import local_path
 

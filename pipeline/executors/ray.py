@@ -23,12 +23,13 @@ import numpy as np
 import torch
 
 from pipeline.corpus import vocabulary_strings
-from pipeline.driver import run_extraction
 from pipeline.errors import EmbwalkError, StoreError, first_line
 from pipeline.executors import faults
 from pipeline.executors.units import in_order
-from pipeline.extract import ShardRunner
-from pipeline.job import ExtractConfig, PreparedJob
+from pipeline.extract.config import ExtractConfig
+from pipeline.extract.driver import run_extraction
+from pipeline.extract.job import PreparedJob
+from pipeline.extract.runner import ShardRunner
 from pipeline.models.loading import LoadedModel, load_model
 from pipeline.plan import Shard
 from pipeline.store.writer import StoreWriter

@@ -27,6 +27,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.errors import ModelError, first_line
+from pipeline.models.config import ModelConfig
 from pipeline.models.families import Family, family_for, trunk
 from pipeline.models.fingerprint import (
     gguf_fingerprint,
@@ -41,18 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@dataclass
-class ModelConfig:
-    name: str = "smollm2-135m"  # bundled name, local directory, .gguf file or hub id
-    dtype: str = "float32"  # float32 | float16 | bfloat16
-    device: str = "auto"  # cpu | cuda | cuda:N | auto
-    attn_implementation: str = "sdpa"
-    trust_remote_code: bool = False
-    revision: str | None = None
-    cache_dir: str | None = None  # GGUF conversion cache; default $EMBWALK_CACHE or ~/.cache/embwalk
-    device_map: str | None = None  # e.g. "auto": spread a model too large for one GPU over several (accelerate)
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,8 @@ def load_vocabulary(store: Store, loaded=None) -> Vocabulary | None:
         if loaded is None:
             from dataclasses import replace
 
-            from pipeline.models.loading import ModelConfig, load_model
+            from pipeline.models.config import ModelConfig
+            from pipeline.models.loading import load_model
 
             cfg = ModelConfig(**store.manifest["config"]["model"])
             loaded = load_model(replace(cfg, device="cpu", device_map=None))

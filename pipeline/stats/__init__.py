@@ -25,10 +25,10 @@ from pipeline.stats.base import (
     read_partial,
     write_partial,
 )
-from pipeline.stats.config import FAMILIES, Bins, StatsConfig
+from pipeline.stats.config import FAMILIES, Bins, StatsConfig, StatsOptions, most_frequent_types
 from pipeline.stats.decoding import DecodingWalk
 from pipeline.stats.encoding import EncodingWalk
-from pipeline.stats.geometry import Geometry, most_frequent_types
+from pipeline.stats.geometry import Geometry
 from pipeline.stats.lens import LogitLens
 from pipeline.stats.partials import merge_store_stats, write_shard_partials
 from pipeline.stats.sequence import ModelHead, WalkStats
@@ -49,7 +49,7 @@ def build_accumulators(
 
 
 __all__ = [
-    "ACCUMULATORS", "FAMILIES", "Accumulator", "AttentionStats", "Bins", "DecodingWalk",
+    "ACCUMULATORS", "FAMILIES", "Accumulator", "StatsOptions", "AttentionStats", "Bins", "DecodingWalk",
     "EncodingWalk", "Geometry", "LogitLens", "ModelHead", "ShardOverlapError", "StatsConfig",
     "StatsMergeError", "WalkStats", "build_accumulators", "merge_all", "merge_store_stats",
     "most_frequent_types", "read_partial", "similarity_map", "write_partial", "write_shard_partials",

@@ -19,8 +19,7 @@ import time
 import numpy as np
 import torch
 
-from pipeline.stats.config import FAMILIES
-from pipeline.stats.run import StatsOptions
+from pipeline.stats.config import FAMILIES, StatsOptions
 from pipeline.stats.sequence import ModelHead, WalkStats
 
 
@@ -44,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from pipeline.models.capture import CaptureLayout, Capturer
-    from pipeline.models.loading import ModelConfig, load_model
+    from pipeline.models.config import ModelConfig
+    from pipeline.models.loading import load_model
 
     loaded = load_model(ModelConfig(name=args.model, device="cpu"))
     n = args.batch * args.seq_len

@@ -8,11 +8,13 @@ adds counts binned on different edges.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from pipeline.errors import EmbwalkError
 
 FAMILIES = ("encoding", "logit_lens", "decoding", "attention", "geometry")
 
@@ -99,7 +101,7 @@ class StatsConfig:
     - ``self_sim_types``: token ids whose per-type sums of unit vectors are kept for
       self-similarity. Memory is ``len * (L+1) * d * 8`` bytes, so the set is explicit
       and fixed before any shard runs (pick the top-K by frequency with
-      ``pipeline.stats.geometry.most_frequent_types`` from the token table); a
+      ``most_frequent_types`` from the token table); a
       set chosen per shard would not merge exactly.
     - ``cov_layers``: layers whose d x d second-moment matrix is kept (None = all).
     - ``assoc_include_self``: count the i == j pair in the association-bias correlation.
@@ -165,3 +167,63 @@ class StatsConfig:
         d = self.to_dict()
         del d["families"], d["chunk_tokens"], d["fast_moments"]
         return d
+
+
+def most_frequent_types(token_ids: Iterable[int] | np.ndarray, k: int) -> tuple[int, ...]:
+    """The ``k`` most frequent token ids (ties broken by smaller id), sorted by id, for
+    ``self_sim_types``. Feed it the corpus's token ids (the token table) before any shard runs."""
+    arr = token_ids if isinstance(token_ids, np.ndarray) else np.fromiter(token_ids, np.int64)
+    return top_types(*np.unique(arr.astype(np.int64), return_counts=True), k)
+
+
+def top_types(ids: np.ndarray, counts: np.ndarray, k: int) -> tuple[int, ...]:
+    """``most_frequent_types`` from token ids and how often each occurs (summed over a corpus's parts)."""
+    ids, counts = np.asarray(ids, np.int64), np.asarray(counts, np.int64)
+    order = np.lexsort((ids, -counts))[:k]
+    return tuple(int(t) for t in sorted(ids[order]))
+
+
+@dataclass
+class StatsOptions:
+    """The statistics as a job sets them (the Hydra ``stats`` group, and ``capture.stats``):
+    what ``stats_config`` turns into a StatsConfig once the corpus is known."""
+
+    families: list[str] = field(default_factory=lambda: list(FAMILIES))
+    self_sim_top_k: int = 100  # token types tracked for self-similarity: the corpus's most frequent
+    cov_layers: list[int] | None = None  # layers with a covariance spectrum (None = all)
+    cov_every: int | None = None  # or: every k-th residual layer and the last (the d x d product is the cost)
+    nucleus_p: float = 0.9
+    assoc_include_self: bool = True
+    chunk_tokens: int = 256
+    fast_moments: bool = False  # geometry sums in float32 (centred): ~2x faster, ~1e-7 relative (stats=fast)
+    bins: dict | None = None
+    device: str = "auto"  # where statistics are computed: cpu | cuda | cuda:N | auto
+    resume: bool = True  # skip shards whose partials match this config and store
+
+    def stats_config(
+        self, token_ids: np.ndarray | None = None, n_resid: int | None = None,
+        counts: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> StatsConfig:
+        """The StatsConfig for a corpus; self-similarity types are its top-K by frequency, from
+        its ``token_ids`` or from ``counts`` (token ids, how often each occurs).
+        ``n_resid``: residual layers the statistics see (needed with ``cov_every``)."""
+        unknown = sorted(set(self.families) - set(FAMILIES))
+        if unknown:
+            raise EmbwalkError(f"unknown stats.families {unknown}; known: {', '.join(FAMILIES)}")
+        if counts is None:
+            counts = np.unique(np.asarray(token_ids if token_ids is not None else [], np.int64), return_counts=True)
+        types = top_types(*counts, self.self_sim_top_k) if self.self_sim_top_k > 0 else ()
+        cov = None if self.cov_layers is None else tuple(self.cov_layers)
+        if self.cov_every:
+            if self.cov_layers is not None or n_resid is None or self.cov_every < 1:
+                raise EmbwalkError("stats.cov_every takes a positive step, without stats.cov_layers")
+            cov = tuple(sorted(set(range(0, n_resid, self.cov_every)) | {n_resid - 1}))
+        try:
+            return StatsConfig(
+                families=tuple(self.families), bins=dict(self.bins or {}), nucleus_p=self.nucleus_p,
+                self_sim_types=types, cov_layers=cov,
+                assoc_include_self=self.assoc_include_self, chunk_tokens=self.chunk_tokens,
+                fast_moments=self.fast_moments,
+            )
+        except ValueError as exc:
+            raise EmbwalkError(f"bad stats option: {exc}") from exc

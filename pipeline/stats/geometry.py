@@ -16,8 +16,6 @@ All from additive sums, so shards merge exactly:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
 import pyarrow as pa
 import torch
@@ -45,20 +43,6 @@ SPECTRUM_SCHEMA = pa.schema(
     [("layer", pa.int64()), ("index", pa.int64()), ("eigenvalue", pa.float64()),
      ("fraction", pa.float64())]
 )
-
-
-def most_frequent_types(token_ids: Iterable[int] | np.ndarray, k: int) -> tuple[int, ...]:
-    """The ``k`` most frequent token ids (ties broken by smaller id), sorted by id, for
-    ``self_sim_types``. Feed it the corpus's token ids (the token table) before any shard runs."""
-    arr = token_ids if isinstance(token_ids, np.ndarray) else np.fromiter(token_ids, np.int64)
-    return top_types(*np.unique(arr.astype(np.int64), return_counts=True), k)
-
-
-def top_types(ids: np.ndarray, counts: np.ndarray, k: int) -> tuple[int, ...]:
-    """``most_frequent_types`` from token ids and how often each occurs (summed over a corpus's parts)."""
-    ids, counts = np.asarray(ids, np.int64), np.asarray(counts, np.int64)
-    order = np.lexsort((ids, -counts))[:k]
-    return tuple(int(t) for t in sorted(ids[order]))
 
 
 def pairwise_mean_cos(usum: np.ndarray, n: np.ndarray) -> np.ndarray:

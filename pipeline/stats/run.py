@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +21,10 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline.errors import EmbwalkError, StoreError
+from pipeline.executors.config import ClusterConfig
 from pipeline.executors.units import in_process, process_pool
 from pipeline.models.loading import resolve_device
-from pipeline.stats.config import FAMILIES, StatsConfig
-from pipeline.stats.geometry import top_types
+from pipeline.stats.config import StatsConfig, StatsOptions
 from pipeline.stats.partials import identity_hash, merge_store_stats, read_shard_meta
 from pipeline.stats.sequence import ModelHead
 from pipeline.stats.store_stats import ShardNotReady, check_store, has_activations, shard_stats
@@ -32,68 +32,6 @@ from pipeline.store import layout as store_layout
 from pipeline.store.reader import Store
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class StatsOptions:
-    """The ``stats`` section of conf/stats.yaml."""
-
-    families: list[str] = field(default_factory=lambda: list(FAMILIES))
-    self_sim_top_k: int = 100  # token types tracked for self-similarity: the corpus's most frequent
-    cov_layers: list[int] | None = None  # layers with a covariance spectrum (None = all)
-    cov_every: int | None = None  # or: every k-th residual layer and the last (the d x d product is the cost)
-    nucleus_p: float = 0.9
-    assoc_include_self: bool = True
-    chunk_tokens: int = 256
-    fast_moments: bool = True  # geometry sums in float32 (centred): ~2x faster, ~1e-7 relative
-    bins: dict | None = None
-    device: str = "auto"  # where statistics are computed: cpu | cuda | cuda:N | auto
-    resume: bool = True  # skip shards whose partials match this config and store
-
-    def stats_config(
-        self, token_ids: np.ndarray | None = None, n_resid: int | None = None,
-        counts: tuple[np.ndarray, np.ndarray] | None = None,
-    ) -> StatsConfig:
-        """The StatsConfig for a corpus; self-similarity types are its top-K by frequency, from
-        its ``token_ids`` or from ``counts`` (token ids, how often each occurs).
-        ``n_resid``: residual layers the statistics see (needed with ``cov_every``)."""
-        unknown = sorted(set(self.families) - set(FAMILIES))
-        if unknown:
-            raise EmbwalkError(f"unknown stats.families {unknown}; known: {', '.join(FAMILIES)}")
-        if counts is None:
-            counts = np.unique(np.asarray(token_ids if token_ids is not None else [], np.int64), return_counts=True)
-        types = top_types(*counts, self.self_sim_top_k) if self.self_sim_top_k > 0 else ()
-        cov = None if self.cov_layers is None else tuple(self.cov_layers)
-        if self.cov_every:
-            if self.cov_layers is not None or n_resid is None or self.cov_every < 1:
-                raise EmbwalkError("stats.cov_every takes a positive step, without stats.cov_layers")
-            cov = tuple(sorted(set(range(0, n_resid, self.cov_every)) | {n_resid - 1}))
-        try:
-            return StatsConfig(
-                families=tuple(self.families), bins=dict(self.bins or {}), nucleus_p=self.nucleus_p,
-                self_sim_types=types, cov_layers=cov,
-                assoc_include_self=self.assoc_include_self, chunk_tokens=self.chunk_tokens,
-                fast_moments=self.fast_moments,
-            )
-        except ValueError as exc:
-            raise EmbwalkError(f"bad stats option: {exc}") from exc
-
-
-@dataclass
-class StatsCluster:
-    """The ``cluster`` options the stats job reads (the extract job's cluster group)."""
-
-    kind: str = "local"  # local | ray
-    workers: int | None = None  # local: processes (1 = this process; None = one per core); ray: tasks at once
-    threads: int | None = None  # torch threads per worker (None = 1)
-    progress: bool = True
-    address: str | None = None
-    max_retries: int = 3
-
-    @classmethod
-    def from_dict(cls, data: dict | None) -> StatsCluster:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in (data or {}).items() if k in names})
 
 
 def corpus_token_counts(store: Store) -> tuple[np.ndarray, np.ndarray]:
@@ -112,7 +50,8 @@ def model_head(store: Store, loaded=None) -> ModelHead:
     """Load the model the store names (or use ``loaded``) and check its weights fingerprint;
     the head is on the CPU: workers move it to their device (CUDA tensors do not pickle to a
     process pool)."""
-    from pipeline.models.loading import ModelConfig, load_model
+    from pipeline.models.config import ModelConfig
+    from pipeline.models.loading import load_model
 
     want = store.manifest["model"]["weights_fingerprint"]
     if loaded is None:
@@ -129,7 +68,7 @@ def model_head(store: Store, loaded=None) -> ModelHead:
 def compute_store_stats(
     path: str | Path,
     options: StatsOptions | None = None,
-    cluster: StatsCluster | None = None,
+    cluster: ClusterConfig | None = None,
     loaded=None,
     report: Callable[[str], None] | None = None,
 ) -> dict:
@@ -139,7 +78,7 @@ def compute_store_stats(
     pass) only has its partials merged. ``loaded`` replaces loading the store's model.
     """
     options = options or StatsOptions()
-    cluster = cluster or StatsCluster()
+    cluster = cluster or ClusterConfig()
     say = report or (lambda msg: None)
     store = check_store(path)
     root = store.root
@@ -176,7 +115,7 @@ def _up_to_date(store: Store, index: int, config: StatsConfig, options: StatsOpt
 
 
 def run_shards(root: Path, shards: list[int], config: StatsConfig, head: ModelHead, device: str,
-               cluster: StatsCluster, say: Callable[[str], None]) -> list[dict]:
+               cluster: ClusterConfig, say: Callable[[str], None]) -> list[dict]:
     """Every shard's statistics as a work unit (pipeline/executors/units.py): in this
     process, a local process pool, or Ray tasks; partials are replaced, never added to,
     so a retried shard is harmless."""
@@ -205,7 +144,7 @@ def run_shards(root: Path, shards: list[int], config: StatsConfig, head: ModelHe
         torch.set_num_threads(before)
 
 
-def default_workers(cluster: StatsCluster, device: str, n_shards: int) -> int:
+def default_workers(cluster: ClusterConfig, device: str, n_shards: int) -> int:
     """``cluster.workers``, or one process per CPU core once there are a few shards each
     (starting a worker costs seconds: torch import, model head); one for a GPU device."""
     if cluster.workers:
@@ -227,7 +166,7 @@ def _stats_unit(index: int, root: str, config: StatsConfig, head: ModelHead, dev
     return _one(Path(root), index, config, head, device)
 
 
-def _progress(items: Iterable[tuple[int, dict]], shards: list[int], cluster: StatsCluster,
+def _progress(items: Iterable[tuple[int, dict]], shards: list[int], cluster: ClusterConfig,
               say: Callable[[str], None]) -> Iterable[dict]:
     from tqdm.auto import tqdm
 

@@ -30,13 +30,11 @@ from pathlib import Path
 import google_crc32c
 from tqdm.auto import tqdm
 
-from pipeline.errors import EmbwalkError
 from pipeline.store import layout
 from pipeline.store.commits import committed_shards, read_manifest, read_record, recorded_shards, uncommit
 from pipeline.store.fs import StoreFS, open_fs
 from pipeline.store.shardfile import check_shard_file
 
-LEVELS = ("quick", "full")
 THREADS = 8  # verification is I/O: a few threads hide the latency of a shared filesystem
 
 
@@ -48,12 +46,6 @@ class Damage:
 
     def describe(self, fs: StoreFS) -> str:
         return f"shard {self.shard}: {fs.describe(self.file)}: {self.problem}"
-
-
-def check_level(level: str) -> str:
-    if level not in LEVELS:
-        raise EmbwalkError(f"unknown store.verify {level!r}; choose quick or full")
-    return level
 
 
 def check_shard(fs: StoreFS, manifest: dict, index: int, full: bool = False) -> Damage | None:

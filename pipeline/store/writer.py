@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 
-from pipeline.errors import EmbwalkError, StoreError
+from pipeline.errors import StoreError
 from pipeline.store import layout
 from pipeline.store.commits import (
     committed_shards,
@@ -38,21 +38,13 @@ from pipeline.store.commits import (
     write_json,
     write_manifest,
 )
+from pipeline.store.config import check_compressor
 from pipeline.store.durable import disk_errors
 from pipeline.store.fs import StoreFS, open_fs
 from pipeline.store.shardfile import supports_direct_write, write_shard_file
 from pipeline.store.verify import check_shards
 
 log = logging.getLogger(__name__)
-
-COMPRESSORS = ("none", "zstd")
-
-
-def check_compressor(compressor: str) -> str:
-    if compressor not in COMPRESSORS:
-        raise EmbwalkError(f"unknown store.compressor {compressor!r}; choose one of {', '.join(COMPRESSORS)}")
-    return compressor
-
 
 class StoreWriter:
     def __init__(self, fs: StoreFS, manifest: dict):

@@ -117,7 +117,7 @@ KILLABLE = """
 import sys, time
 import pipeline.corpus.staged as staged
 from pipeline.corpus import CorpusConfig
-from pipeline.models.loading import ModelConfig
+from pipeline.models.config import ModelConfig
 from pipeline.models.spec import load_spec
 from pipeline.store.fs import open_fs
 original = staged.stage_part

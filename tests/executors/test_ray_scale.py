@@ -12,10 +12,12 @@ from ray import cloudpickle
 ray = pytest.importorskip("ray")
 
 from pipeline.corpus import CorpusConfig  # noqa: E402
+from pipeline.executors.config import ClusterConfig  # noqa: E402
 from pipeline.executors.local import extract_local  # noqa: E402
 from pipeline.executors.ray import extract_ray, ray_mapper  # noqa: E402
-from pipeline.job import CaptureConfig, ClusterConfig, ExtractConfig, StoreConfig  # noqa: E402
-from pipeline.models.loading import ModelConfig  # noqa: E402
+from pipeline.extract.config import CaptureConfig, ExtractConfig  # noqa: E402
+from pipeline.models.config import ModelConfig  # noqa: E402
+from pipeline.store.config import StoreConfig  # noqa: E402
 from tests.conftest import assert_same_contents, tiny_loaded  # noqa: E402
 from tests.corpus.test_staged import check_equal, write_corpus  # noqa: E402
 from tests.executors.test_ray import _contents  # noqa: E402

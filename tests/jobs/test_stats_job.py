@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.stats.run import StatsCluster, StatsOptions, compute_store_stats
+from pipeline.executors.config import ClusterConfig
+from pipeline.stats.config import StatsOptions
+from pipeline.stats.run import compute_store_stats
 from tests.jobs.test_extract_job import assert_user_error
 from tests.stats.helpers import assert_same_table
 from tests.stats.store_refs import stats_table
@@ -59,7 +61,7 @@ def test_cluster_ray_from_the_command_line(minilm_store, minilm, tmp_path):
                  "stats.self_sim_top_k=5")
     assert result.returncode == 0, result.stderr
     assert "2 Ray worker(s)" in result.stdout
-    compute_store_stats(local, StatsOptions(self_sim_top_k=5), StatsCluster(workers=1, progress=False), loaded=minilm)
+    compute_store_stats(local, StatsOptions(self_sim_top_k=5), ClusterConfig(workers=1, progress=False), loaded=minilm)
     names = sorted(p.stem for p in (local / "stats").glob("*.parquet"))
     assert names == sorted(p.stem for p in (on_ray / "stats").glob("*.parquet")) and "encoding" in names
     for name in names:

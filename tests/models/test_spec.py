@@ -16,7 +16,8 @@ from safetensors.torch import load_file, save_file
 import pipeline.models.fingerprint as fp
 from pipeline.errors import ModelError
 from pipeline.models import loading
-from pipeline.models.loading import BUNDLED, ModelConfig, load_model, weights_fingerprint
+from pipeline.models.config import ModelConfig
+from pipeline.models.loading import BUNDLED, load_model, weights_fingerprint
 from pipeline.models.spec import ModelSpec, load_spec
 from tests.conftest import TINY_CONFIGS, tiny_loaded
 

@@ -19,8 +19,10 @@ import pytest
 import zarr
 
 from pipeline.corpus import CorpusConfig
+from pipeline.executors.config import ClusterConfig
 from pipeline.executors.local import extract_local
-from pipeline.job import CaptureConfig, ClusterConfig, ExtractConfig, StoreConfig
+from pipeline.extract.config import CaptureConfig, ExtractConfig
+from pipeline.store.config import StoreConfig
 from tests.conftest import tiny_loaded
 
 TEXTS = [

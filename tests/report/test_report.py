@@ -10,8 +10,10 @@ import shutil
 import pytest
 
 from pipeline.errors import StoreError
+from pipeline.executors.config import ClusterConfig
 from pipeline.report import ReportOptions, build_report
-from pipeline.stats.run import StatsCluster, StatsOptions, compute_store_stats
+from pipeline.stats.config import StatsOptions
+from pipeline.stats.run import compute_store_stats
 from tests.stats.stores import build_store, tiny
 
 ALL = ["encoding", "logit_lens", "position_kernels", "self_bias", "sink", "geometry", "trajectory", "similarity",
@@ -27,7 +29,7 @@ def loaded(smollm2):
 @pytest.fixture(scope="module")
 def stats_store(tmp_path_factory, loaded):
     store = build_store(tmp_path_factory.mktemp("report"), loaded)
-    compute_store_stats(store, StatsOptions(self_sim_top_k=4), StatsCluster(workers=1, progress=False), loaded=loaded)
+    compute_store_stats(store, StatsOptions(self_sim_top_k=4), ClusterConfig(workers=1, progress=False), loaded=loaded)
     return store
 
 
@@ -51,7 +53,7 @@ def test_default_location_and_missing_statistics(tmp_path, loaded):
     with pytest.raises(StoreError, match="run python -m jobs.stats"):
         build_report(store)
     compute_store_stats(store, StatsOptions(families=["encoding", "attention", "geometry"]),
-                        StatsCluster(workers=1, progress=False), loaded=loaded)
+                        ClusterConfig(workers=1, progress=False), loaded=loaded)
     page = build_report(store, ReportOptions(labels=False))
     assert page == store / "report" / "index.html"
     assert images(page) == ["encoding", "geometry", "trajectory", "similarity"]
@@ -72,7 +74,7 @@ def test_a_store_without_activations_merges_and_draws_from_the_sample(stats_stor
     manifest = json.loads((store / "manifest.json").read_text())
     manifest["arrays"] = {}
     (store / "manifest.json").write_text(json.dumps(manifest))
-    summary = compute_store_stats(store, StatsOptions(), StatsCluster(workers=1, progress=False))  # no model needed
+    summary = compute_store_stats(store, StatsOptions(), ClusterConfig(workers=1, progress=False))  # no model needed
     assert summary["shards"]["with_stats"] == summary["shards"]["committed"]
     page = build_report(store, ReportOptions(labels=False))
     assert images(page) == ALL

@@ -8,9 +8,11 @@ from pathlib import Path
 import torch
 
 from pipeline.corpus import CorpusConfig
+from pipeline.executors.config import ClusterConfig
 from pipeline.executors.local import extract_local
-from pipeline.job import CaptureConfig, ClusterConfig, ExtractConfig, StoreConfig
+from pipeline.extract.config import CaptureConfig, ExtractConfig
 from pipeline.models.loading import weights_fingerprint
+from pipeline.store.config import StoreConfig
 from tests.conftest import tiny_loaded
 
 SENTENCES = [

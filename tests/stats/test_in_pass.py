@@ -13,8 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from pipeline.executors.config import ClusterConfig
+from pipeline.stats.config import StatsOptions
 from pipeline.stats.partials import read_shard_meta
-from pipeline.stats.run import StatsCluster, StatsOptions, compute_store_stats
+from pipeline.stats.run import compute_store_stats
 from pipeline.stats.store_stats import has_activations
 from pipeline.store.reader import Store
 
@@ -42,7 +44,7 @@ def test_in_pass_equals_two_step(tmp_path, smollm2, monkeypatch, fast):
     assert n_shards >= 3 and has_activations(Store(store))
     assert all(read_shard_meta(store, i)["route"] == "in-pass" for i in range(n_shards))
     in_pass = read_tables(store)  # merged by the extraction itself
-    compute_store_stats(store, opts, StatsCluster(workers=1, progress=False), loaded=loaded)
+    compute_store_stats(store, opts, ClusterConfig(workers=1, progress=False), loaded=loaded)
     assert all(read_shard_meta(store, i)["route"] == "two-step" for i in range(n_shards))
     two_step = read_tables(store)
     assert in_pass.keys() == two_step.keys() and len(in_pass) >= 12

@@ -9,8 +9,10 @@ import pytest
 import ray
 
 import pipeline.stats.run as run_module
+from pipeline.executors.config import ClusterConfig
+from pipeline.stats.config import StatsOptions
 from pipeline.stats.partials import shard_dir
-from pipeline.stats.run import StatsCluster, StatsOptions, compute_store_stats
+from pipeline.stats.run import compute_store_stats
 from pipeline.store.reader import Store
 
 from . import store_refs as R
@@ -30,7 +32,7 @@ def ray_started_by_the_route():
 def test_ray_route_equals_the_local_route_and_resumes(pack_store, copy_store, tiny_llama, tmp_path, monkeypatch,
                                                       ray_started_by_the_route):
     local = copy_store(pack_store)
-    compute_store_stats(local, OPTIONS, StatsCluster(workers=1, progress=False), loaded=tiny_llama)
+    compute_store_stats(local, OPTIONS, ClusterConfig(workers=1, progress=False), loaded=tiny_llama)
     store = tmp_path / "ray"
     shutil.copytree(pack_store, store)
 
@@ -40,7 +42,7 @@ def test_ray_route_equals_the_local_route_and_resumes(pack_store, copy_store, ti
     # Ray tasks import pipeline.stats.run afresh in their worker processes; the driver's copy must stay unused
     monkeypatch.setattr(run_module, "shard_stats", not_here)
     said: list[str] = []
-    cluster = StatsCluster(kind="ray", workers=2, threads=1, progress=False)
+    cluster = ClusterConfig(kind="ray", workers=2, threads=1, progress=False)
     summary = compute_store_stats(store, OPTIONS, cluster, loaded=tiny_llama, report=said.append)
     assert ray.is_initialized()
     n_shards = len(Store(store).committed)

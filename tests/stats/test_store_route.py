@@ -12,17 +12,19 @@ import pytest
 import torch
 
 from pipeline.errors import StoreError
+from pipeline.executors.config import ClusterConfig
 from pipeline.stats import ShardOverlapError, StatsConfig
+from pipeline.stats.config import StatsOptions
 from pipeline.stats.decoding import nucleus_size
 from pipeline.stats.partials import merge_store_stats, shard_dir
-from pipeline.stats.run import StatsCluster, StatsOptions, compute_store_stats
+from pipeline.stats.run import compute_store_stats
 from pipeline.stats.store_stats import shard_stats
 from pipeline.store.reader import Store
 
 from . import store_refs as R
 from .helpers import assert_rel, assert_same_table, check_moments, summary_rows
 
-QUIET = StatsCluster(workers=1, progress=False)
+QUIET = ClusterConfig(workers=1, progress=False)
 
 
 def run(store, loaded, **opts) -> dict:
@@ -139,7 +141,7 @@ def test_process_pool_equals_one_process(pack_store, copy_store, tiny_llama, tmp
     two = tmp_path / "two"
     shutil.copytree(pack_store, two)
     compute_store_stats(two, StatsOptions(self_sim_top_k=6, families=["encoding", "geometry", "attention"]),
-                        StatsCluster(workers=2, threads=1, progress=False), loaded=tiny_llama)
+                        ClusterConfig(workers=2, threads=1, progress=False), loaded=tiny_llama)
     for name in ("encoding", "geometry", "attention"):
         assert_same_table(R.stats_table(one, name), R.stats_table(two, name), name)
 

@@ -17,9 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.corpus import CorpusConfig
+from pipeline.executors.config import ClusterConfig
 from pipeline.executors.local import extract_local
-from pipeline.job import CaptureConfig, ClusterConfig, ExtractConfig, StoreConfig
+from pipeline.extract.config import CaptureConfig, ExtractConfig
 from pipeline.store import layout
+from pipeline.store.config import StoreConfig
 from pipeline.store.verify import verify_store
 from tests.conftest import tiny_loaded
 from tests.store.test_damage import _data_files
@@ -32,8 +34,9 @@ LINES = [f"Line {i}: a reader polls the token table while shard after shard comm
 RUN = """
 import json, sys
 from pipeline.executors.local import extract_local
-from pipeline.job import ExtractConfig
-from pipeline.models.loading import ModelConfig, load_model
+from pipeline.extract.config import ExtractConfig
+from pipeline.models.config import ModelConfig
+from pipeline.models.loading import load_model
 from tests.conftest import tiny_loaded
 cfg = ExtractConfig.from_dict(json.loads(sys.argv[1]))
 model = tiny_loaded("llama", load_model(ModelConfig(name="smollm2-135m", device="cpu")).tokenizer)

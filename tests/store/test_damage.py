@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 
 from pipeline.corpus import CorpusConfig
+from pipeline.executors.config import ClusterConfig
 from pipeline.executors.local import extract_local
-from pipeline.job import CaptureConfig, ClusterConfig, ExtractConfig, StoreConfig
+from pipeline.extract.config import CaptureConfig, ExtractConfig
 from pipeline.store import layout
 from pipeline.store.commits import read_manifest, read_record
+from pipeline.store.config import StoreConfig
 from pipeline.store.verify import verify_store
 from tests.conftest import tiny_loaded
 

@@ -15,10 +15,12 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from pipeline.corpus import CorpusConfig
 from pipeline.errors import StoreError
+from pipeline.executors.config import ClusterConfig
 from pipeline.executors.local import extract_local
-from pipeline.job import CaptureConfig, ClusterConfig, ExtractConfig, StoreConfig
+from pipeline.extract.config import CaptureConfig, ExtractConfig
 from pipeline.query import open_store
 from pipeline.store import layout
+from pipeline.store.config import StoreConfig
 from pipeline.store.fs import FsspecFS, LocalFS, open_fs
 from pipeline.store.writer import StoreWriter
 from tests.conftest import assert_same_contents, tiny_loaded

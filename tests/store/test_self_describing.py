@@ -12,9 +12,11 @@ import xarray as xr
 import zarr
 
 from pipeline.corpus import CorpusConfig
+from pipeline.executors.config import ClusterConfig
 from pipeline.executors.local import extract_local
-from pipeline.job import CaptureConfig, ClusterConfig, ExtractConfig, StoreConfig
+from pipeline.extract.config import CaptureConfig, ExtractConfig
 from pipeline.store import layout
+from pipeline.store.config import StoreConfig
 from pipeline.store.writer import StoreWriter
 from tests.conftest import tiny_loaded
 

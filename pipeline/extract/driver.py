@@ -17,7 +17,8 @@ from typing import Protocol
 from tqdm.auto import tqdm
 
 from pipeline.executors.units import UnitMapper
-from pipeline.job import ExtractConfig, PreparedJob, prepare
+from pipeline.extract.config import ExtractConfig
+from pipeline.extract.job import PreparedJob, prepare
 from pipeline.models.loading import LoadedModel
 from pipeline.plan import Shard
 from pipeline.store.writer import StoreWriter

@@ -13,88 +13,23 @@ from __future__ import annotations
 
 import platform
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from importlib import metadata
 
 import torch
 
-from pipeline.corpus import CorpusConfig
 from pipeline.corpus.sequences import ShardTokens
 from pipeline.corpus.staged import StagedCorpus, stage_corpus
 from pipeline.errors import EmbwalkError, SiteError
+from pipeline.extract.config import ExtractConfig
 from pipeline.models.capture import CaptureLayout
-from pipeline.models.loading import ModelConfig
 from pipeline.models.sites import parse_sites
 from pipeline.plan import Plan, Shard, plan_staged, shard_tokens_for
 from pipeline.store import layout as store_layout
 from pipeline.store.fs import open_fs, require_local
-from pipeline.store.verify import check_level
-from pipeline.store.writer import check_compressor, check_store_location
+from pipeline.store.writer import check_store_location
 
 STORE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
-
-
-@dataclass
-class CaptureConfig:
-    sites: list[str] = field(default_factory=lambda: ["resid_pre.0", "resid_post", "final"])
-    heads: list[int] | None = None  # attention heads to keep (all by default)
-    store_arrays: bool = True  # false: keep nothing but the token table (and the statistics)
-    stats: dict | None = None  # walk statistics computed in the pass (pipeline.stats.run.StatsOptions)
-
-    def stats_options(self):
-        if self.stats is None:
-            return None
-        from pipeline.stats.run import StatsOptions
-
-        unknown = sorted(set(self.stats) - {f.name for f in fields(StatsOptions)})
-        if unknown:
-            raise EmbwalkError(f"unknown capture.stats option(s): {', '.join(unknown)}")
-        return StatsOptions(**self.stats)
-
-
-@dataclass
-class StoreConfig:
-    path: str = "stores/default"
-    dtype: str = "float16"  # float16 | float32 (bfloat16 is not a Zarr v3 data type)
-    shard_tokens: int = 4096  # the unit of scheduling, writing, commit and retry
-    chunk_tokens: int = 256  # rows per Zarr chunk (what a reader decodes at once)
-    compressor: str = "none"  # none | zstd
-    verify: str = "quick"  # how a rerun checks committed shards before skipping them: quick | full
-
-
-@dataclass
-class ClusterConfig:
-    kind: str = "local"  # local (this process) | ray
-    batch_size: int = 8
-    threads: int | None = None  # torch intra-op threads (per Ray worker); None = torch's default
-    progress: bool = True
-    address: str | None = None  # ray: None starts a local instance; "auto" or host:port joins a cluster
-    workers: int | None = None  # ray: None = one per GPU, or 1 without GPUs
-    max_retries: int = 3  # ray: further attempts of a shard whose worker died or raised
-    tokenize_workers: int | None = None  # processes (local) or Ray tasks at once tokenizing the corpus's parts;
-    # None: every CPU (local: this process alone for a corpus cut at 1M tokens or fewer); 1: this process
-
-
-@dataclass
-class ExtractConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    corpus: CorpusConfig = field(default_factory=CorpusConfig)
-    capture: CaptureConfig = field(default_factory=CaptureConfig)
-    store: StoreConfig = field(default_factory=StoreConfig)
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ExtractConfig:
-        """Build from plain dicts (Hydra's resolved config), rejecting unknown keys in one line."""
-        parts = {}
-        for f in fields(cls):
-            section = dict(data.get(f.name) or {})
-            allowed = {g.name for g in fields(f.default_factory())}
-            unknown = sorted(set(section) - allowed)
-            if unknown:
-                raise EmbwalkError(f"unknown {f.name} option(s): {', '.join(unknown)}")
-            parts[f.name] = f.default_factory().__class__(**section)
-        return cls(**parts)
 
 
 @dataclass
@@ -128,16 +63,10 @@ def prepare(cfg: ExtractConfig, model, parts_mapper=None) -> PreparedJob:
     tokenizer, sizes and weights fingerprint. ``parts_mapper`` runs the
     tokenization's parts (pipeline/executors/units.py; default: this process).
     """
-    if not cfg.capture.store_arrays and cfg.capture.stats is None:
-        raise EmbwalkError("capture.store_arrays=false keeps nothing: also set capture.stats (e.g. capture=stats_only)")
+    cfg.validate()  # every option value, before the store exists
     open_fs(cfg.store.path)  # an unknown protocol or a missing fsspec backend fails here, before any work
     if cfg.capture.stats is not None:  # the statistics partials are written with local file operations
         require_local(cfg.store.path, "statistics computed in the pass (capture.stats)")
-    if cfg.store.dtype not in STORE_DTYPES:
-        raise EmbwalkError(f"unknown store.dtype {cfg.store.dtype!r}; choose float16 or float32")
-    check_compressor(cfg.store.compressor)
-    check_level(cfg.store.verify)
-    cfg.capture.stats_options()  # unknown statistics options fail here, before the store exists
     if model.max_positions and cfg.corpus.seq_len > model.max_positions:
         raise EmbwalkError(
             f"corpus.seq_len={cfg.corpus.seq_len} is above the model's limit of "
@@ -149,7 +78,6 @@ def prepare(cfg: ExtractConfig, model, parts_mapper=None) -> PreparedJob:
     shard_tokens = shard_tokens_for(
         cfg.store.shard_tokens, cfg.store.chunk_tokens, cfg.corpus.seq_len, cfg.corpus.mode
     )
-    cfg.corpus.validate()
     fs = open_fs(cfg.store.path)
     check_store_location(fs)  # before the first staged file: never into a directory that is not a store
     existed = fs.exists()
@@ -163,7 +91,7 @@ def prepare(cfg: ExtractConfig, model, parts_mapper=None) -> PreparedJob:
     stats = None
     if cfg.capture.stats is not None:  # self-similarity types: the corpus's most frequent tokens, from counts
         ids, n = corpus.token_counts(fs, counts)
-        stats = cfg.capture.stats_options().stats_config(counts=(ids, n), n_resid=len(layout.residual))
+        stats = cfg.capture.stats.stats_config(counts=(ids, n), n_resid=len(layout.residual))
     specs = [] if not cfg.capture.store_arrays else store_layout.array_specs(
         n_tokens=plan.n_tokens,
         n_sequences=plan.n_sequences,
@@ -204,7 +132,7 @@ def _manifest(cfg: ExtractConfig, spec, corpus: StagedCorpus, plan: Plan, sites:
         "capture.sites": sites,
         "capture.heads": cfg.capture.heads,
         "capture.store_arrays": cfg.capture.store_arrays,
-        "capture.stats": cfg.capture.stats,
+        "capture.stats": None if cfg.capture.stats is None else asdict(cfg.capture.stats),
         "store.dtype": cfg.store.dtype,
         "store.shard_tokens": plan.shard_tokens,
         "store.chunk_tokens": cfg.store.chunk_tokens,

@@ -1,0 +1,59 @@
+"""The extraction job's config: one section per component, each the component's own dataclass.
+
+This is the job's composition root: ``ExtractConfig.from_dict`` is the one place
+a job's options become objects (through ``pipeline.config.from_dict``, which
+rejects unknown keys), and conf/extract.yaml's groups are these sections.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline.config import from_dict
+from pipeline.corpus.config import CorpusConfig
+from pipeline.errors import EmbwalkError
+from pipeline.executors.config import ClusterConfig
+from pipeline.models.config import ModelConfig
+from pipeline.stats.config import StatsOptions
+from pipeline.store.config import StoreConfig
+
+
+@dataclass
+class CaptureConfig:
+    """What the hooks capture (the Hydra ``capture`` group); sites: docs/sites.md."""
+
+    sites: list[str] = field(default_factory=lambda: ["resid_pre.0", "resid_post", "final"])
+    heads: list[int] | None = None  # attention heads to keep (all by default)
+    store_arrays: bool = True  # false: keep nothing but the token table (and the statistics)
+    stats: StatsOptions | None = None  # walk statistics computed in the pass (None: none)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stats, dict):  # built by hand from plain data
+            self.stats = from_dict(StatsOptions, self.stats, "capture.stats")
+
+    def validate(self) -> None:
+        if not self.store_arrays and self.stats is None:
+            raise EmbwalkError(
+                "capture.store_arrays=false keeps nothing: also set capture.stats (e.g. capture=stats_only)"
+            )
+
+
+@dataclass
+class ExtractConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ExtractConfig:
+        """Build from plain dicts (Hydra's resolved config), rejecting unknown keys in one line."""
+        return from_dict(cls, data)
+
+    def validate(self) -> None:
+        """Every option value checked before any work or any file."""
+        self.corpus.validate()
+        self.capture.validate()
+        self.store.validate()
+        self.cluster.validate()
