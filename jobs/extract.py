@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig
-
 from jobs._entry import run_job
 from pipeline.errors import EmbwalkError
 from pipeline.extract.config import ExtractConfig
-from pipeline.query import open_store
-from pipeline.store.fs import local_path
 from pipeline.store.reader import Store
 
 
@@ -22,17 +17,15 @@ def extract(config: dict) -> int:
     else:
         raise EmbwalkError(f"unknown cluster.kind {cfg.cluster.kind!r}; choose local or ray")
     manifest = execute(cfg)
-    local = local_path(cfg.store.path)
-    print(Store(local).summary() if local is not None else open_store(cfg.store.path).summary())
+    print(Store(cfg.store.path).summary())  # a local path or any fsspec URL
     seconds, tokens = manifest.get("run_seconds"), manifest.get("run_tokens")
     if seconds and tokens:
         print(f"this run: {tokens} tokens in {seconds:.1f} s ({tokens / seconds:.0f} tokens/s)")
     return 0
 
 
-@hydra.main(config_path="../conf", config_name="extract", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run_job(extract, cfg)
+def main() -> None:
+    run_job("extract", ExtractConfig, extract)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,11 @@ Prints the selected token rows (with vector norms at ``sites``) or, with
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
+from typing import Any
 
-import hydra
 import numpy as np
 import pyarrow as pa
-from omegaconf import DictConfig
 
 from jobs._entry import run_job
 from pipeline.errors import EmbwalkError
@@ -50,9 +50,43 @@ def query(config: dict) -> int:
     return 0
 
 
-@hydra.main(config_path="../conf", config_name="query", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run_job(query, cfg)
+@dataclass
+class QueryStoreOptions:
+    path: str = "???"  # a store directory or an fsspec URL; `store=PATH` is short for store.path=PATH
+    storage_options: dict = field(default_factory=dict)  # passed to fsspec for URLs (endpoint, credentials, ...)
+
+
+@dataclass
+class ExportOptions:
+    path: str | None = None  # write the selection's vectors: FILE.npy, FILE.safetensors or a directory
+    format: str | None = None  # npy | safetensors | datasets (default: from the path's suffix)
+
+
+@dataclass
+class QueryJob:
+    """Selectors take N, [N,M,...] or a half-open range 'start:stop'; every selector given must hold."""
+
+    store: QueryStoreOptions = field(default_factory=QueryStoreOptions)
+    summary: bool = False  # print the store's summary (model, sites, tokens, shards, bytes) first
+    row: Any = None
+    doc: Any = None
+    seq: Any = None
+    pos: Any = None  # position in the sequence
+    doc_pos: Any = None  # position in the document (in pack mode a document spans sequences)
+    token_id: Any = None
+    token: Any = None  # exact token text, e.g. "token=' the'" (or a list of texts)
+    regex: str | None = None  # RE2 regular expression searched in the token text, e.g. "regex='^ [A-Z]'"
+    where: str | None = None  # SQL condition over tokens; may use stats tables in subqueries
+    sql: str | None = None  # a whole DuckDB query over tokens and stats tables, printed as is
+    columns: list[str] = field(default_factory=list)  # extra SQL expressions to show, e.g. ["length(token) AS chars"]
+    limit: int | None = None  # keep at most this many rows
+    sites: list[str] = field(default_factory=list)  # sites whose vector norms are shown, and which are exported
+    show: int = 20  # rows printed
+    export: ExportOptions = field(default_factory=ExportOptions)
+
+
+def main() -> None:
+    run_job("query", QueryJob, query, _store_shorthand(sys.argv[1:]))
 
 
 def _store_shorthand(argv: list[str]) -> list[str]:
@@ -61,5 +95,4 @@ def _store_shorthand(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.argv = _store_shorthand(sys.argv)
     main()

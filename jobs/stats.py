@@ -3,32 +3,26 @@
 from __future__ import annotations
 
 import sys
-
-import hydra
-from omegaconf import DictConfig
+from dataclasses import dataclass, field
 
 from jobs._entry import require_store, run_job, store_argument
 from pipeline.config import from_dict
-from pipeline.errors import EmbwalkError
 from pipeline.executors.config import ClusterConfig
 from pipeline.stats.config import StatsOptions
-from pipeline.stats.run import compute_store_stats
+from pipeline.stats.job import compute_store_stats
 
 
-def options(section: dict | None, cls):
-    section = dict(section or {})
-    known = {f for f in cls.__dataclass_fields__}
-    unknown = sorted(set(section) - known)
-    if unknown:
-        raise EmbwalkError(f"unknown option(s): {', '.join(unknown)}")
-    return cls(**section)
+@dataclass
+class StatsJob:
+    store_path: str | None = None  # the store: give it as store=PATH
+    stats: StatsOptions = field(default_factory=StatsOptions)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 def stats(config: dict) -> int:
     path = require_store(config)
-    opts = options(config.get("stats"), StatsOptions)
-    cluster = from_dict(ClusterConfig, config.get("cluster"))
-    summary = compute_store_stats(path, opts, cluster, report=lambda msg: print(msg, file=sys.stderr))
+    job = from_dict(StatsJob, config)
+    summary = compute_store_stats(path, job.stats, job.cluster, report=lambda msg: print(msg, file=sys.stderr))
     print(format_summary(summary))
     return 0
 
@@ -66,11 +60,9 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(config_path="../conf", config_name="stats", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run_job(stats, cfg)
+def main() -> None:
+    run_job("stats", StatsJob, stats, store_argument(sys.argv[1:]))
 
 
 if __name__ == "__main__":
-    sys.argv = store_argument(sys.argv)
     main()

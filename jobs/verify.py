@@ -10,9 +10,7 @@ rewrites only them, and the exit status is 0.
 from __future__ import annotations
 
 import sys
-
-import hydra
-from omegaconf import DictConfig
+from dataclasses import dataclass
 
 from jobs._entry import require_store, run_job, store_argument
 from pipeline.store.verify import verify_store
@@ -42,11 +40,17 @@ def verify(config: dict) -> int:
     return EXIT_DAMAGED
 
 
-@hydra.main(config_path="../conf", config_name="verify", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    run_job(verify, cfg)
+@dataclass
+class VerifyJob:
+    store_path: str | None = None  # the store: give it as store=PATH
+    full: bool = True  # every byte (each chunk's CRC-32C); false: the quick check a rerun does (sizes, indexes)
+    repair: bool = False  # un-commit damaged shards so the next run of the extraction rewrites only them
+    progress: bool = True  # a progress bar on stderr
+
+
+def main() -> None:
+    run_job("verify", VerifyJob, verify, store_argument(sys.argv[1:]))
 
 
 if __name__ == "__main__":
-    sys.argv = store_argument(sys.argv)
     main()

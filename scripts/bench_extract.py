@@ -48,11 +48,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.allocator import keep_freed_memory  # noqa: E402
-from pipeline.corpus import CorpusConfig, vocabulary_strings  # noqa: E402
+from pipeline.corpus import CorpusConfig  # noqa: E402
 from pipeline.executors.config import ClusterConfig  # noqa: E402
 from pipeline.extract.config import CaptureConfig, ExtractConfig  # noqa: E402
 from pipeline.extract.job import PreparedJob, prepare  # noqa: E402
-from pipeline.extract.runner import ShardRunner  # noqa: E402
 from pipeline.models.config import ModelConfig  # noqa: E402
 from pipeline.models.loading import load_model  # noqa: E402
 from pipeline.stats.partials import merge_store_stats  # noqa: E402
@@ -92,11 +91,7 @@ def embwalk(loaded, job: PreparedJob, store: Path) -> float:
     """The local executor's work on an already prepared job (tokenizing is not timed, as for the peers)."""
     cfg = job.config
     writer = StoreWriter.open(store, job.manifest, job.specs, cfg.store.compressor)
-    runner = ShardRunner(
-        loaded, job.layout, job.tokens_for, writer, vocabulary_strings(loaded.tokenizer),
-        dtype=job.dtype, batch_size=cfg.cluster.batch_size, seq_len=cfg.corpus.seq_len,
-        stats=job.stats, store_arrays=cfg.capture.store_arrays,
-    )
+    runner = job.runner(loaded, writer)
     start = time.perf_counter()
     try:
         commits = [runner.run(shard) for shard in job.plan.shards]
@@ -106,7 +101,7 @@ def embwalk(loaded, job: PreparedJob, store: Path) -> float:
         commit.result()
     writer.finish()
     if cfg.capture.stats is not None:
-        merge_store_stats(writer.root)
+        merge_store_stats(writer.fs)
     _sync(loaded.device)
     return time.perf_counter() - start
 

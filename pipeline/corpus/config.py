@@ -12,6 +12,7 @@ FORMATS = ("auto", "txt", "jsonl", "parquet", "arrow")
 TXT_UNITS = ("file", "line", "paragraph")
 INVALID_UTF8 = ("error", "replace")
 MODES = ("pack", "document")
+DEFAULT_BUILTIN = "stdlib_docstrings"
 
 
 @dataclass
@@ -23,7 +24,7 @@ class CorpusConfig:
     """
 
     path: str | None = None  # file, directory (recursive; a save_to_disk dataset's own order) or glob; None -> built-in
-    builtin: str = "stdlib_docstrings"  # built-in corpus used when path is None
+    builtin: str | None = DEFAULT_BUILTIN  # built-in corpus used when path is None (None: path is required)
     format: str = "auto"  # auto (by extension) | txt | jsonl (also .gz, .zst) | parquet | arrow
     txt_unit: str = "paragraph"  # txt: file | line | paragraph (blank-line separated)
     text_field: str = "text"  # jsonl key / parquet or arrow column holding the text
@@ -34,6 +35,10 @@ class CorpusConfig:
     max_tokens: int | None = None  # stop after this many stored tokens
 
     def __post_init__(self) -> None:
+        if self.path is not None and self.builtin is None:
+            # corpus=files unsets builtin so that a missing path is an error; with a path it is
+            # unused, and one value keeps the corpus's identity independent of the preset
+            self.builtin = DEFAULT_BUILTIN
         self.validate()
 
     @property
@@ -54,6 +59,8 @@ class CorpusConfig:
         if self.path is not None and not os.fspath(self.path).strip():
             raise CorpusError("corpus.path is empty (leave it unset for the built-in corpus)")
         if self.path is None:
+            if self.builtin is None:  # corpus=files
+                raise CorpusError("missing required option: corpus.path (a file, directory or glob of your texts)")
             if self.builtin not in BUILTIN_CORPORA:
                 known = ", ".join(sorted(BUILTIN_CORPORA))
                 raise CorpusError(f"unknown built-in corpus {self.builtin!r} (known: {known})")

@@ -9,37 +9,36 @@ Set ``EMBWALK_FAULT`` on the driver (workers get it from there):
 - ``raise:SHARD``: every attempt at shard SHARD raises, as a document that
   makes the model fail would.
 
-Unset (always, outside tests), nothing here does anything.
+Nothing here patches anything: the kill is the writer's ``before_commit`` hook
+(``StoreWriter.attach(path, before_commit=...)``), called by the writer's own
+code once a shard's arrays are durable and before its commit record and token
+table; the failure is a check the worker makes before each shard. Unset
+(always, outside tests), nothing here does anything.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 ENV = "EMBWALK_FAULT"
 
 
-def install(fault: str | None, writer) -> None:
+def before_commit(fault: str | None) -> Callable[[int], None] | None:
+    """The writer hook ``fault`` asks for, or None."""
     if not fault or not fault.startswith("kill-while-writing:"):
-        return
+        return None
     _, shard, flag = fault.split(":", 2)
-    original = writer.write_shard
 
-    def write_shard(index, rows, arrays, *args, **kwargs):
+    def kill(index: int) -> None:
         if index == int(shard) and not Path(flag).exists():
             Path(flag).touch()
-            n = rows[1] - rows[0]
-            for name, data in arrays.items():  # the data lands, the commit never does
-                # As the writer gets them: layer-major [layer, row, d] padded past n, or [row, d].
-                valid = data[:, :n].transpose(1, 0, 2) if data.ndim == 3 else data[:n]
-                writer.arrays[name][rows[0] : rows[1]] = valid
-            Path(f"{flag}.written").touch()
+            Path(f"{flag}.written").touch()  # the arrays are on disk; the commit never will be
             os.kill(os.getpid(), signal.SIGKILL)
-        return original(index, rows, arrays, *args, **kwargs)
 
-    writer.write_shard = write_shard
+    return kill
 
 
 def before_shard(fault: str | None, index: int) -> None:

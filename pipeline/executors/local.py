@@ -10,12 +10,12 @@ import os
 
 import torch
 
-from pipeline.corpus import CorpusConfig, vocabulary_strings
+from pipeline.corpus import CorpusConfig
 from pipeline.corpus.documents import corpus_parts
-from pipeline.executors.units import UnitMapper, default_workers, process_pool
+from pipeline.executors.base import UnitMapper
+from pipeline.executors.units import default_workers, process_pool
 from pipeline.extract.config import ExtractConfig
 from pipeline.extract.driver import run_extraction
-from pipeline.extract.runner import ShardRunner
 from pipeline.models.loading import LoadedModel, load_model
 from pipeline.store.fs import local_path
 
@@ -39,11 +39,7 @@ class LocalExecutor:
 
     def extract(self, cfg, job, writer, todo, loaded, bar) -> int:
         loaded = loaded or load_model(cfg.model)
-        runner = ShardRunner(
-            loaded, job.layout, job.tokens_for, writer, vocabulary_strings(loaded.tokenizer),
-            dtype=job.dtype, batch_size=cfg.cluster.batch_size, seq_len=cfg.corpus.seq_len,
-            stats=job.stats, store_arrays=cfg.capture.store_arrays,
-        )
+        runner = job.runner(loaded, writer)
         commits = []
         try:
             for shard in todo:

@@ -22,14 +22,12 @@ import fsspec
 import numpy as np
 import torch
 
-from pipeline.corpus import vocabulary_strings
 from pipeline.errors import EmbwalkError, StoreError, first_line
 from pipeline.executors import faults
 from pipeline.executors.units import in_order
 from pipeline.extract.config import ExtractConfig
 from pipeline.extract.driver import run_extraction
 from pipeline.extract.job import PreparedJob
-from pipeline.extract.runner import ShardRunner
 from pipeline.models.loading import LoadedModel, load_model
 from pipeline.plan import Shard
 from pipeline.store.writer import StoreWriter
@@ -46,14 +44,10 @@ class ShardWorker:
         if cfg.cluster.threads:
             torch.set_num_threads(cfg.cluster.threads)
         loaded = loaded or load_model(cfg.model)
-        writer = StoreWriter.attach(cfg.store.path)  # a path or URL: each worker opens the store itself
-        faults.install(fault, writer)
+        # A path or URL: each worker opens the store itself.
+        writer = StoreWriter.attach(cfg.store.path, before_commit=faults.before_commit(fault))
         self.fault = fault
-        self.runner = ShardRunner(
-            loaded, job.layout, job.tokens_for, writer, vocabulary_strings(loaded.tokenizer),
-            dtype=job.dtype, batch_size=cfg.cluster.batch_size, seq_len=cfg.corpus.seq_len,
-            max_pending=IN_FLIGHT_PER_WORKER, stats=job.stats, store_arrays=cfg.capture.store_arrays,
-        )
+        self.runner = job.runner(loaded, writer, max_pending=IN_FLIGHT_PER_WORKER)
 
     def run(self, shard: Shard) -> dict:
         faults.before_shard(self.fault, shard.index)

@@ -14,13 +14,9 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
-U = TypeVar("U")
-R = TypeVar("R")
-
-# Runs fn(unit, *shared) for every unit, yielding results in unit order.
-UnitMapper = Callable[[Callable[..., R], Iterable[U], tuple], Iterator[R]]
+from pipeline.executors.base import R, U, UnitMapper
 
 
 def in_order(units: Iterable[U], submit: Callable[[U], Any], result: Callable[[Any], R], window: int,

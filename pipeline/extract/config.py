@@ -8,6 +8,7 @@ rejects unknown keys), and conf/extract.yaml's groups are these sections.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipeline.config import from_dict
 from pipeline.corpus.config import CorpusConfig
@@ -25,10 +26,12 @@ class CaptureConfig:
     sites: list[str] = field(default_factory=lambda: ["resid_pre.0", "resid_post", "final"])
     heads: list[int] | None = None  # attention heads to keep (all by default)
     store_arrays: bool = True  # false: keep nothing but the token table (and the statistics)
-    stats: StatsOptions | None = None  # walk statistics computed in the pass (None: none)
+    # Walk statistics computed in the pass (None: none): a StatsOptions, given as its dict in YAML.
+    # Typed Any for Hydra, which cannot merge options into a structured node that is None.
+    stats: Any = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.stats, dict):  # built by hand from plain data
+        if self.stats is not None:
             self.stats = from_dict(StatsOptions, self.stats, "capture.stats")
 
     def validate(self) -> None:
@@ -53,6 +56,7 @@ class ExtractConfig:
 
     def validate(self) -> None:
         """Every option value checked before any work or any file."""
+        self.model.validate()
         self.corpus.validate()
         self.capture.validate()
         self.store.validate()

@@ -12,37 +12,23 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
-from typing import Protocol
 
 from tqdm.auto import tqdm
 
-from pipeline.executors.units import UnitMapper
+from pipeline.executors.base import Executor
 from pipeline.extract.config import ExtractConfig
-from pipeline.extract.job import PreparedJob, prepare
+from pipeline.extract.job import prepare
 from pipeline.models.loading import LoadedModel
-from pipeline.plan import Shard
 from pipeline.store.writer import StoreWriter
 
 log = logging.getLogger(__name__)
-
-
-class Executor(Protocol):
-    def start(self, cfg: ExtractConfig) -> None:
-        """Get ready (a Ray connection, torch threads); refuse what it cannot run, before any work."""
-
-    def parts_mapper(self, cfg: ExtractConfig) -> UnitMapper | None:
-        """Where the corpus's parts are tokenized (None: in this process)."""
-
-    def extract(self, cfg: ExtractConfig, job: PreparedJob, writer: StoreWriter, todo: list[Shard],
-                loaded: LoadedModel | None, bar: tqdm) -> int:
-        """Extract and commit ``todo``; returns the tokens written. A shard that fails for good
-        raises once the others are done."""
 
 
 def run_extraction(cfg: ExtractConfig, executor: Executor, loaded: LoadedModel | None = None) -> dict:
     """Run (or resume) an extraction job; returns the store's manifest (with ``run_seconds``
     and ``run_tokens`` of this run). ``loaded`` is an in-memory model (tests); otherwise the
     driver plans from the model's description and the workers load it."""
+    cfg.validate()  # every option value, before a cluster starts or a model loads
     executor.start(cfg)
     # The driver plans from the model's description (config, tokenizer, fingerprint), never its weights.
     if loaded is None:
@@ -66,7 +52,7 @@ def run_extraction(cfg: ExtractConfig, executor: Executor, loaded: LoadedModel |
     if cfg.capture.stats is not None:
         from pipeline.stats.partials import merge_store_stats
 
-        merge_store_stats(writer.root)
+        merge_store_stats(writer.fs)
     manifest["run_seconds"] = round(time.perf_counter() - started, 2)
     manifest["run_tokens"] = written
     return manifest

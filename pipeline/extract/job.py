@@ -18,16 +18,20 @@ from importlib import metadata
 
 import torch
 
+from pipeline.corpus import vocabulary_strings
 from pipeline.corpus.sequences import ShardTokens
 from pipeline.corpus.staged import StagedCorpus, stage_corpus
 from pipeline.errors import EmbwalkError, SiteError
 from pipeline.extract.config import ExtractConfig
+from pipeline.extract.runner import ShardRunner
 from pipeline.models.capture import CaptureLayout
+from pipeline.models.loading import LoadedModel
 from pipeline.models.sites import parse_sites
 from pipeline.plan import Plan, Shard, plan_staged, shard_tokens_for
+from pipeline.stats.inpass import InPassStats
 from pipeline.store import layout as store_layout
 from pipeline.store.fs import open_fs, require_local
-from pipeline.store.writer import check_store_location
+from pipeline.store.writer import StoreWriter, check_store_location
 
 STORE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
@@ -49,6 +53,19 @@ class PreparedJob:
     @property
     def dtype(self) -> torch.dtype:
         return STORE_DTYPES[self.config.store.dtype]
+
+    def runner(self, loaded: LoadedModel, writer: StoreWriter, max_pending: int = 2) -> ShardRunner:
+        """The shard runner of this job on a worker: ``loaded`` is the worker's model; the in-pass
+        statistics, if any, observe its shards."""
+        observers = []
+        if self.stats is not None:
+            observers.append(InPassStats.for_model(self.stats, loaded, self.layout, writer.fs))
+        cfg = self.config
+        return ShardRunner(
+            loaded, self.layout, self.tokens_for, writer, vocabulary_strings(loaded.tokenizer),
+            dtype=self.dtype, batch_size=cfg.cluster.batch_size, seq_len=cfg.corpus.seq_len,
+            max_pending=max_pending, store_arrays=cfg.capture.store_arrays, observers=observers,
+        )
 
     def tokens_for(self, shard: Shard) -> ShardTokens:
         """A shard's corpus rows, read from the store's staging area (what a worker reads)."""

@@ -8,6 +8,10 @@ store writes of shard n (and the pattern writes of each batch) run on one
 writer thread, in order, while shard n+1 computes. ``run`` returns a future
 that resolves to the shard's commit record once its data is durable; at most
 ``max_pending`` shards wait for their writes, which bounds memory.
+
+Observers (``ShardObserver``: the in-pass walk statistics, pipeline/stats/inpass.py)
+see every shard at three fixed points: its start, each batch's captures, and just
+before its commit, on the writer thread.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -32,11 +37,26 @@ from pipeline.store import layout as store_layout
 from pipeline.store.writer import StoreWriter
 
 
+class ShardObserver(Protocol):
+    """What the runner tells an observer of its shards, in this order per shard."""
+
+    def start_shard(self, shard: Shard) -> Any:
+        """A shard starts computing; returns the observer's state for it."""
+
+    def on_batch(self, state: Any, got: dict[str, torch.Tensor], batch: list[int], starts: list[int],
+                 lengths: list[int], shard: Shard, win: ShardTokens) -> None:
+        """A batch's captures ``got`` (the capture buffers: read them before returning)."""
+
+    def before_commit(self, state: Any, shard: Shard) -> None:
+        """On the writer thread, after the shard's pattern writes and before its commit;
+        raising fails the shard (no commit)."""
+
+
 class ShardRunner:
     def __init__(
         self,
         loaded: LoadedModel,
-        capture: CaptureLayout,
+        layout: CaptureLayout,
         tokens_for: Callable[[Shard], ShardTokens],
         writer: StoreWriter,
         vocabulary: list[str],
@@ -44,15 +64,16 @@ class ShardRunner:
         batch_size: int = 8,
         seq_len: int = 256,
         max_pending: int = 2,
-        stats=None,
         store_arrays: bool = True,
+        observers: Sequence[ShardObserver] = (),
     ):
-        """``stats`` (pipeline.stats.base.StatsConfig) computes walk statistics in the
-        pass; ``store_arrays=False`` then stores none of the captured arrays."""
+        """``layout`` says what the hooks capture; ``observers`` see every shard
+        (``ShardObserver``: e.g. the in-pass walk statistics); ``store_arrays=False``
+        stores none of the captured arrays."""
         keep_freed_memory()  # batches reuse activation memory instead of faulting it in again
         self.loaded, self.tokens_for, self.writer = loaded, tokens_for, writer
-        self.capture, self.dtype, self.batch_size = capture, dtype, batch_size
-        self.capturer = Capturer(loaded, capture, dtype)
+        self.layout, self.dtype, self.batch_size = layout, dtype, batch_size
+        self.capturer = Capturer(loaded, layout, dtype)
         self.seq_len = seq_len
         self.vocabulary = pa.array(vocabulary, type=pa.string())
         self.pad_id = _pad_id(loaded.tokenizer)
@@ -61,12 +82,7 @@ class ShardRunner:
         self.max_rows = -(-writer.manifest["shard_tokens"] // self.chunk_rows) * self.chunk_rows
         self._buffer_pool: queue.SimpleQueue = queue.SimpleQueue()
         self.store_arrays = store_arrays
-        self.stats_config = self.stats_head = None
-        if stats is not None:
-            from pipeline.stats.sequence import ModelHead
-
-            self.stats_config = stats
-            self.stats_head = ModelHead.from_loaded(loaded)
+        self.observers = list(observers)
         # One writer thread: writes run in submission order, so a shard's commit
         # always follows its own pattern writes.
         self.writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embwalk-writer")
@@ -95,7 +111,7 @@ class ShardRunner:
         bufs, flats = self._shard_buffers(shard)
         pattern_files: dict[str, dict] = {}  # filled on the writer thread: what the commit record lists
         pattern_writes: list[Future] = []
-        walk = self._walk_stats(shard)
+        observed = [(obs, obs.start_shard(shard)) for obs in self.observers]
         for batch in self._batches(shard, win):
             starts = [win.sequence_rows(s)[0] for s in batch]
             lengths = [win.sequence_rows(s)[1] - a for s, a in zip(batch, starts, strict=True)]
@@ -104,8 +120,8 @@ class ShardRunner:
             got = self.capturer.run(ids, mask, out)
             if out is None:
                 self._scatter(got, starts, lengths, bufs, shard)
-            if walk is not None:
-                self._update_stats(walk, got, batch, starts, lengths, shard, win)
+            for obs, state in observed:
+                obs.on_batch(state, got, batch, starts, lengths, shard, win)
             if "pattern" in got and self.store_arrays:
                 self._queue_patterns(got["pattern"], batch, lengths, shard, pattern_files, pattern_writes)
             if on_tokens:
@@ -124,10 +140,8 @@ class ShardRunner:
             try:
                 for write in pattern_writes:
                     write.result()  # a failed pattern write fails the shard: no commit
-                if walk is not None:  # before the commit: a committed shard always has its statistics
-                    from pipeline.stats.partials import write_shard_partials
-
-                    write_shard_partials(self.writer.root, shard.index, walk, {"route": "in-pass"})
+                for obs, state in observed:  # before the commit: a committed shard always has its statistics
+                    obs.before_commit(state, shard)
                 return self.writer.write_shard(shard.index, shard.rows, arrays, tokens, extra, pattern_files)
             finally:
                 self._buffer_pool.put(flats)
@@ -239,36 +253,12 @@ class ShardRunner:
     def _write_pattern(self, seq: int, block: np.ndarray, files: dict[str, dict]) -> None:
         files.update(self.writer.write_patterns(seq, block))  # on the writer thread, in sequence order
 
-    def _walk_stats(self, shard: Shard):
-        if self.stats_config is None:
-            return None
-        from pipeline.stats.sequence import WalkStats
-
-        return WalkStats.for_layout(self.stats_config, self.stats_head, shard.index, self.capture)
-
-    def _update_stats(self, walk, got, batch, starts, lengths, shard: Shard, win: ShardTokens) -> None:
-        """Every sequence whose first token is in the shard, whole, from the capture
-        buffers: already in the store dtype, so the values equal what a store holds."""
-        p0, p1 = shard.pattern_seqs
-        for j, (s, a, n) in enumerate(zip(batch, starts, lengths, strict=True)):
-            if not p0 <= s < p1:
-                continue
-            rows = win.rows(a, a + n)
-            walk.update_sequence(
-                got["resid"][j, :n] if "resid" in got else None,
-                got["final"][j, :n] if "final" in got else None,
-                torch.from_numpy(win.token_ids[rows].astype(np.int64)),
-                torch.from_numpy(win.doc_ids[rows].astype(np.int64)),
-                got["pattern"][j, :, :, :n, :n] if "pattern" in got else None,
-                seq_id=s,
-            )
-
     def _per_token_shapes(self) -> dict[str, tuple[int, ...]]:
         if not self.store_arrays:
             return {}
         d = self.loaded.d_model
-        shapes = {name: (len(layers), d) for name, layers in self.capture.array_layers().items()}
-        if self.capture.final:
+        shapes = {name: (len(layers), d) for name, layers in self.layout.array_layers().items()}
+        if self.layout.final:
             shapes["final"] = (d,)
         return shapes
 

@@ -5,7 +5,7 @@ preallocated buffer (``resid`` [batch, seq, layer, d_model], cast to the store
 dtype on the way), so there is one copy per layer and no per-site hook chain.
 Optional sites (resid_mid, attn_out, mlp_out) add a hook only where asked.
 Attention probabilities come from the registered SDPA-plus-probabilities
-function (attention.py), only for the requested layers and heads. When nothing
+function (sdpa_patterns.py), only for the requested layers and heads. When nothing
 after block k is needed, the hook of block k stops the forward pass.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.models import attention
+from pipeline.models import sdpa_patterns
 from pipeline.models.loading import LoadedModel
 from pipeline.models.sites import Site
 
@@ -153,7 +153,7 @@ class Capturer:
                 module.embwalk_pattern_sink = sink
         model = self.loaded.model
         self._previous_attn = model.config._attn_implementation
-        model.set_attn_implementation(attention.register())
+        model.set_attn_implementation(sdpa_patterns.register())
 
     # -- running -------------------------------------------------------------------------
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.errors import ModelError
+
 
 @dataclass
 class ModelConfig:
-    name: str = "smollm2-135m"  # bundled name, local directory, .gguf file or hub id
+    name: str | None = "smollm2-135m"  # bundled name, local directory, .gguf file or hub id (None: required)
     dtype: str = "float32"  # float32 | float16 | bfloat16
     device: str = "auto"  # cpu | cuda | cuda:N | auto
     attn_implementation: str = "sdpa"
@@ -15,3 +17,7 @@ class ModelConfig:
     revision: str | None = None
     cache_dir: str | None = None  # GGUF conversion cache; default $EMBWALK_CACHE or ~/.cache/embwalk
     device_map: str | None = None  # e.g. "auto": spread a model too large for one GPU over several (accelerate)
+
+    def validate(self) -> None:
+        if not self.name:  # model=hub
+            raise ModelError("missing required option: model.name (bundled name, directory, .gguf file or hub id)")

@@ -42,7 +42,7 @@ _LLAMA_TAPS = {
     "mlp_out": ("mlp", "output"),
 }
 
-FAMILIES = (
+MODEL_FAMILIES = (
     Family(
         "llama",
         ("llama", "mistral", "qwen2", "qwen3", "olmo"),
@@ -94,10 +94,10 @@ FAMILIES = (
 
 
 def family_for(config) -> Family:
-    for family in FAMILIES:
+    for family in MODEL_FAMILIES:
         if config.model_type in family.model_types:
             return family
-    supported = ", ".join(t for f in FAMILIES for t in f.model_types)
+    supported = ", ".join(t for f in MODEL_FAMILIES for t in f.model_types)
     raise ModelError(
         f"unsupported architecture {config.model_type!r}; supported model types: {supported}"
     )

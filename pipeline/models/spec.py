@@ -18,9 +18,9 @@ import torch
 from transformers import AutoConfig, AutoTokenizer
 
 from pipeline.errors import ModelError, first_line
+from pipeline.models.config import ModelConfig
 from pipeline.models.families import Family, family_for
-from pipeline.models.loading import (
-    ModelConfig,
+from pipeline.models.sources import (
     gguf_cache_path,
     gguf_cache_ready,
     locate_model,

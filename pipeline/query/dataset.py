@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -28,19 +29,25 @@ from pipeline.errors import SiteError, StoreError
 from pipeline.query import order
 from pipeline.query.errors import QueryError
 from pipeline.query.fetch import RowReader
-from pipeline.query.rows import CommittedRows
-from pipeline.query.source import StoreSource
-from pipeline.query.store import QueryStore, open_store
 from pipeline.query.stream import stream_batches
+from pipeline.query.vector_sites import vector_sites
+from pipeline.store.reader import CommittedRows, Store
 
 BLOCK_BYTES = 8 << 20  # one read: big enough to stream at disk speed, small enough to mix shards well
 BUFFER_BYTES = 256 << 20  # default shuffle buffer per worker
 
 
+class Snapshot(Protocol):
+    """A reader with a snapshot of its committed shards: a ``QueryStore``."""
+
+    reader: Store
+    committed: list[int]
+
+
 class VectorDataset(IterableDataset):
     def __init__(
         self,
-        store: QueryStore | str | Path,
+        store: Store | Snapshot | str | Path,
         site: str,
         *,
         batch_size: int = 4096,
@@ -61,19 +68,25 @@ class VectorDataset(IterableDataset):
         shuffle buffer of each worker; ``block_rows`` (default: a shard, at most 8 MB) is one read;
         ``drop_last`` drops the rank's short last batch and evens ranks out (DDP needs equal counts);
         ``dtype`` converts batches (default: the store's dtype); ``with_rows`` yields ``(rows, vectors)``;
-        ``shards`` pins the shards read (default: those committed now, a snapshot)."""
-        if not isinstance(store, QueryStore):
-            store = open_store(store, storage_options)
-        sites = store.sites(site)
+        ``shards`` pins the shards read (default: those committed now, a snapshot).
+
+        ``store``: a reader (``pipeline.store.reader.Store``), a ``QueryStore`` (its snapshot of
+        committed shards is the default and what ``shards`` must be in), or a location opened
+        with ``storage_options``. Workers reopen the store from its location, options and manifest."""
+        if isinstance(store, (str, Path)):
+            store = Store(store, storage_options)
+        reader = store if isinstance(store, Store) else store.reader
+        committed = store.committed  # a reader's committed shards now, or a QueryStore's snapshot
+        sites = vector_sites(reader.manifest, site)
         if len(sites) != 1:
             raise SiteError(f"a dataset streams one site; {site!r} names {len(sites)} (e.g. resid_post.6)")
         self.site = sites[0]
-        self.location, self.storage_options = store.location, store.source.storage_options
-        self.manifest = store.manifest
-        self.shards = sorted(store.committed if shards is None else {int(s) for s in shards})
-        not_committed = sorted(set(self.shards) - set(store.committed))
+        self.location, self.storage_options = reader.location, reader.storage_options
+        self.manifest = reader.manifest
+        self.shards = sorted(committed if shards is None else {int(s) for s in shards})
+        not_committed = sorted(set(self.shards) - set(committed))
         if not_committed:
-            raise StoreError(f"shard {not_committed[0]} of {store.location} is not committed (yet)")
+            raise StoreError(f"shard {not_committed[0]} of {reader.location} is not committed (yet)")
         spec = self.manifest["arrays"][self.site.array]
         self.d_model = int(spec["shape"][-1])
         row_bytes = self.d_model * np.dtype(spec["dtype"]).itemsize
@@ -159,7 +172,8 @@ class VectorDataset(IterableDataset):
         blocks = order.epoch_blocks(self._blocks, self.seed, epoch, self.shuffle)
         rng = np.random.default_rng([self.seed, epoch, rank, role, 1]) if self.shuffle else None
         buffer = order.ShuffleBuffer(order.segments(blocks, spans[role]), self.buffer_rows if self.shuffle else 0, rng)
-        reader = RowReader(StoreSource(self.location, self.storage_options), self.manifest, self.site, self.direct)
+        store = Store(self.location, self.storage_options, manifest=self.manifest)
+        reader = RowReader(store, self.site, self.direct)
         for rows, vectors in stream_batches(buffer, reader, self.batch_size, skip, self._scratch(buffer, reader)):
             out = torch.from_numpy(vectors)
             if self.dtype is not None:

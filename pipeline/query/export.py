@@ -1,4 +1,6 @@
-"""Write a selection's vectors to .npy, .safetensors or a HuggingFace ``datasets`` directory.
+"""Write vectors of chosen rows to .npy, .safetensors or a HuggingFace ``datasets`` directory.
+
+``Selection.export`` calls ``export`` with its store (a ``VectorSource``), rows and token table.
 
 Every format is written piece by piece (``PIECE_ROWS`` rows at a time) to a
 temporary name and renamed, so an export of millions of rows never holds them
@@ -13,15 +15,12 @@ import re
 import shutil
 import struct
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline.query.errors import QueryError
-
-if TYPE_CHECKING:
-    from pipeline.query.selection import Selection
+from pipeline.query.fetch import VectorSource
 
 FORMATS = ("npy", "safetensors", "datasets")
 PIECE_ROWS = 65536
@@ -29,8 +28,12 @@ PIECE_BYTES = 256 << 20  # at most this much of vectors in memory at once (datas
 _SAFETENSORS_DTYPES = {"float16": "F16", "float32": "F32", "int64": "I64"}
 
 
-def export(selection: Selection, path: str | Path, sites: str | list[str], format: str | None = None) -> Path:
-    """Write ``selection``'s vectors at ``sites``; the format comes from the suffix unless given.
+def export(
+    source: VectorSource, rows: np.ndarray, table: pa.Table, path: str | Path, sites: str | list[str],
+    format: str | None = None,
+) -> Path:
+    """Write the vectors of ``rows`` at ``sites`` (read from ``source``; ``table``: the rows' token
+    columns, one row each); the format comes from the suffix unless given.
 
     - npy: ``[n, d_model]`` for one site named as a string, else ``[n, n_sites, d_model]``;
     - safetensors: one ``[n, d_model]`` tensor per site (named by the site) and ``row`` [n] int64,
@@ -43,18 +46,18 @@ def export(selection: Selection, path: str | Path, sites: str | list[str], forma
     if fmt not in FORMATS:
         raise QueryError(f"cannot tell the export format of {path}; use a .npy or .safetensors name, or a "
                          f"directory with format=datasets (one of: {', '.join(FORMATS)})")
-    names = [s.name for s in selection.store.sites(sites)]
+    names = [s.name for s in source.sites(sites)]
     if not path.parent.is_dir():
         raise QueryError(f"cannot write {path}: its directory does not exist")
     if fmt == "datasets":
-        _datasets(selection, path, names)
+        _datasets(source, rows, table, path, names)
         return path
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         if fmt == "npy":
-            _npy(selection, tmp, sites if isinstance(sites, str) and len(names) == 1 else names)
+            _npy(source, rows, tmp, sites if isinstance(sites, str) and len(names) == 1 else names)
         else:
-            _safetensors(selection, tmp, names)
+            _safetensors(source, rows, tmp, names)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -67,8 +70,7 @@ def _pieces(n: int, step: int | None = None):
         yield start, min(start + step, n)
 
 
-def _npy(selection: Selection, path: Path, sites: str | list[str]) -> None:
-    store, rows = selection.store, selection.rows
+def _npy(store: VectorSource, rows: np.ndarray, path: Path, sites: str | list[str]) -> None:
     d = int(store.manifest["model"]["d_model"])
     shape = (len(rows), d) if isinstance(sites, str) else (len(rows), len(sites), d)
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(store.manifest["dtype"]), shape=shape)
@@ -78,9 +80,8 @@ def _npy(selection: Selection, path: Path, sites: str | list[str]) -> None:
     del out
 
 
-def _safetensors(selection: Selection, path: Path, names: list[str]) -> None:
+def _safetensors(store: VectorSource, rows: np.ndarray, path: Path, names: list[str]) -> None:
     """The safetensors layout: u64 header size, JSON header (offsets into the data), then raw bytes."""
-    store, rows = selection.store, selection.rows
     dtype = np.dtype(store.manifest["dtype"])
     d = int(store.manifest["model"]["d_model"])
     header: dict = {"__metadata__": {
@@ -105,7 +106,7 @@ def _safetensors(selection: Selection, path: Path, names: list[str]) -> None:
         os.fsync(f.fileno())
 
 
-def _datasets(selection: Selection, path: Path, names: list[str]) -> None:
+def _datasets(store: VectorSource, rows: np.ndarray, table: pa.Table, path: Path, names: list[str]) -> None:
     """The token columns (and any extra ones) plus one fixed-size-list column per site.
 
     The rows go piece by piece into one Arrow stream next to ``path``, which ``datasets``
@@ -117,7 +118,6 @@ def _datasets(selection: Selection, path: Path, names: list[str]) -> None:
         import datasets
     except ImportError as exc:
         raise QueryError("exporting to a HuggingFace dataset needs the datasets package: pip install datasets") from exc
-    store, table = selection.store, selection.table
     clash = sorted(set(names) & set(table.column_names))
     if clash:
         raise QueryError(f"cannot export site(s) {', '.join(clash)}: the selection has columns of the same name")
@@ -134,17 +134,17 @@ def _datasets(selection: Selection, path: Path, names: list[str]) -> None:
     step = max(1, min(PIECE_ROWS, PIECE_BYTES // max(1, len(names) * d * dtype.byte_width)))
     try:
         with pa.OSFile(str(stream), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-            for a, b in _pieces(len(selection), step):
+            for a, b in _pieces(len(rows), step):
                 columns = table.slice(a, b - a).columns
                 for name in names:
-                    flat = store.vectors(selection.rows[a:b], name).reshape(-1)
+                    flat = store.vectors(rows[a:b], name).reshape(-1)
                     columns.append(pa.FixedSizeListArray.from_arrays(pa.array(flat, type=dtype), d))
                 writer.write_table(pa.Table.from_arrays(columns, schema=schema))
         about = {"store": store.location, "model": store.manifest["model"]["id"], "sites": names,
                  "format": "embwalk selection: token columns, one [d_model] vector column per site"}
         info = datasets.DatasetInfo(description=json.dumps(about))
         # an empty selection still gets one (empty) shard: datasets would write none, and no schema
-        shards = None if len(selection) else 1
+        shards = None if len(rows) else 1
         datasets.Dataset.from_file(str(stream), info=info).save_to_disk(str(tmp), num_shards=shards)
         _replace_dir(tmp, path)
     finally:

@@ -2,28 +2,42 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 
 from pipeline.query.direct import DirectReader
 from pipeline.query.errors import QueryError
-from pipeline.query.sites import VectorSite
-from pipeline.query.source import StoreSource
+from pipeline.query.vector_sites import VectorSite
+from pipeline.store.reader import Store
+
+
+class VectorSource(Protocol):
+    """What a selection and its exports read vectors from (a ``QueryStore``): the store's
+    name and manifest, site resolution, and vectors of rows at sites."""
+
+    location: str
+    manifest: dict
+
+    def sites(self, names: str | list[str]) -> list[VectorSite]: ...
+
+    def vectors(self, rows, sites: str | list[str], direct: bool | None = None) -> np.ndarray: ...
 
 
 class RowReader:
-    """Rows of one site (one array, one layer). ``direct=None`` uses raw byte reads where the
-    array allows them (local, uncompressed) and Zarr otherwise; True/False forces one."""
+    """Rows of one site (one array, one layer) of ``store``. ``direct=None`` uses raw byte reads
+    where the array allows them (local, uncompressed) and Zarr otherwise; True/False forces one."""
 
-    def __init__(self, source: StoreSource, manifest: dict, site: VectorSite, direct: bool | None = None):
-        spec = manifest["arrays"][site.array]
+    def __init__(self, store: Store, site: VectorSite, direct: bool | None = None):
+        spec = store.manifest["arrays"][site.array]
         self.site = site
         self.d = int(spec["shape"][-1])
         self.dtype = np.dtype(spec["dtype"])
         self.shard_rows = int(spec["shards"][0])
-        self.array = source.open_array(spec["path"])
+        self.array = store.open_array(spec["path"])
         self.direct = None
         if direct is not False:
-            self.direct = DirectReader.for_array(self.array, source.local_path(spec["path"]))
+            self.direct = DirectReader.for_array(self.array, store.local_path(spec["path"]))
             if direct and self.direct is None:
                 raise QueryError(f"array {site.array} cannot be read directly (compressed, remote or other chunking)")
 

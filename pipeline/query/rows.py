@@ -1,44 +1,14 @@
-"""Which token rows a reader may touch: rows of committed shards, nothing else."""
+"""Row numbers from whatever a user hands over: a Selection, a table with a ``row`` column, numbers.
+
+(Which rows may be read, those of committed shards, is ``pipeline.store.reader.CommittedRows``.)
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
 
-from pipeline.errors import StoreError
 from pipeline.query.errors import QueryError
-
-
-class CommittedRows:
-    """The committed shards' row ranges, checked with a binary search (no per-token mask)."""
-
-    def __init__(self, manifest: dict, committed: list[int]):
-        shards = {s["index"]: s["rows"] for s in manifest["shards"]}
-        ranges = sorted(shards[i] for i in committed if i in shards)
-        self.starts = np.array([r[0] for r in ranges], dtype=np.int64)
-        self.stops = np.array([r[1] for r in ranges], dtype=np.int64)
-        self.n_tokens = int(manifest["n_tokens"])
-
-    @property
-    def count(self) -> int:
-        return int((self.stops - self.starts).sum())
-
-    @property
-    def ranges(self) -> list[tuple[int, int]]:
-        return list(zip(self.starts.tolist(), self.stops.tolist(), strict=True))
-
-    def check(self, rows: np.ndarray, where: str) -> None:
-        if len(rows) == 0:
-            return
-        lo, hi = int(rows.min()), int(rows.max())
-        if lo < 0 or hi >= self.n_tokens:
-            bad = lo if lo < 0 else hi
-            raise StoreError(f"row {bad} is outside {where} (rows 0..{self.n_tokens - 1})")
-        i = np.searchsorted(self.starts, rows, side="right") - 1
-        ok = (i >= 0) & (rows < self.stops[np.maximum(i, 0)])
-        if not ok.all():
-            bad = int(rows[~ok][0])
-            raise StoreError(f"row {bad} of {where} belongs to a shard that is not committed (yet)")
 
 
 def as_rows(obj) -> np.ndarray:

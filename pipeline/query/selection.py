@@ -9,20 +9,21 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.query.display import format_table
+from pipeline.query.export import export
+from pipeline.query.fetch import VectorSource
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # heavy, imported only when used
     import torch
     import xarray
-
-    from pipeline.query.store import QueryStore
 
 TOKEN_COLUMNS = ("row", "doc_id", "seq_id", "pos", "doc_pos", "token_id", "token")
 
 
 class Selection:
-    """Token rows (``table``: row, doc_id, seq_id, pos, doc_pos, token_id, token, plus any extra columns)."""
+    """Token rows (``table``: row, doc_id, seq_id, pos, doc_pos, token_id, token, plus any extra columns)
+    of ``store`` (the QueryStore that selected them), which reads their vectors."""
 
-    def __init__(self, store: QueryStore, table: pa.Table):
+    def __init__(self, store: VectorSource, table: pa.Table):
         self.store = store
         self.table = table
         self.rows = table.column("row").to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
@@ -67,6 +68,4 @@ class Selection:
 
     def export(self, path: str | Path, sites: str | list[str], format: str | None = None) -> Path:
         """Write the vectors (and row labels) to .npy, .safetensors or a HuggingFace dataset directory."""
-        from pipeline.query.export import export
-
-        return export(self, path, sites, format)
+        return export(self.store, self.rows, self.table, path, sites, format)

@@ -14,18 +14,17 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.errors import StoreError
-from pipeline.query.attention import sequence_pattern
 from pipeline.query.errors import QueryError
 from pipeline.query.fetch import RowReader
-from pipeline.query.rows import CommittedRows, as_rows
+from pipeline.query.patterns import sequence_pattern
+from pipeline.query.rows import as_rows
 from pipeline.query.selection import TOKEN_COLUMNS, Selection
 from pipeline.query.selectors import token_condition
-from pipeline.query.sites import VectorSite, vector_sites
-from pipeline.query.source import StoreSource
 from pipeline.query.tables import Tables
-from pipeline.store.reader import compact_sites
+from pipeline.query.vector_sites import VectorSite, vector_sites
+from pipeline.store.reader import CommittedRows, Store
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported only by code that streams to a trainer
     from pipeline.query.dataset import VectorDataset
 
 
@@ -35,17 +34,19 @@ def open_store(location: str | Path, storage_options: dict | None = None) -> Que
 
 
 class QueryStore:
+    """The query facade over one ``reader`` (pipeline.store.reader.Store), with a snapshot of
+    its committed shards (``committed``, ``committed_rows``) that every question here sees."""
+
     def __init__(self, location: str | Path, storage_options: dict | None = None):
-        self.source = StoreSource(location, storage_options)
-        self.location = self.source.location
-        self.manifest = self.source.manifest()
+        self.reader = Store(location, storage_options)
+        self.location = self.reader.location
         self._readers: dict[tuple[VectorSite, bool | None], RowReader] = {}
         self._tables: Tables | None = None
         self.refresh()
 
     def refresh(self) -> QueryStore:
         """See shards committed since the store was opened."""
-        self.committed = self.source.committed()
+        self.committed = self.reader.committed
         self.committed_rows = CommittedRows(self.manifest, self.committed)
         if self._tables is not None:
             self._tables.close()
@@ -53,6 +54,15 @@ class QueryStore:
         return self
 
     # -- what is in it -------------------------------------------------------------------
+
+    @property
+    def manifest(self) -> dict:
+        """The reader's manifest (one dict: what the reader, its row readers and this facade see)."""
+        return self.reader.manifest
+
+    @manifest.setter
+    def manifest(self, manifest: dict) -> None:
+        self.reader.manifest = manifest
 
     @property
     def n_tokens(self) -> int:
@@ -67,43 +77,10 @@ class QueryStore:
         return vector_sites(self.manifest, names)
 
     def info(self) -> dict:
-        m = self.manifest
-        arrays = {
-            name: int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize for name, spec in m["arrays"].items()
-        }
-        return {
-            "location": self.location,
-            "model": m["model"]["id"],
-            "n_layers": m["model"]["n_layers"],
-            "d_model": m["model"]["d_model"],
-            "sites": list(m["sites"]),
-            "planned_tokens": m["n_tokens"],
-            "committed_tokens": self.n_tokens,
-            "committed_shards": len(self.committed),
-            "shards": len(m["shards"]),
-            "array_bytes": arrays,
-            "tables": self.tables,
-        }
+        return self.reader.info(self.committed)
 
     def summary(self) -> str:
-        info, m = self.info(), self.manifest
-        lines = [
-            f"store: {self.location}",
-            f"  model: {info['model']} ({m['model']['family']}, {info['n_layers']} layers, d_model {info['d_model']})",
-            f"  tokens: {info['committed_tokens']} committed of {info['planned_tokens']} "
-            f"({info['committed_shards']}/{info['shards']} shards; {m['n_sequences']} sequences, "
-            f"{m['n_documents']} documents, seq_len {m['seq_len']}, {m['mode']} mode)",
-            f"  sites: {compact_sites(m['sites'])}",
-        ]
-        for name, spec in m["arrays"].items():
-            dims = " x ".join(f"{d}={n}" for d, n in zip(spec["dims"], spec["shape"], strict=True))
-            lines.append(f"  {spec['path']}: [{dims}] {spec['dtype']}, {info['array_bytes'][name] / 1e6:.1f} MB")
-        lines.append(
-            f"  bytes: {sum(info['array_bytes'].values()) / 1e6:.1f} MB of arrays, "
-            f"{self.source.disk_bytes() / 1e6:.1f} MB on disk"
-        )
-        lines.append(f"  tables: {', '.join(info['tables'])}")
-        return "\n".join(lines)
+        return self.reader.summary(self.committed)
 
     # -- SQL and selections --------------------------------------------------------------
 
@@ -178,7 +155,7 @@ class QueryStore:
         ``labelled=True`` returns an xarray DataArray with block and head numbers and the
         sequence's token texts on the query and key axes.
         """
-        data, blocks, heads_ = sequence_pattern(self.source, self.manifest, self.committed, seq, layers, heads)
+        data, blocks, heads_ = sequence_pattern(self.reader, self.committed, seq, layers, heads)
         if not labelled:
             return data
         import xarray as xr
@@ -194,7 +171,7 @@ class QueryStore:
 
     def dataset(self, site: str, **options) -> VectorDataset:
         """A torch IterableDataset over one site; see ``VectorDataset`` for the options."""
-        from pipeline.query.dataset import VectorDataset
+        from pipeline.query.dataset import VectorDataset  # lazily: torch
 
         return VectorDataset(self, site, **options)
 
@@ -202,13 +179,14 @@ class QueryStore:
 
     def _sql_tables(self) -> Tables:
         if self._tables is None:
-            self._tables = Tables(self.source, self.committed)
+            self._tables = Tables(self.reader, self.committed)
         return self._tables
 
     def _reader(self, site: VectorSite, direct: bool | None) -> RowReader:
+        """The row reader of one site (cached); ``self.reader`` is the store's reader underneath."""
         key = (site, direct)
         if key not in self._readers:
-            self._readers[key] = RowReader(self.source, self.manifest, site, direct)
+            self._readers[key] = RowReader(self.reader, site, direct)
         return self._readers[key]
 
     def _from_query(self, result: pa.Table, limit: int | None) -> Selection:

@@ -13,30 +13,29 @@ import duckdb
 import pyarrow as pa
 
 from pipeline.query.errors import QueryError, first_line
-from pipeline.query.source import StoreSource
 from pipeline.store import layout
+from pipeline.store.reader import Store
 
 
 class Tables:
-    def __init__(self, source: StoreSource, committed: list[int]):
+    def __init__(self, store: Store, committed: list[int]):
         self.con = duckdb.connect()
-        if source.local is None:
-            self.con.register_filesystem(source.fs)  # DuckDB reads remote Parquet through fsspec
-        files = source.token_files(committed)
+        if store.local is None:
+            self.con.register_filesystem(store.fsspec)  # DuckDB reads remote Parquet through fsspec
+        files = store.token_files(committed)
         if files:
             self.con.execute(f"CREATE VIEW tokens AS SELECT * FROM read_parquet({_list(files)})")
         else:  # nothing committed yet: an empty table of the right schema
             self.con.register("tokens", layout.TOKEN_SCHEMA.empty_table())
-        self.names = ["tokens"]
-        stats = source.stats_tables()
+        stats = store.stats_tables()
+        self.names = store.table_names(stats)
         if stats:
             self.con.execute("CREATE SCHEMA stats")
         for name, paths in stats.items():
             scan = f"SELECT * FROM read_parquet({_list(paths)}, union_by_name = true)"
             self.con.execute(f"CREATE VIEW stats.{_ident(name)} AS {scan}")
-            if name != "tokens":
+            if name != "tokens":  # a stats table called tokens is only stats.tokens
                 self.con.execute(f"CREATE VIEW {_ident(name)} AS {scan}")
-                self.names.append(name)
 
     def sql(self, query: str, params: list | dict | None = None) -> pa.Table:
         """Run a query; a user's mistake (syntax, unknown table or column, bad regex) is one line."""

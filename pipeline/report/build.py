@@ -37,26 +37,25 @@ def build_report(store: str | Path, options: ReportOptions | None = None, loaded
     out.mkdir(parents=True, exist_ok=True)
     doc = load_document(data, opts.doc, opts.max_tokens)
     vocab = load_vocabulary(data.store, loaded) if opts.labels and doc is not None else None
+    # figure: (what it needs, for the reason shown when it is missing; how it is drawn)
     makers = {
-        "encoding": lambda: F.fig_encoding(data, out),
-        "logit_lens": lambda: F.fig_logit_lens(data, out),
-        "position_kernels": lambda: F.fig_kernels(data, out, opts.max_offset),
-        "self_bias": lambda: F.fig_self_bias(data, out),
-        "sink": lambda: F.fig_sink(data, out),
-        "geometry": lambda: F.fig_geometry(data, out),
-        "trajectory": lambda: F.fig_trajectory(doc, vocab, out, opts.walks),
-        "similarity": lambda: F.fig_similarity(doc, out),
-        "decoding": lambda: F.fig_decoding(data, out),
+        "encoding": ("encoding", lambda: F.fig_encoding(data, out)),
+        "logit_lens": ("logit_lens", lambda: F.fig_logit_lens(data, out)),
+        "position_kernels": ("attention", lambda: F.fig_kernels(data, out, opts.max_offset)),
+        "self_bias": ("attention", lambda: F.fig_self_bias(data, out)),
+        "sink": ("attention", lambda: F.fig_sink(data, out)),
+        "geometry": ("geometry", lambda: F.fig_geometry(data, out)),
+        "trajectory": ("the store's resid (or a sample kept by the statistics)",
+                       lambda: F.fig_trajectory(doc, vocab, out, opts.walks)),
+        "similarity": ("the same", lambda: F.fig_similarity(doc, out)),
+        "decoding": ("decoding", lambda: F.fig_decoding(data, out)),
     }
-    needs = {"encoding": "encoding", "logit_lens": "logit_lens", "position_kernels": "attention",
-             "self_bias": "attention", "sink": "attention", "geometry": "geometry", "decoding": "decoding",
-             "trajectory": "the store's resid (or a sample kept by the statistics)", "similarity": "the same"}
+    skipped = data.summary.get("skipped", {})  # family: why the statistics left it out
     figures, missing = [], {}
-    for name, make in makers.items():
+    for name, (needs, make) in makers.items():
         fig = make()
         if fig is None:
-            why = data.summary.get("skipped", {}).get(needs[name], f"needs {needs[name]}, not computed")
-            missing[name] = why
+            missing[name] = skipped.get(needs, f"needs {needs}, not computed")
             (out / f"{name}.png").unlink(missing_ok=True)  # never show a stale figure
         else:
             figures.append(fig)

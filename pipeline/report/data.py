@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.errors import StoreError
-from pipeline.stats.partials import SUMMARY, load_sample, stats_dir
-from pipeline.stats.store_stats import check_store
-from pipeline.store import layout as store_layout
+from pipeline.stats.from_store import check_store
+from pipeline.stats.partials import load_sample, read_summary, read_tables, stats_dir
 from pipeline.store.reader import Store
 
 
@@ -54,13 +51,10 @@ class ReportData:
 
 def load_report_data(path: str | Path) -> ReportData:
     store = check_store(path)
-    out = stats_dir(store.root)
-    summary_path = out / SUMMARY
-    if not summary_path.is_file():
-        raise StoreError(f"no statistics in {out}: run python -m jobs.stats store={store.root} first")
-    summary = json.loads(summary_path.read_text())
-    tables = {p.stem: pq.read_table(p) for p in sorted(out.glob("*.parquet"))}
-    return ReportData(store, summary, tables)
+    summary = read_summary(store.root)
+    if summary is None:
+        raise StoreError(f"no statistics in {stats_dir(store.root)}: run python -m jobs.stats store={store.root} first")
+    return ReportData(store, summary, read_tables(store.root))
 
 
 def load_document(data: ReportData, doc_id: int | None = None, max_tokens: int = 64,
@@ -75,7 +69,7 @@ def load_document(data: ReportData, doc_id: int | None = None, max_tokens: int =
     if "resid" in store.manifest["arrays"]:
         # one shard's token table at a time: a store may hold billions of rows
         for index in store.committed:
-            tokens = pq.read_table(store_layout.tokens_path(store.root, index))
+            tokens = store.read_tokens(index)
             docs = tokens.column("doc_id").to_numpy()
             want = _pick_doc(docs, min_tokens) if doc_id is None else doc_id
             rows = np.flatnonzero(docs == want)

@@ -1,8 +1,9 @@
 """The report's figures, one function each: ``fig_*(data, out, ...) -> Figure | None``.
 
-Each reads the merged statistics tables (pipeline/stats/partials.py) and writes one PNG;
-it returns None (with the reason in ``SKIPS``) when the statistics it needs were not
-computed, so a report of a partial run still shows everything it can.
+Each reads the merged statistics tables (merge_store_stats, pipeline/stats/partials.py) and
+writes one PNG; it returns None when the statistics it needs were not computed (build.py
+shows why: the summary's ``skipped`` reason), so a report of a partial run still shows
+everything it can.
 """
 
 from __future__ import annotations

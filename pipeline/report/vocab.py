@@ -36,7 +36,7 @@ def load_vocabulary(store: Store, loaded=None) -> Vocabulary | None:
     """The store's model's vocabulary, or None (logged) when the model cannot be had or has no
     unembedding: labels are a nicety, the figures are drawn without them."""
     from pipeline.corpus import vocabulary_strings
-    from pipeline.stats.run import model_head
+    from pipeline.stats.job import model_head
 
     try:
         if loaded is None:

@@ -1,15 +1,17 @@
 """Walk statistics: mergeable accumulators over batches of activations.
 
 One accumulator class per family (``EncodingWalk``, ``LogitLens``, ``DecodingWalk``,
-``AttentionStats``, ``Geometry``), all with ``update(...)``, ``merge(other)``
-(exact, refuses overlapping shard ids), ``result() -> dict[str, pyarrow.Table]``
-and ``to_arrow()`` / ``Accumulator.from_arrow()`` for Parquet partials.
+``AttentionStats``, ``Geometry``), all with ``update(...)``, ``update_from(inputs)``,
+``merge(other)`` (exact, refuses overlapping shard ids), ``result() -> dict[str, pyarrow.Table]``
+and ``to_arrow()`` / ``Accumulator.from_arrow()`` for Parquet partials. Each declares
+what it reads (``needs_*``, pipeline/stats/base.py); ``ACCUMULATORS`` is the registry.
 Formulas and sources: docs/statistics.md.
 
-Over a whole run, ``WalkStats`` feeds every family one sequence at a time (both the
-in-pass route and the two-step route over a store use it), ``write_shard_partials``
-stores a shard's partials in ``STORE/stats/partials/`` and ``merge_store_stats`` merges
-them into ``STORE/stats/<table>.parquet``.
+Over a whole run, ``WalkStats`` (walk.py) feeds every family one sequence at a time for
+both routes: the two-step route over a stored run (from_store.py, run as a job by
+job.py) and the in-pass route (inpass.py, an observer of the extraction's shard runner).
+``write_shard_partials`` stores a shard's partials in ``STORE/stats/partials/`` and
+``merge_store_stats`` merges them into ``STORE/stats/<table>.parquet`` (partials.py).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Iterable
 
 from pipeline.stats.attention import AttentionStats
 from pipeline.stats.base import (
+    ACCUMULATORS,
     Accumulator,
     ShardOverlapError,
     StatsMergeError,
@@ -29,14 +32,15 @@ from pipeline.stats.config import FAMILIES, Bins, StatsConfig, StatsOptions, mos
 from pipeline.stats.decoding import DecodingWalk
 from pipeline.stats.encoding import EncodingWalk
 from pipeline.stats.geometry import Geometry
+from pipeline.stats.inpass import InPassStats, required_sites
+from pipeline.stats.inputs import Offer, SequenceInputs
 from pipeline.stats.lens import LogitLens
 from pipeline.stats.partials import merge_store_stats, write_shard_partials
-from pipeline.stats.sequence import ModelHead, WalkStats
 from pipeline.stats.similarity import similarity_map
+from pipeline.stats.walk import ModelHead, WalkStats
 
-ACCUMULATORS: dict[str, type[Accumulator]] = {
-    cls.family: cls for cls in (EncodingWalk, LogitLens, DecodingWalk, AttentionStats, Geometry)
-}
+if tuple(ACCUMULATORS) != FAMILIES:  # every family's class defines itself into the registry
+    raise ImportError(f"statistic families {tuple(ACCUMULATORS)} registered, {FAMILIES} expected")
 
 
 def build_accumulators(
@@ -50,7 +54,8 @@ def build_accumulators(
 
 __all__ = [
     "ACCUMULATORS", "FAMILIES", "Accumulator", "StatsOptions", "AttentionStats", "Bins", "DecodingWalk",
-    "EncodingWalk", "Geometry", "LogitLens", "ModelHead", "ShardOverlapError", "StatsConfig",
-    "StatsMergeError", "WalkStats", "build_accumulators", "merge_all", "merge_store_stats",
-    "most_frequent_types", "read_partial", "similarity_map", "write_partial", "write_shard_partials",
+    "EncodingWalk", "Geometry", "InPassStats", "LogitLens", "ModelHead", "Offer", "SequenceInputs",
+    "ShardOverlapError", "StatsConfig", "StatsMergeError", "WalkStats", "build_accumulators", "merge_all",
+    "merge_store_stats", "most_frequent_types", "read_partial", "required_sites", "similarity_map",
+    "write_partial", "write_shard_partials",
 ]

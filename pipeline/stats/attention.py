@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +23,9 @@ import torch
 
 from pipeline.stats.base import Accumulator
 from pipeline.stats.ops import f32, unit
+
+if TYPE_CHECKING:
+    from pipeline.stats.inputs import SequenceInputs
 
 SUMMARY_SCHEMA = pa.schema(
     [
@@ -47,6 +51,16 @@ class AttentionStats(Accumulator):
 
     family = "attention"
     labels = ("layers", "heads", "causal")
+    needs_pattern = True
+    uses_layer_inputs = True  # the association bias
+
+    def update_from(self, inputs: SequenceInputs) -> None:
+        pattern, n = inputs.pattern, inputs.n
+        if pattern is None:
+            return
+        if tuple(pattern.shape[-2:]) != (n, n):
+            raise ValueError(f"pattern must be cropped to the sequence, [..., {n}, {n}]; got {tuple(pattern.shape)}")
+        self.update(pattern, inputs.head.causal, inputs.assoc_inputs, inputs.pattern_layers)
 
     def update(
         self,

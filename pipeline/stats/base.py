@@ -6,6 +6,12 @@ merge partials that share a shard: a rerun of a shard can then never be counted
 twice. Partials persist as one Arrow table (Parquet-ready, no pickle): one row
 per array chunk with its dtype and shape, and the config and shard ids as JSON
 in the schema metadata.
+
+Each family also declares what it reads (``needs_*`` below) and takes it from one
+sequence's ``SequenceInputs`` in ``update_from``; whether a family can run on a
+shard (and why not), which stored arrays the two-step route reads and which
+capture sites the in-pass route needs are derived from those declarations, and
+``ACCUMULATORS`` (filled as each family's class is defined) is the one registry.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ import torch
 
 from pipeline.errors import EmbwalkError
 from pipeline.stats import hist
-from pipeline.stats.config import StatsConfig
+from pipeline.stats.config import FAMILIES, StatsConfig
+from pipeline.stats.inputs import ARRAYS, Offer, SequenceInputs
 
 FORMAT_VERSION = 1
 META_KEY = b"embwalk.stats"
@@ -38,7 +45,8 @@ _PARTIAL_SCHEMA = pa.schema(
     ]
 )
 
-_REGISTRY: dict[str, type[Accumulator]] = {}
+# Every family's class by name, in FAMILIES order: filled as each class is defined.
+ACCUMULATORS: dict[str, type[Accumulator]] = {}
 
 
 class StatsMergeError(EmbwalkError, ValueError):
@@ -52,19 +60,74 @@ class ShardOverlapError(StatsMergeError):
 class Accumulator:
     """Base of the per-family accumulators.
 
-    Subclasses define ``family``, ``update(...)`` and ``result()``, and list in
-    ``labels`` the state arrays that describe the layout (layer ids, ...) and must
-    be equal, not added, when merging; ``special`` arrays are merged by the subclass.
+    Subclasses define ``family``, ``update(...)``, ``update_from(inputs)`` and ``result()``,
+    and list in ``labels`` the state arrays that describe the layout (layer ids, ...) and
+    must be equal, not added, when merging; ``special`` arrays are merged by the subclass.
+
+    What a family reads is declared, not coded where it is used:
+
+    - ``needs_resid``: the residual stream, with at least ``min_resid_layers`` layers;
+      its tables' ``layer`` column then counts positions along resid's layer axis
+      (the merge maps them to the store's residual indices)
+    - ``needs_final_or_last_resid``: the final context vectors, captured or derived
+      as final_norm(resid of the last block)
+    - ``needs_pattern``: attention patterns; its tables' ``head`` column then counts
+      positions along the pattern's head axis (capture.heads)
+    - ``needs_unembed``: the model's unembedding (LM head)
+    - ``uses_layer_inputs``: resid at each pattern layer's input, when the shard has it
+      (optional: without it that part of the family is left out)
     """
 
     family: ClassVar[str] = ""
     labels: ClassVar[tuple[str, ...]] = ()
     special: ClassVar[tuple[str, ...]] = ()
+    needs_resid: ClassVar[bool] = False
+    min_resid_layers: ClassVar[int] = 1
+    needs_final_or_last_resid: ClassVar[bool] = False
+    needs_pattern: ClassVar[bool] = False
+    needs_unembed: ClassVar[bool] = False
+    uses_layer_inputs: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.family:
-            _REGISTRY[cls.family] = cls
+            if cls.family not in FAMILIES:
+                raise TypeError(f"statistic family {cls.family!r} is not one of FAMILIES {FAMILIES}")
+            registered = {**ACCUMULATORS, cls.family: cls}
+            ACCUMULATORS.clear()
+            ACCUMULATORS.update(sorted(registered.items(), key=lambda item: FAMILIES.index(item[0])))
+
+    # ---- what the family reads -----------------------------------------------------
+
+    @classmethod
+    def missing(cls, offer: Offer) -> str | None:
+        """Why the family cannot run on a shard that offers ``offer`` (None: it can)."""
+        if cls.needs_resid and (offer.resid_layers is None or len(offer.resid_layers) < cls.min_resid_layers):
+            return "needs resid" + (f" with >= {cls.min_resid_layers} layers" if cls.min_resid_layers > 1 else "")
+        if cls.needs_final_or_last_resid and not (offer.final or offer.last_resid):
+            return "needs final (or resid of the last block)"
+        if cls.needs_pattern and not offer.pattern_layers:
+            return "needs attention patterns"
+        if cls.needs_unembed and not offer.unembed:
+            return "the model has no unembedding (LM head)"
+        return None
+
+    @classmethod
+    def reads(cls, offer: Offer | None = None) -> list[str]:
+        """The arrays (of ``ARRAYS``) the family reads from a shard that offers ``offer``;
+        without an offer, every array it can use (what a capture for it should hold)."""
+        read = set()
+        if cls.needs_resid or (cls.uses_layer_inputs and (offer is None or offer.layer_inputs)):
+            read.add("resid")
+        if cls.needs_final_or_last_resid:
+            read.add("final" if offer is None or offer.final else "resid")
+        if cls.needs_pattern:
+            read.add("pattern")
+        return [name for name in ARRAYS if name in read]
+
+    def update_from(self, inputs: SequenceInputs) -> None:
+        """Add one whole sequence, taking from ``inputs`` what the family declares it reads."""
+        raise NotImplementedError
 
     def __init__(self, config: StatsConfig | None = None, shard_ids: Iterable[str] | str = ()):
         self.config = config if config is not None else StatsConfig()
@@ -241,7 +304,7 @@ class Accumulator:
         meta = json.loads(raw_meta)
         if meta.get("format") != FORMAT_VERSION:
             raise StatsMergeError(f"unsupported statistics partial format {meta.get('format')}")
-        target = _REGISTRY.get(meta["family"])
+        target = ACCUMULATORS.get(meta["family"])
         if target is None or (cls is not Accumulator and target is not cls):
             raise StatsMergeError(f"partial of family {meta['family']!r} is not a {cls.__name__}")
         acc = target(StatsConfig.from_dict(meta["config"]), meta["shard_ids"])

@@ -16,6 +16,8 @@ boundaries of a packed sequence marks those with -1 too.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pyarrow as pa
 import torch
@@ -24,6 +26,9 @@ from pipeline.stats import hist
 from pipeline.stats.base import Accumulator
 from pipeline.stats.lens import _logits, next_token_scores
 from pipeline.stats.ops import as_ids, cosine, f32, same_sequence_pairs
+
+if TYPE_CHECKING:
+    from pipeline.stats.inputs import SequenceInputs
 
 _STATS = {
     "cos_unembed": "cos",
@@ -80,12 +85,19 @@ class DecodingWalk(Accumulator):
 
     family = "decoding"
     special = _DOCS
+    needs_final_or_last_resid = True
+    needs_unembed = True
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         # Per-call (doc ids, counts, sums) waiting to be folded into the doc table:
         # folding on every call would cost O(#docs) each time.
         self._docs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def update_from(self, inputs: SequenceInputs) -> None:
+        final = inputs.final
+        self.update(final, inputs.next_ids.to(final.device), inputs.head.unembed,
+                    inputs.doc_ids.to(final.device), None, inputs.head.bias)
 
     def update(
         self,

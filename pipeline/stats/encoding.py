@@ -13,6 +13,8 @@ Tokens are independent, so a call may hold any tokens of any sequences.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pyarrow as pa
 import torch
@@ -20,6 +22,9 @@ import torch
 from pipeline.stats import hist
 from pipeline.stats.base import Accumulator
 from pipeline.stats.ops import f32
+
+if TYPE_CHECKING:
+    from pipeline.stats.inputs import SequenceInputs
 
 # stat -> (bin kind, first layer, layers fewer than L+1)
 _STATS = {
@@ -41,6 +46,11 @@ class EncodingWalk(Accumulator):
 
     family = "encoding"
     labels = ("n_layers",)
+    needs_resid = True
+    min_resid_layers = 2
+
+    def update_from(self, inputs: SequenceInputs) -> None:
+        self.update(inputs.resid)
 
     def update(self, resid: torch.Tensor) -> None:
         """``resid`` [n_tok, L+1, d]: residual stream, layer 0 = embeddings."""

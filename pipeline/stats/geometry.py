@@ -16,12 +16,17 @@ All from additive sums, so shards merge exactly:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pyarrow as pa
 import torch
 
 from pipeline.stats.base import Accumulator
 from pipeline.stats.ops import as_ids, cosine, f32, group_index, unit
+
+if TYPE_CHECKING:
+    from pipeline.stats.inputs import SequenceInputs
 
 _FLUSH_TOKENS = 2048  # fast_moments: tokens of float32 products summed before a float64 add
 
@@ -57,10 +62,14 @@ class Geometry(Accumulator):
 
     family = "geometry"
     labels = ("n_layers", "type_ids", "cov_layers")
+    needs_resid = True
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._centre: torch.Tensor | None = None  # pending centred second moments, see _second_moments
+
+    def update_from(self, inputs: SequenceInputs) -> None:
+        self.update(inputs.resid, inputs.token_ids)
 
     def update(
         self,

@@ -15,6 +15,7 @@ stats only. Top-1 accuracy is the first bin ([0, 1)) of the rank histogram.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +24,9 @@ import torch
 from pipeline.stats import hist
 from pipeline.stats.base import Accumulator
 from pipeline.stats.ops import as_ids, f32
+
+if TYPE_CHECKING:
+    from pipeline.stats.inputs import SequenceInputs
 
 _STATS = {"rank": "rank", "prob": "prob", "logprob": "logprob", "entropy": "entropy", "kl": "kl"}
 _NEXT_TOKEN = ("rank", "prob", "logprob")
@@ -49,6 +53,12 @@ class LogitLens(Accumulator):
 
     family = "logit_lens"
     labels = ("n_layers",)
+    needs_resid = True
+    needs_unembed = True
+
+    def update_from(self, inputs: SequenceInputs) -> None:
+        head = inputs.head
+        self.update(inputs.resid, inputs.next_ids, head.unembed, head.final_norm, head.bias)
 
     def update(
         self,

@@ -6,17 +6,19 @@
     STORE/stats/<table>.parquet                         merged corpus tables
     STORE/stats/summary.json                            what was merged, and headline figures
 
-Every file is replaced atomically, and a shard has one file per family, so a
-rerun of a shard replaces its partials instead of adding to them; merging also
+Every file is replaced atomically (``StoreFS.write_atomic``: a local rename or one
+put of the whole object, pipeline/store/fs.py), and a shard has one file per family,
+so a rerun of a shard replaces its partials instead of adding to them; merging also
 refuses two partials that carry the same shard id (``ShardOverlapError``).
-Only partials of committed shards are merged.
+Only partials of committed shards are merged. Every function takes a store as a
+path, a URL or a ``StoreFS``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -26,30 +28,34 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import StoreError
-from pipeline.stats.base import Accumulator, merge_all, read_partial
-from pipeline.stats.sequence import WalkStats
+from pipeline.stats.base import ACCUMULATORS, Accumulator, merge_all
+from pipeline.stats.walk import WalkStats
 from pipeline.store import layout as store_layout
-from pipeline.store.commits import committed_shards, read_manifest
-from pipeline.store.durable import atomic_write, atomic_write_json
+from pipeline.store.commits import committed_shards, read_manifest, write_json
+from pipeline.store.fs import StoreFS, open_fs
 
 PARTIALS_DIR = "partials"
 META = "meta.json"
 SAMPLE = "sample.npz"
 SUMMARY = "summary.json"
-# Tables whose ``layer`` column counts positions along resid's layer axis; mapped to
-# residual indices on merge when the store holds a subset of the residual layers.
-RESID_LAYER_TABLES = ("encoding", "encoding_hist", "logit_lens", "logit_lens_hist", "geometry",
-                      "geometry_self_sim", "geometry_spectrum")
-# Tables whose ``head`` column counts positions along the pattern's head axis (capture.heads).
-HEAD_TABLES = ("attention", "attention_kernel")
+PARTIALS = f"{store_layout.STATS_DIR}/{PARTIALS_DIR}"  # relative to the store's root
+
+StoreLike = StoreFS | str | Path  # a path, a URL or an opened store
 
 
 def stats_dir(root: str | Path) -> Path:
+    """``STORE/stats`` of a store on a local or shared filesystem."""
     return Path(root) / store_layout.STATS_DIR
 
 
+def shard_rel(index: int) -> str:
+    """Shard ``index``'s partials directory, relative to the store's root."""
+    return f"{PARTIALS}/{store_layout.shard_name(index)}"
+
+
 def shard_dir(root: str | Path, index: int) -> Path:
-    return stats_dir(root) / PARTIALS_DIR / store_layout.shard_name(index)
+    """Shard ``index``'s partials directory of a store on a local or shared filesystem."""
+    return Path(root) / shard_rel(index)
 
 
 def identity_hash(manifest: dict) -> str:
@@ -58,31 +64,28 @@ def identity_hash(manifest: dict) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def write_shard_partials(store_root: str | Path, shard_index: int, ws: WalkStats,
-                         extra: dict[str, Any] | None = None) -> Path:
-    """Write (or replace) shard ``shard_index``'s partial of every family ``ws`` computed.
+def write_shard_partials(store: StoreLike, shard_index: int, ws: WalkStats,
+                         extra: dict[str, Any] | None = None) -> str:
+    """Write (or replace) shard ``shard_index``'s partial of every family ``ws`` computed;
+    returns the directory's full name.
 
     Files of families ``ws`` no longer computes are removed, so the directory always
     describes one run of the shard; ``meta.json`` is written last.
     """
-    root = Path(store_root)
-    manifest = read_manifest(root)
-    out = shard_dir(root, shard_index)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_dir(root)
+    fs = open_fs(store)
+    manifest = read_manifest(fs)
+    out = shard_rel(shard_index)
+    fs.makedirs(out)
     partials = ws.partials()
     for family, acc in partials.items():
-        table = acc.to_arrow()
         # Uncompressed: the sums are float64 bytes that snappy shrinks by ~10% at 3x the
         # write time (0.27 vs 0.09 s for a 40 MB geometry partial), paid once per shard.
-        atomic_write(out / f"{family}.parquet", lambda path, t=table: pq.write_table(t, path, compression="none"), tmp)
-    for stale in out.glob("*.parquet"):
-        if stale.stem not in partials:
-            stale.unlink(missing_ok=True)
+        _write_table(fs, f"{out}/{family}.parquet", acc.to_arrow(), compression="none")
+    _remove_stale(fs, out, partials)
     if ws.sample is not None:
-        atomic_write(out / SAMPLE, lambda path: _save_npz(path, ws.sample), tmp)
+        fs.write_atomic(f"{out}/{SAMPLE}", lambda f: np.savez(f, **ws.sample))  # a file object: no ".npz" appended
     else:
-        (out / SAMPLE).unlink(missing_ok=True)
+        fs.remove(f"{out}/{SAMPLE}")
     meta = {
         "shard": shard_index,
         "families": sorted(partials),
@@ -98,86 +101,112 @@ def write_shard_partials(store_root: str | Path, shard_index: int, ws: WalkStats
         "written_at": time.time(),
         **(extra or {}),
     }
-    atomic_write_json(out / META, meta, tmp)
-    return out
+    write_json(fs, f"{out}/{META}", meta)
+    return fs.describe(out)
 
 
-def _tmp_dir(root: Path) -> Path:
-    """The store's temporary directory (the next extraction run clears what a killed writer left)."""
-    tmp = root / store_layout.TMP_DIR
-    tmp.mkdir(exist_ok=True)
-    return tmp
+def _write_table(fs: StoreFS, rel: str, table: pa.Table, **options: Any) -> None:
+    fs.write_atomic(rel, lambda f: pq.write_table(table, f, **options))
 
 
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a path
-        np.savez(f, **arrays)
+def _remove_stale(fs: StoreFS, rel: str, keep: dict) -> None:
+    """Remove the tables in directory ``rel`` that ``keep`` does not name (a rerun computed other ones)."""
+    for name in fs.list(rel, "*.parquet"):
+        if name.removesuffix(".parquet") not in keep:
+            fs.remove(f"{rel}/{name}")
 
 
-def read_shard_meta(root: str | Path, index: int) -> dict | None:
-    path = shard_dir(root, index) / META
-    if not path.is_file():
+def read_shard_meta(store: StoreLike, index: int) -> dict | None:
+    fs = open_fs(store)
+    rel = f"{shard_rel(index)}/{META}"
+    if not fs.is_file(rel):
         return None
-    return json.loads(path.read_text())
+    return json.loads(fs.read_bytes(rel))
 
 
-def load_sample(root: str | Path) -> dict[str, np.ndarray] | None:
+def load_sample(store: StoreLike) -> dict[str, np.ndarray] | None:
     """The sample sequence's vectors kept by the statistics (None when no shard kept one)."""
-    for path in sorted((stats_dir(root) / PARTIALS_DIR).glob(f"*/{SAMPLE}")):
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+    fs = open_fs(store)
+    for shard in fs.list(PARTIALS, "shard-*"):
+        rel = f"{PARTIALS}/{shard}/{SAMPLE}"
+        if fs.is_file(rel):
+            with np.load(io.BytesIO(fs.read_bytes(rel)), allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
     return None
 
 
-def merge_store_stats(store_root: str | Path, timings: dict[str, Any] | None = None) -> dict:
+def read_summary(store: StoreLike) -> dict | None:
+    """``stats/summary.json`` of the last merge (None before the first)."""
+    fs = open_fs(store)
+    rel = f"{store_layout.STATS_DIR}/{SUMMARY}"
+    return json.loads(fs.read_bytes(rel)) if fs.is_file(rel) else None
+
+
+def read_tables(store: StoreLike) -> dict[str, pa.Table]:
+    """The merged tables ``stats/<table>.parquet`` by name."""
+    fs = open_fs(store)
+    out = store_layout.STATS_DIR
+    return {name.removesuffix(".parquet"): _read_table(fs, f"{out}/{name}") for name in fs.list(out, "*.parquet")}
+
+
+def merge_store_stats(store: StoreLike, timings: dict[str, Any] | None = None) -> dict:
     """Merge the partials of every committed shard into ``stats/<table>.parquet`` and
     ``stats/summary.json``; returns the summary. Raises StoreError when no committed
     shard has partials, StatsMergeError when partials disagree (config, layout)."""
-    root = Path(store_root)
-    manifest = read_manifest(root)
+    fs = open_fs(store)
+    where = fs.describe()
+    manifest = read_manifest(fs)
     ident = identity_hash(manifest)
-    committed = sorted(committed_shards(root))
+    committed = sorted(committed_shards(fs))
     by_family: dict[str, list[Accumulator]] = {}
     metas: dict[int, dict] = {}
     for index in committed:
-        meta = read_shard_meta(root, index)
+        meta = read_shard_meta(fs, index)
         if meta is None:
             continue
         if meta.get("store_identity") != ident:
             raise StoreError(
-                f"statistics of {store_layout.shard_name(index)} in {root} were computed on a different "
+                f"statistics of {store_layout.shard_name(index)} in {where} were computed on a different "
                 "store (its identity changed): rerun the stats job"
             )
         metas[index] = meta
         for family in meta["families"]:
-            path = shard_dir(root, index) / f"{family}.parquet"
-            if path.is_file():
-                by_family.setdefault(family, []).append(read_partial(path))
+            rel = f"{shard_rel(index)}/{family}.parquet"
+            if fs.is_file(rel):
+                by_family.setdefault(family, []).append(Accumulator.from_arrow(_read_table(fs, rel)))
     if not metas:
-        raise StoreError(f"no statistics partials for any committed shard of {root}: run python -m jobs.stats")
+        raise StoreError(f"no statistics partials for any committed shard of {where}: run python -m jobs.stats")
     layouts = {json.dumps([m["resid_layers"], m["pattern_layers"]]) for m in metas.values()}
     if len(layouts) > 1:
-        raise StoreError(f"statistics partials of {root} disagree in their layers: rerun the stats job")
+        raise StoreError(f"statistics partials of {where} disagree in their layers: rerun the stats job")
     first = next(iter(metas.values()))
     tables: dict[str, pa.Table] = {}
     merged: dict[str, Accumulator] = {}
     for family, parts in sorted(by_family.items()):
         merged[family] = merge_all(parts)
         for name, table in merged[family].result().items():
-            if name in RESID_LAYER_TABLES:
-                table = _relabel(table, "layer", first["resid_layers"])
-            if name in HEAD_TABLES and first.get("pattern_heads") is not None:
-                table = _relabel(table, "head", first["pattern_heads"])
-            tables[name] = table
-    out, tmp = stats_dir(root), _tmp_dir(root)
+            tables[name] = _relabel_axes(ACCUMULATORS[family], table, first)
+    out = store_layout.STATS_DIR
     for name, table in tables.items():
-        atomic_write(out / f"{name}.parquet", lambda path, t=table: pq.write_table(t, path), tmp)
-    for stale in out.glob("*.parquet"):
-        if stale.stem not in tables:
-            stale.unlink(missing_ok=True)
-    summary = _summary(root, manifest, committed, metas, merged, tables, timings)
-    atomic_write_json(out / SUMMARY, summary, tmp)
+        _write_table(fs, f"{out}/{name}.parquet", table)
+    _remove_stale(fs, out, tables)
+    summary = _summary(fs, manifest, committed, metas, merged, tables, timings)
+    write_json(fs, f"{out}/{SUMMARY}", summary)
     return summary
+
+
+def _read_table(fs: StoreFS, rel: str) -> pa.Table:
+    return pq.read_table(pa.BufferReader(fs.read_bytes(rel)))
+
+
+def _relabel_axes(family: type[Accumulator], table: pa.Table, meta: dict) -> pa.Table:
+    """A family's positions along resid's layer axis and the pattern's head axis (its declared
+    inputs, pipeline/stats/base.py) -> the residual indices and head ids the store gives them."""
+    if family.needs_resid:
+        table = _relabel(table, "layer", meta["resid_layers"])
+    if family.needs_pattern and meta.get("pattern_heads") is not None:
+        table = _relabel(table, "head", meta["pattern_heads"])
+    return table
 
 
 def _relabel(table: pa.Table, column: str, labels: list[int]) -> pa.Table:
@@ -189,12 +218,12 @@ def _relabel(table: pa.Table, column: str, labels: list[int]) -> pa.Table:
     return table.set_column(i, column, pa.array(lut[table.column(column).to_numpy()], pa.int64()))
 
 
-def _summary(root: Path, manifest: dict, committed: list[int], metas: dict[int, dict],
+def _summary(fs: StoreFS, manifest: dict, committed: list[int], metas: dict[int, dict],
              merged: dict[str, Accumulator], tables: dict[str, pa.Table], timings: dict | None) -> dict:
     covered = sorted(metas)
     first = metas[covered[0]]
     return {
-        "store": str(root.resolve()),
+        "store": str(Path(fs.root).resolve()) if fs.local else fs.describe(),
         "model": manifest["model"]["id"],
         "n_layers": manifest["model"]["n_layers"],
         "d_model": manifest["model"]["d_model"],
@@ -253,8 +282,3 @@ def headline(tables: dict[str, pa.Table]) -> dict:
 
 def _round(v: Any) -> Any:
     return None if v is None or (isinstance(v, float) and not np.isfinite(v)) else round(float(v), 6)
-
-
-def remove_partials(store_root: str | Path) -> None:
-    """Delete every partial and merged table (a fresh start for the stats job)."""
-    shutil.rmtree(stats_dir(store_root), ignore_errors=True)

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import StoreError
+from pipeline.plan import pack_shards
 from pipeline.store import layout
 from pipeline.store.fs import StoreFS, open_fs
 
@@ -130,6 +131,4 @@ def _shards(fs: StoreFS, manifest: dict) -> list[dict]:
 
 
 def _pack_shards(manifest: dict) -> list[dict]:
-    from pipeline.plan import pack_shards
-
     return [s.to_dict() for s in pack_shards(manifest["n_tokens"], manifest["shard_tokens"], manifest["seq_len"])]

@@ -19,6 +19,7 @@ import json
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -47,8 +48,11 @@ from pipeline.store.verify import check_shards
 log = logging.getLogger(__name__)
 
 class StoreWriter:
-    def __init__(self, fs: StoreFS, manifest: dict):
+    def __init__(self, fs: StoreFS, manifest: dict, before_commit: Callable[[int], None] | None = None):
         self.fs, self.manifest = fs, manifest
+        # Called with a shard's index once its arrays are durable, before its commit record and
+        # token table: the one point a test's fault (pipeline/executors/faults.py) acts at.
+        self.before_commit = before_commit
         self.root = fs.root  # a Path for local stores (the statistics code works on those only)
         # Zarr writes even all-zero chunks, so every file a shard owns exists and is in its record.
         self.arrays = {
@@ -101,10 +105,10 @@ class StoreWriter:
         return cls(fs, manifest)
 
     @classmethod
-    def attach(cls, path: str | Path) -> StoreWriter:
+    def attach(cls, path: str | Path, before_commit: Callable[[int], None] | None = None) -> StoreWriter:
         """A writer for a store the driver already created (a Ray worker's: it gets only the path or URL)."""
         fs = open_fs(path)
-        return cls(fs, read_manifest(fs))
+        return cls(fs, read_manifest(fs), before_commit)
 
     # -- writing -------------------------------------------------------------------------
 
@@ -169,6 +173,8 @@ class StoreWriter:
                     self._discard(name, [key])
                     arr[start:stop] = valid.transpose(1, 0, 2) if valid.ndim == 3 else valid
                     files.update(self._sync_chunks(name, [key]))
+        if self.before_commit is not None:
+            self.before_commit(index)
         buf = io.BytesIO()
         pq.write_table(tokens, buf, write_page_checksum=True)  # readers that ask verify each page
         token_bytes = buf.getvalue()

@@ -95,7 +95,7 @@ def test_invalid_utf8_can_be_replaced(tmp_path):
         (["capture.heads=[12]"], ["head 12"]),
         (["store.compressor=lz4"], ["store.compressor 'lz4'", "none, zstd"]),
         (["store.verify=sometimes"], ["store.verify 'sometimes'", "quick or full"]),
-        (["+capture.stats={bogus: 1}"], ["capture.stats", "bogus"]),
+        (["capture.stats={bogus: 1}"], ["capture.stats", "bogus"]),
     ],
     ids=["missing-path", "unknown-site", "layer-past-depth", "seq-len-above-limit", "missing-model", "bad-head",
          "bad-compressor", "bad-verify", "bad-stats-option"],

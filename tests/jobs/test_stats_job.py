@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.executors.config import ClusterConfig
 from pipeline.stats.config import StatsOptions
-from pipeline.stats.run import compute_store_stats
+from pipeline.stats.job import compute_store_stats
 from tests.jobs.test_extract_job import assert_user_error
 from tests.stats.helpers import assert_same_table
 from tests.stats.store_refs import stats_table

@@ -17,7 +17,8 @@ import pipeline.models.fingerprint as fp
 from pipeline.errors import ModelError
 from pipeline.models import loading
 from pipeline.models.config import ModelConfig
-from pipeline.models.loading import BUNDLED, load_model, weights_fingerprint
+from pipeline.models.loading import load_model, weights_fingerprint
+from pipeline.models.sources import BUNDLED
 from pipeline.models.spec import ModelSpec, load_spec
 from tests.conftest import TINY_CONFIGS, tiny_loaded
 

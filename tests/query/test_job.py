@@ -12,16 +12,15 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from jobs._entry import run_job
-from jobs.query import query
+from jobs._entry import run_work
+from jobs.query import QueryJob, query
 from pipeline.query import open_store
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _config(store: Path | str, **values) -> OmegaConf:
-    cfg = OmegaConf.load(ROOT / "conf" / "query.yaml")
-    del cfg["hydra"], cfg["defaults"]
+    cfg = OmegaConf.structured(QueryJob)  # the job's schema: conf/query.yaml adds nothing to it
     cfg.store.path = str(store)
     for key, value in values.items():
         OmegaConf.update(cfg, key, value)
@@ -30,7 +29,7 @@ def _config(store: Path | str, **values) -> OmegaConf:
 
 def _run(capsys, store, **values) -> tuple[int, str, str]:
     with pytest.raises(SystemExit) as info:
-        run_job(query, _config(store, **values))
+        run_work(query, _config(store, **values))
     out = capsys.readouterr()
     return info.value.code, out.out, out.err
 

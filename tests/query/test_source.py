@@ -11,6 +11,7 @@ import pytest
 
 from pipeline.errors import StoreError
 from pipeline.query import open_store
+from pipeline.store.reader import Store
 
 
 def test_summary_and_info(packed):
@@ -44,6 +45,27 @@ def test_fsspec_urls_read_the_same_as_local_paths(packed):
             assert remote.n_tokens == local.n_tokens
     finally:
         fs.rm("/embwalk-test", recursive=True)
+
+
+def test_one_reader_for_paths_and_urls(packed):
+    """pipeline.store.reader.Store reads a memory:// copy as the local store, and open_store's
+    summary is the reader's."""
+    local = Store(packed)
+    assert local.local == local.root == packed and local.committed == list(range(5))
+    assert open_store(packed).summary() == local.summary() and open_store(packed).info() == local.info()
+    fs = fsspec.filesystem("memory")
+    fs.put(str(packed), "/embwalk-reader/store", recursive=True)
+    try:
+        remote = Store("memory:///embwalk-reader/store")
+        assert remote.local is None and remote.root == "/embwalk-reader/store"
+        assert remote.committed == local.committed
+        assert remote.tokens().equals(local.tokens())
+        assert remote.read_tokens(2, ["row", "token"]).equals(local.read_tokens(2, ["row", "token"]))
+        np.testing.assert_array_equal(remote.rows("final", np.array([3, 140])), local.rows("final", np.array([3, 140])))
+        assert remote.summary().splitlines()[0] == "store: memory:///embwalk-reader/store"
+        assert remote.summary().splitlines()[1:-2] == local.summary().splitlines()[1:-2]
+    finally:
+        fs.rm("/embwalk-reader", recursive=True)
 
 
 def test_missing_store(tmp_path):

@@ -13,7 +13,7 @@ from pipeline.errors import StoreError
 from pipeline.executors.config import ClusterConfig
 from pipeline.report import ReportOptions, build_report
 from pipeline.stats.config import StatsOptions
-from pipeline.stats.run import compute_store_stats
+from pipeline.stats.job import compute_store_stats
 from tests.stats.stores import build_store, tiny
 
 ALL = ["encoding", "logit_lens", "position_kernels", "self_bias", "sink", "geometry", "trajectory", "similarity",

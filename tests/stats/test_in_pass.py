@@ -15,9 +15,9 @@ import torch
 
 from pipeline.executors.config import ClusterConfig
 from pipeline.stats.config import StatsOptions
+from pipeline.stats.from_store import has_activations
+from pipeline.stats.job import compute_store_stats
 from pipeline.stats.partials import read_shard_meta
-from pipeline.stats.run import compute_store_stats
-from pipeline.stats.store_stats import has_activations
 from pipeline.store.reader import Store
 
 from .stores import build_store, tiny

@@ -63,7 +63,7 @@ def _config(location: str | Path, corpus: Path, compressor: str = "none", **capt
 def _contents(location: str | Path) -> dict:
     """Everything a reader sees, through open_store: arrays, token table, vectors, attention."""
     store = open_store(location)
-    out = {name: store.source.open_array(spec["path"])[:] for name, spec in store.manifest["arrays"].items()}
+    out = {name: store.reader.open_array(spec["path"])[:] for name, spec in store.manifest["arrays"].items()}
     out["tokens"] = store.sql("SELECT * FROM tokens ORDER BY row")
     out["committed"] = store.committed
     out["vectors"] = store.vectors(np.arange(store.n_tokens)[::-1], ["resid_pre.0", "resid_post.2", "final"])

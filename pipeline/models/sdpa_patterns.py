@@ -1,4 +1,4 @@
-"""Attention probabilities without the eager path.
+"""``embwalk_sdpa``: SDPA attention that also hands over its probabilities, without the eager path.
 
 transformers looks attention functions up by name in a registry. We register
 ``embwalk_sdpa``. In layers nobody asked about it is the stock ``sdpa``
@@ -12,13 +12,13 @@ output then differs from SDPA's by float rounding, ~1e-7 relative in float32,
 as eager's does.) With a subset of heads the output stays SDPA's.
 
 Which layers to record is marked on the attention modules themselves
-(``module.embwalk_pattern_sink``), so the function needs no global state and
-two models in one process do not see each other's requests.
+(``module.embwalk_pattern_sink``: a callable with a ``heads`` attribute, handed
+the probabilities [batch, selected heads, query, key] of its layer), so the
+function needs no global state and two models in one process do not see each
+other's requests.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 from transformers import AttentionInterface
@@ -26,9 +26,6 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 ATTN_IMPLEMENTATION = "embwalk_sdpa"
-
-# A sink receives (probabilities [batch, selected heads, query, key]) for one layer.
-PatternSink = Callable[[torch.Tensor], None]
 
 
 def attention_probabilities(

@@ -1,13 +1,14 @@
 """The two-step route: walk statistics of one committed shard of a stored run.
 
 A shard's statistics cover the sequences whose first token lies in its rows
-(see ``pipeline.stats.sequence``). Those are read in blocks of whole sequences
+(see ``pipeline.stats.walk``). Those are read in blocks of whole sequences
 by a background thread while the previous block is computed, so reading and
 statistics overlap; the time of each is measured apart, which is how the job
 reports whether statistics keep up with reading.
 
 Stored values (float16 by default) are upcast to float32 before any statistic:
 exactly what the in-pass route feeds after rounding its captures to the store dtype.
+Only the arrays the families declare they read are opened (``WalkStats.reads``).
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from pipeline.errors import StoreError
 from pipeline.stats.config import StatsConfig
+from pipeline.stats.inputs import ARRAYS
 from pipeline.stats.partials import write_shard_partials
-from pipeline.stats.sequence import ModelHead, WalkStats, shard_label
+from pipeline.stats.walk import ModelHead, WalkStats, shard_label
 from pipeline.store import layout as store_layout
 from pipeline.store.fs import require_local
 from pipeline.store.reader import Store
@@ -61,7 +62,7 @@ def store_layers(store: Store) -> dict:
 
 def has_activations(store: Store) -> bool:
     arrays = store.manifest["arrays"]
-    return any(name in arrays for name in ("resid", "final", "pattern"))
+    return any(name in arrays for name in ARRAYS)
 
 
 def walk_stats_for(store: Store, config: StatsConfig, head: ModelHead, index: int) -> WalkStats:
@@ -83,7 +84,7 @@ def owned_spans(store: Store, index: int) -> tuple[list[Span], dict[str, np.ndar
     cols = ["row", "seq_id", "pos", "token_id", "doc_id"]
 
     def read(i: int) -> dict[str, np.ndarray]:
-        t = pq.read_table(store_layout.tokens_path(store.root, i), columns=cols)
+        t = store.read_tokens(i, cols)
         return {c: t.column(c).to_numpy() for c in cols}
 
     own = read(index)
@@ -135,7 +136,7 @@ def shard_stats(root: str | Path, index: int, config: StatsConfig, head: ModelHe
     store = Store(root)
     spans, ids = owned_spans(store, index)
     ws = walk_stats_for(store, config, head, index)
-    need = _arrays_needed(ws)
+    need = ws.reads()
     arrays = {name: store.array(name) for name in need}
     read_seconds = 0.0
     n_bytes = 0
@@ -209,21 +210,6 @@ def _on_device(head: ModelHead, device: torch.device) -> ModelHead:
         _HEADS.clear()
         _HEADS[key] = head.to(device)
     return _HEADS[key]
-
-
-def _arrays_needed(ws: WalkStats) -> list[str]:
-    fam = set(ws.families)
-    need = []
-    if fam & {"encoding", "geometry", "logit_lens"} or ("attention" in fam and ws._assoc_index is not None):
-        need.append("resid")
-    if "decoding" in fam:
-        if ws.has_final:
-            need.append("final")
-        elif "resid" not in need:
-            need.append("resid")
-    if "attention" in fam:
-        need.append("pattern")
-    return need
 
 
 def _tensor(arr: np.ndarray | None, lo: int, hi: int, device: torch.device) -> torch.Tensor | None:

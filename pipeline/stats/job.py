@@ -17,7 +17,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from pipeline.errors import EmbwalkError, StoreError
@@ -25,9 +24,9 @@ from pipeline.executors.config import ClusterConfig
 from pipeline.executors.units import in_process, process_pool
 from pipeline.models.loading import resolve_device
 from pipeline.stats.config import StatsConfig, StatsOptions
+from pipeline.stats.from_store import ShardNotReady, check_store, has_activations, shard_stats
 from pipeline.stats.partials import identity_hash, merge_store_stats, read_shard_meta
-from pipeline.stats.sequence import ModelHead
-from pipeline.stats.store_stats import ShardNotReady, check_store, has_activations, shard_stats
+from pipeline.stats.walk import ModelHead
 from pipeline.store import layout as store_layout
 from pipeline.store.reader import Store
 
@@ -40,7 +39,7 @@ def corpus_token_counts(store: Store) -> tuple[np.ndarray, np.ndarray]:
     from pipeline.corpus.staged import merge_token_counts
 
     return merge_token_counts(
-        np.unique(pq.read_table(store_layout.tokens_path(store.root, i), columns=["token_id"]).column(0).to_numpy(),
+        np.unique(store.read_tokens(i, ["token_id"]).column(0).to_numpy(),
                   return_counts=True)
         for i in store.committed
     )

@@ -1,10 +1,14 @@
 """One sequence at a time into every statistic family: the code both routes share.
 
-The two-step route (``pipeline.stats.store_stats``) reads a stored run and the
-in-pass route (the extraction's shard runner) holds the captures in memory; both
-build a ``WalkStats`` per shard, call ``update_sequence`` once per sequence and
-``write_shard_partials`` at the end, so their partial results are the same
-computation on the same values.
+The two-step route (``pipeline.stats.from_store``) reads a stored run and the
+in-pass route (``pipeline.stats.inpass``, an observer of the extraction's shard
+runner) holds the captures in memory; both build a ``WalkStats`` per shard, call
+``update_sequence`` once per sequence and ``write_shard_partials`` at the end, so
+their partial results are the same computation on the same values.
+
+Which families a shard computes, and why the others are skipped, follows from each
+family's declared needs (``Accumulator.missing``) and what the shard offers (an
+``Offer``); no family is named here.
 
 *The same values* needs one convention: the store holds ``store.dtype``
 (float16 by default) while the forward pass produces float32. The in-pass caller
@@ -27,17 +31,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.stats.attention import AttentionStats
-from pipeline.stats.base import Accumulator
+from pipeline.stats.base import ACCUMULATORS, Accumulator
 from pipeline.stats.config import StatsConfig
-from pipeline.stats.decoding import DecodingWalk
-from pipeline.stats.encoding import EncodingWalk
-from pipeline.stats.geometry import Geometry
-from pipeline.stats.lens import LogitLens
+from pipeline.stats.inputs import ARRAYS, Offer, SequenceInputs, next_token_ids
 from pipeline.store import layout as store_layout
 
-# Families that read the unembedding (next-token statistics); encoders without an LM head skip them.
-NEEDS_UNEMBED = ("logit_lens", "decoding")
 # The sequence whose vectors a shard keeps for the report's trajectory and similarity map,
 # so that a stats-only store (no activations) can still draw them; at most SAMPLE_TOKENS.
 SAMPLE_SEQ = 0
@@ -102,26 +100,10 @@ class Float32Norm:
         return out.to(device=x.device, dtype=torch.float32)
 
 
-def required_sites(families: Sequence[str]) -> list[str]:
-    """Capture sites the families need (what a stats-only extraction must capture)."""
-    sites = []
-    if set(families) & {"encoding", "geometry", "logit_lens", "attention"}:
-        sites += ["resid_pre.0", "resid_post"]  # attention: each layer's input, for the association bias
-    if "decoding" in families:
-        sites.append("final")
-    if "attention" in families:
-        sites.append("attn_pattern")
-    return sites
-
-
-def next_token_ids(token_ids: torch.Tensor, doc_ids: torch.Tensor) -> torch.Tensor:
-    """Each token's successor within the sequence, -1 for the last token and where the
-    successor belongs to another document (packed sequences join documents)."""
-    nxt = torch.full_like(token_ids, -1)
-    if token_ids.numel() > 1:
-        same = doc_ids[1:] == doc_ids[:-1]
-        nxt[:-1] = torch.where(same, token_ids[1:], -1)
-    return nxt
+def plan_families(families: Sequence[str], offer: Offer) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The ``families`` a shard offering ``offer`` can compute, and why each other one cannot."""
+    why_not = {f: ACCUMULATORS[f].missing(offer) for f in families}
+    return tuple(f for f in families if why_not[f] is None), {f: w for f, w in why_not.items() if w is not None}
 
 
 class WalkStats:
@@ -132,7 +114,8 @@ class WalkStats:
     layer ids along the pattern's layer axis (None: no attention captured). The
     association bias of attention layer L uses resid at residual index L (the
     layer's input); it is skipped when resid lacks one of those indices.
-    Families whose inputs are missing are left out and listed in ``skipped``.
+    Families whose inputs are missing are left out and listed in ``skipped``
+    (``plan_families``).
     """
 
     def __init__(
@@ -152,27 +135,17 @@ class WalkStats:
         self.pattern_layers = None if pattern_layers is None else list(pattern_layers)
         self.pattern_heads = None if pattern_heads is None else list(pattern_heads)
         self.has_final = has_final
-        self.skipped: dict[str, str] = {}
-        can_final = has_final or (has_resid and self.resid_layers[-1] == head.n_layers)
-        why_not = {
-            "encoding": None if has_resid and len(self.resid_layers) >= 2 else "needs resid with >= 2 layers",
-            "geometry": None if has_resid else "needs resid",
-            "logit_lens": None if has_resid else "needs resid",
-            "decoding": None if can_final else "needs final (or resid of the last block)",
-            "attention": None if self.pattern_layers else "needs attention patterns",
-        }
-        for family in NEEDS_UNEMBED:
-            if head.unembed is None and why_not[family] is None:
-                why_not[family] = "the model has no unembedding (LM head)"
-        self.families = tuple(f for f in config.families if why_not[f] is None)
-        self.skipped = {f: why_not[f] for f in config.families if why_not[f] is not None}
+        self.offer = Offer(
+            head.n_layers, tuple(self.resid_layers) if has_resid else None, has_final,
+            tuple(self.pattern_layers) if self.pattern_layers else None, head.unembed is not None,
+        )
+        self.families, self.skipped = plan_families(config.families, self.offer)
         ids = [shard_ids] if isinstance(shard_ids, str) else list(shard_ids)
-        classes = {"encoding": EncodingWalk, "logit_lens": LogitLens, "decoding": DecodingWalk,
-                   "attention": AttentionStats, "geometry": Geometry}
-        self.accumulators: dict[str, Accumulator] = {f: classes[f](config, ids) for f in self.families}
-        self._assoc_index = None
-        if self.pattern_layers and all(layer in self.resid_layers for layer in self.pattern_layers):
-            self._assoc_index = [self.resid_layers.index(layer) for layer in self.pattern_layers]
+        self.accumulators: dict[str, Accumulator] = {f: ACCUMULATORS[f](config, ids) for f in self.families}
+        # positions along resid's layer axis of each pattern layer's input (the association bias)
+        self.assoc_index = None
+        if self.offer.layer_inputs:
+            self.assoc_index = [self.resid_layers.index(layer) for layer in self.pattern_layers]
         self.n_tokens = 0
         self.n_sequences = 0
         self.seconds: dict[str, float] = dict.fromkeys(self.families, 0.0)  # CPU timings (asynchronous on GPUs)
@@ -187,6 +160,11 @@ class WalkStats:
             pattern_heads=None if layout.heads is None else list(layout.heads),
             has_resid=bool(layout.residual), has_final=bool(layout.final),
         )
+
+    def reads(self) -> list[str]:
+        """The arrays (resid, final, pattern) the families computed here read from the shard."""
+        read = {name for acc in self.accumulators.values() for name in acc.reads(self.offer)}
+        return [name for name in ARRAYS if name in read]
 
     def update_sequence(
         self,
@@ -218,28 +196,13 @@ class WalkStats:
         if resid is not None:
             tok = tok.to(resid.device)
             docs = docs.to(resid.device)
-        nxt = next_token_ids(tok, docs)
-        head = self.head
-        for family in self.families:
+        inputs = SequenceInputs(
+            tok, docs, next_token_ids(tok, docs), self.head, resid, final, pattern,
+            self.resid_layers, self.pattern_layers, self.assoc_index,
+        )
+        for family, acc in self.accumulators.items():
             t0 = time.perf_counter()
-            acc = self.accumulators[family]
-            if family == "encoding":
-                acc.update(resid)
-            elif family == "geometry":
-                acc.update(resid, tok)
-            elif family == "logit_lens":
-                acc.update(resid, nxt, head.unembed, head.final_norm, head.bias)
-            elif family == "decoding":
-                final = self._final_from_resid(resid) if final is None else final
-                acc.update(final, nxt.to(final.device), head.unembed, docs.to(final.device), None, head.bias)
-            elif family == "attention" and pattern is not None:
-                if tuple(pattern.shape[-2:]) != (n, n):
-                    raise ValueError(f"pattern must be cropped to the sequence, [..., {n}, {n}]; "
-                                     f"got {tuple(pattern.shape)}")
-                inputs = None
-                if self._assoc_index is not None and resid is not None:
-                    inputs = resid[:, self._assoc_index].transpose(0, 1)  # [L_att, n, d]: each layer's input
-                acc.update(pattern, head.causal, inputs, self.pattern_layers)
+            acc.update_from(inputs)
             self.seconds[family] += time.perf_counter() - t0
         if seq_id == SAMPLE_SEQ and resid is not None:
             self.sample = {
@@ -251,12 +214,6 @@ class WalkStats:
             }
         self.n_tokens += n
         self.n_sequences += 1
-
-    def _final_from_resid(self, resid: torch.Tensor | None) -> torch.Tensor:
-        if resid is None or self.resid_layers[-1] != self.head.n_layers:
-            raise ValueError("the decoding walk needs final or resid of the last block")
-        last = resid[:, -1]
-        return last if self.head.final_norm is None else self.head.final_norm(last)
 
     def partials(self) -> dict[str, Accumulator]:
         return dict(self.accumulators)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pipeline.errors import SiteError
-from pipeline.query.sites import VectorSite, pattern_index, vector_sites
+from pipeline.query.vector_sites import VectorSite, pattern_index, vector_sites
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pipeline.errors import SiteError
 from pipeline.models.sites import Site, parse_sites
 
-BLOCK_ARRAYS = ("resid_mid", "attn_out", "mlp_out")
-
 
 @dataclass(frozen=True)
 class VectorSite:

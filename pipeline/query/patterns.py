@@ -1,23 +1,24 @@
-"""One sequence's attention probabilities from ``pattern[seq, layer, head, query, key]``."""
+"""Stored attention patterns: one sequence's probabilities from ``pattern[seq, layer, head, query, key]``."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from pipeline.errors import SiteError, StoreError
-from pipeline.query.sites import pattern_index
-from pipeline.query.source import StoreSource
+from pipeline.query.vector_sites import pattern_index
+from pipeline.store.reader import Store
 
 
 def sequence_pattern(
-    source: StoreSource, manifest: dict, committed: list[int], seq: int,
+    store: Store, committed: list[int], seq: int,
     layers: list[int | str] | None = None, heads: list[int] | None = None,
 ) -> tuple[np.ndarray, list[int], list[int]]:
     """``[layer, head, query, key]`` cropped to the sequence's length, with the block and head numbers.
 
     The pattern of a sequence is stored by the shard holding its first token,
-    so that shard's commit is what makes it readable.
+    so that shard's commit (in ``committed``, the caller's snapshot) is what makes it readable.
     """
+    manifest = store.manifest
     blocks, positions = pattern_index(manifest, layers)
     spec = manifest["arrays"]["pattern"]
     stored_heads = list(spec["heads"])
@@ -31,7 +32,7 @@ def sequence_pattern(
     owner = next(s for s in manifest["shards"] if s["pattern_seqs"][0] <= seq < s["pattern_seqs"][1])
     if owner["index"] not in committed:
         raise StoreError(f"sequence {seq} belongs to shard {owner['index']}, which is not committed (yet)")
-    array = source.open_array(spec["path"])
+    array = store.open_array(spec["path"])
     data = array.get_orthogonal_selection((seq, positions, [stored_heads.index(h) for h in head_list]))
     # Padding queries past the sequence's end are stored as zeros; every real query row sums to 1.
     if data.size == 0:

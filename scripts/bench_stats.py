@@ -1,7 +1,7 @@
 """What in-pass statistics cost next to the bare forward pass, family by family.
 
-    python -m pipeline.stats.bench [--model smollm2-135m] [--batch 8] [--seq-len 256] [--reps 3]
-                                   [--families encoding,geometry] [--cov-every 3] [--threads 2]
+    .venv/bin/python scripts/bench_stats.py [--model smollm2-135m] [--batch 8] [--seq-len 256] [--reps 3]
+                                            [--families encoding,geometry] [--cov-every 3] [--threads 2]
 
 Runs the model over packed sequences of the built-in corpus: the bare forward pass
 (no hooks, SDPA), then the capture of every residual layer, ``final`` and the attention
@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline.stats.config import FAMILIES, StatsOptions
-from pipeline.stats.sequence import ModelHead, WalkStats
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.stats.config import FAMILIES, StatsOptions  # noqa: E402
+from pipeline.stats.walk import ModelHead, WalkStats  # noqa: E402
 
 
 def _tokens(loaded, n_tokens: int) -> np.ndarray:

@@ -1,0 +1,99 @@
+"""The in-pass route: walk statistics computed by the extraction itself.
+
+``InPassStats`` observes the extraction's ``ShardRunner`` (pipeline/extract/runner.py),
+which calls it at three fixed points and knows nothing else of statistics:
+
+- ``start_shard(shard)`` when a shard starts: a ``WalkStats`` laid out like the capture
+- ``on_batch(walk, got, ...)`` after each batch's forward pass: every sequence whose
+  first token is in the shard, whole, from the capture buffers. Those are already in
+  the store dtype, so the values equal what a store holds and the partials equal the
+  two-step route's (pipeline/stats/walk.py)
+- ``before_commit(walk, shard)`` on the writer thread, before the shard's commit: its
+  partials, so a committed shard always has its statistics
+
+The capture sites each family needs follow from its declared needs (``required_sites``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.stats.base import ACCUMULATORS
+from pipeline.stats.config import StatsConfig
+from pipeline.stats.partials import write_shard_partials
+from pipeline.stats.walk import ModelHead, WalkStats
+from pipeline.store.fs import StoreFS, open_fs
+
+log = logging.getLogger(__name__)
+
+# The capture sites (pipeline/models/sites.py) that give each array a family reads: resid is
+# every residual index (embeddings, each block's output), which also holds each layer's input.
+SITES = {"resid": ("resid_pre.0", "resid_post"), "final": ("final",), "pattern": ("attn_pattern",)}
+
+
+def required_sites(families: Sequence[str]) -> list[str]:
+    """Capture sites the families need (what a stats-only extraction must capture)."""
+    read = {name for f in families for name in ACCUMULATORS[f].reads()}
+    return [site for name, sites in SITES.items() if name in read for site in sites]
+
+
+class InPassStats:
+    """The shard runner's observer that computes walk statistics from its captures.
+
+    ``config``: the statistics; ``head``: the model's unembedding and final norm;
+    ``layout``: the runner's ``CaptureLayout``; ``store``: where partials go (a path,
+    URL or StoreFS: the runner passes its writer's).
+    """
+
+    def __init__(self, config: StatsConfig, head: ModelHead, layout, store: StoreFS | str | Path):
+        self.config, self.head, self.layout = config, head, layout
+        self.fs = open_fs(store)
+        self._say_skipped()
+
+    @classmethod
+    def for_model(cls, config: StatsConfig, loaded, layout, store: StoreFS | str | Path) -> InPassStats:
+        """For a ``pipeline.models.loading.LoadedModel`` (its LM head and final norm)."""
+        return cls(config, ModelHead.from_loaded(loaded), layout, store)
+
+    def _say_skipped(self) -> None:
+        """Log the families this capture cannot feed, with the sites that would feed them."""
+        probe = self._walk_stats(0)
+        held = {site for name in probe.offer.arrays for site in SITES[name]}
+        for family, why in probe.skipped.items():
+            lacking = [site for site in required_sites([family]) if site not in held]
+            log.warning("capture.stats: %s is not computed: %s%s", family, why,
+                        f" (capture.sites lacks {', '.join(lacking)})" if lacking else "")
+
+    def start_shard(self, shard) -> WalkStats:
+        """The per-shard state: a ``WalkStats`` covering ``shard``."""
+        return self._walk_stats(shard.index)
+
+    def _walk_stats(self, index: int) -> WalkStats:
+        return WalkStats.for_layout(self.config, self.head, index, self.layout)
+
+    def on_batch(self, walk: WalkStats, got: dict[str, torch.Tensor], batch: list[int], starts: list[int],
+                 lengths: list[int], shard, win) -> None:
+        """Every sequence of the batch whose first token is in the shard, whole, from the
+        capture buffers ``got`` ([batch, ...], padded); ``win`` is the shard's ShardTokens."""
+        p0, p1 = shard.pattern_seqs
+        for j, (s, a, n) in enumerate(zip(batch, starts, lengths, strict=True)):
+            if not p0 <= s < p1:
+                continue
+            rows = win.rows(a, a + n)
+            walk.update_sequence(
+                got["resid"][j, :n] if "resid" in got else None,
+                got["final"][j, :n] if "final" in got else None,
+                torch.from_numpy(win.token_ids[rows].astype(np.int64)),
+                torch.from_numpy(win.doc_ids[rows].astype(np.int64)),
+                got["pattern"][j, :, :, :n, :n] if "pattern" in got else None,
+                seq_id=s,
+            )
+
+    def before_commit(self, walk: WalkStats, shard) -> None:
+        """Write the shard's partials (the runner calls this before it commits the shard)."""
+        write_shard_partials(self.fs, shard.index, walk, {"route": "in-pass"})
