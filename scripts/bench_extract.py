@@ -47,9 +47,9 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.allocator import keep_freed_memory  # noqa: E402
 from pipeline.corpus import CorpusConfig  # noqa: E402
 from pipeline.executors.config import ClusterConfig  # noqa: E402
+from pipeline.extract.allocator import keep_freed_memory  # noqa: E402
 from pipeline.extract.config import CaptureConfig, ExtractConfig  # noqa: E402
 from pipeline.extract.job import PreparedJob, prepare  # noqa: E402
 from pipeline.models.config import ModelConfig  # noqa: E402
@@ -197,7 +197,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="embwalk-bench-", dir=args.workdir))
     # Every method runs in this process with the allocator setting embwalk's runner
-    # makes (pipeline/allocator.py): set it first, so that no method runs without it.
+    # makes (pipeline/extract/allocator.py): set it first, so that no method runs without it.
     keep_freed_memory()
     loaded = load_model(ModelConfig(name=args.model, dtype=args.dtype, device=args.device))
     jobs = prepared_jobs(loaded, args, work)

@@ -24,7 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.stats.config import FAMILIES, StatsOptions  # noqa: E402
-from pipeline.stats.walk import ModelHead, WalkStats  # noqa: E402
+from pipeline.stats.head import ModelHead  # noqa: E402
+from pipeline.stats.walk import WalkStats  # noqa: E402
 
 
 def _tokens(loaded, n_tokens: int) -> np.ndarray:

@@ -109,14 +109,14 @@ def stage_corpus(fs, cfg: CorpusConfig, tokenizer, mapper=None, progress: bool =
     from tqdm.auto import tqdm
 
     from pipeline.corpus.documents import corpus_parts
-    from pipeline.executors.units import in_process
 
     parts = corpus_parts(cfg)
     check_staging_identity(fs, staging_identity(cfg, tokenizer))
     done = {p.index: PartCounts.from_json(fs.read_bytes(part_file(p.index, ".json")))
             for p in parts if fs.is_file(part_file(p.index, ".json"))}
     todo = (p for p in parts if p.index not in done)
-    results = (mapper or in_process)(stage_part_at, todo, (fs.location, cfg, tokenizer))
+    shared = (fs.location, cfg, tokenizer)
+    results = mapper(stage_part_at, todo, shared) if mapper else (stage_part_at(p, *shared) for p in todo)
     counts: list[PartCounts] = []
     n_tokens = n_docs = 0
     with tqdm(total=len(parts), unit="part", desc="tokenize", disable=not progress) as bar:

@@ -28,8 +28,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.allocator import keep_freed_memory
 from pipeline.corpus.sequences import ShardTokens
+from pipeline.extract.allocator import keep_freed_memory
 from pipeline.models.capture import CaptureLayout, Capturer
 from pipeline.models.loading import LoadedModel
 from pipeline.plan import Shard

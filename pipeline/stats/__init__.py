@@ -32,12 +32,13 @@ from pipeline.stats.config import FAMILIES, Bins, StatsConfig, StatsOptions, mos
 from pipeline.stats.decoding import DecodingWalk
 from pipeline.stats.encoding import EncodingWalk
 from pipeline.stats.geometry import Geometry
+from pipeline.stats.head import ModelHead
 from pipeline.stats.inpass import InPassStats, required_sites
 from pipeline.stats.inputs import Offer, SequenceInputs
 from pipeline.stats.lens import LogitLens
 from pipeline.stats.partials import merge_store_stats, write_shard_partials
 from pipeline.stats.similarity import similarity_map
-from pipeline.stats.walk import ModelHead, WalkStats
+from pipeline.stats.walk import WalkStats
 
 if tuple(ACCUMULATORS) != FAMILIES:  # every family's class defines itself into the registry
     raise ImportError(f"statistic families {tuple(ACCUMULATORS)} registered, {FAMILIES} expected")

@@ -15,17 +15,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import torch
 
 from pipeline.stats.base import Accumulator
+from pipeline.stats.inputs import SequenceInputs
 from pipeline.stats.ops import f32, unit
-
-if TYPE_CHECKING:
-    from pipeline.stats.inputs import SequenceInputs
 
 SUMMARY_SCHEMA = pa.schema(
     [

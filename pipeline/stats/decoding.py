@@ -16,19 +16,15 @@ boundaries of a packed sequence marks those with -1 too.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import pyarrow as pa
 import torch
 
 from pipeline.stats import hist
 from pipeline.stats.base import Accumulator
+from pipeline.stats.inputs import SequenceInputs
 from pipeline.stats.lens import _logits, next_token_scores
 from pipeline.stats.ops import as_ids, cosine, f32, same_sequence_pairs
-
-if TYPE_CHECKING:
-    from pipeline.stats.inputs import SequenceInputs
 
 _STATS = {
     "cos_unembed": "cos",

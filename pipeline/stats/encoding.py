@@ -13,18 +13,14 @@ Tokens are independent, so a call may hold any tokens of any sequences.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import pyarrow as pa
 import torch
 
 from pipeline.stats import hist
 from pipeline.stats.base import Accumulator
+from pipeline.stats.inputs import SequenceInputs
 from pipeline.stats.ops import f32
-
-if TYPE_CHECKING:
-    from pipeline.stats.inputs import SequenceInputs
 
 # stat -> (bin kind, first layer, layers fewer than L+1)
 _STATS = {

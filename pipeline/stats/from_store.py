@@ -24,9 +24,10 @@ import torch
 
 from pipeline.errors import StoreError
 from pipeline.stats.config import StatsConfig
+from pipeline.stats.head import ModelHead
 from pipeline.stats.inputs import ARRAYS
 from pipeline.stats.partials import write_shard_partials
-from pipeline.stats.walk import ModelHead, WalkStats, shard_label
+from pipeline.stats.walk import WalkStats, shard_label
 from pipeline.store import layout as store_layout
 from pipeline.store.fs import require_local
 from pipeline.store.reader import Store

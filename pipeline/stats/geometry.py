@@ -16,17 +16,13 @@ All from additive sums, so shards merge exactly:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import pyarrow as pa
 import torch
 
 from pipeline.stats.base import Accumulator
+from pipeline.stats.inputs import SequenceInputs
 from pipeline.stats.ops import as_ids, cosine, f32, group_index, unit
-
-if TYPE_CHECKING:
-    from pipeline.stats.inputs import SequenceInputs
 
 _FLUSH_TOKENS = 2048  # fast_moments: tokens of float32 products summed before a float64 add
 

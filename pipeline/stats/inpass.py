@@ -25,8 +25,9 @@ import torch
 
 from pipeline.stats.base import ACCUMULATORS
 from pipeline.stats.config import StatsConfig
+from pipeline.stats.head import ModelHead
 from pipeline.stats.partials import write_shard_partials
-from pipeline.stats.walk import ModelHead, WalkStats
+from pipeline.stats.walk import WalkStats
 from pipeline.store.fs import StoreFS, open_fs
 
 log = logging.getLogger(__name__)

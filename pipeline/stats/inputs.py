@@ -13,12 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:
-    from pipeline.stats.walk import ModelHead
+from pipeline.stats.head import ModelHead
 
 # The arrays a family can read, in the order the routes read them.
 ARRAYS = ("resid", "final", "pattern")

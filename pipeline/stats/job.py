@@ -25,8 +25,8 @@ from pipeline.executors.units import in_process, process_pool
 from pipeline.models.loading import resolve_device
 from pipeline.stats.config import StatsConfig, StatsOptions
 from pipeline.stats.from_store import ShardNotReady, check_store, has_activations, shard_stats
+from pipeline.stats.head import ModelHead
 from pipeline.stats.partials import identity_hash, merge_store_stats, read_shard_meta
-from pipeline.stats.walk import ModelHead
 from pipeline.store import layout as store_layout
 from pipeline.store.reader import Store
 

@@ -15,7 +15,6 @@ stats only. Top-1 accuracy is the first bin ([0, 1)) of the rank histogram.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -23,10 +22,8 @@ import torch
 
 from pipeline.stats import hist
 from pipeline.stats.base import Accumulator
+from pipeline.stats.inputs import SequenceInputs
 from pipeline.stats.ops import as_ids, f32
-
-if TYPE_CHECKING:
-    from pipeline.stats.inputs import SequenceInputs
 
 _STATS = {"rank": "rank", "prob": "prob", "logprob": "logprob", "entropy": "entropy", "kl": "kl"}
 _NEXT_TOKEN = ("rank", "prob", "logprob")
