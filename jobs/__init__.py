@@ -1,1 +1,1 @@
-"""Thin Hydra entry points: each turns a config into a call into the pipeline package."""
+"""Thin Hydra entry points (installed as embwalk.jobs): each turns a config into a call into embwalk."""

@@ -18,13 +18,12 @@ import os
 import re
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
-from pipeline.config import unknown_message
-from pipeline.errors import EmbwalkError
+from embwalk.config import conf_dir, unknown_message
+from embwalk.errors import EmbwalkError
 
 EXIT_USER_ERROR = 2
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = conf_dir()
 
 
 def run_job(name: str, schema: type, work: Callable[[dict], int | None], argv: list[str] | None = None) -> None:
@@ -36,7 +35,7 @@ def run_job(name: str, schema: type, work: Callable[[dict], int | None], argv: l
     argv = list(sys.argv[1:] if argv is None else argv)
     ConfigStore.instance().store(name=f"{name}_schema", node=schema)
     if any(a.startswith("-") for a in argv):  # --help, --cfg job, --info ...: Hydra's own flags
-        sys.argv = [sys.argv[0], *argv, f"hydra.job.name={name}"]
+        sys.argv = [f"embwalk {name}", *argv, f"hydra.job.name={name}"]
         hydra.main(config_path=str(CONF_DIR), config_name=name, version_base="1.3")(lambda cfg: None)()
         return
     _set_up_logging()
@@ -127,15 +126,15 @@ def _set_up_logging() -> None:
     transformers.utils.logging.disable_progress_bar()  # our own bar is the one to watch
 
 
-def store_argument(argv: list[str]) -> list[str]:
-    """``store=PATH`` (or the extract job's ``store.path=PATH``) -> ``store_path=PATH``:
-    ``store`` is also a config group (the extract job's), so Hydra would read
-    ``store=PATH`` as choosing an option of that group."""
-    return [f"store_path={a.split('=', 1)[1]}" if a.startswith(("store=", "store.path=")) else a for a in argv]
+def store_shorthand(argv: list[str] | None, key: str) -> list[str]:
+    """``store=PATH`` means the store on every job: the key that holds it is ``key`` (``store.path``
+    where the store has more options than its location)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return [f"{key}={a.split('=', 1)[1]}" if a.startswith("store=") else a for a in argv]
 
 
 def require_store(config: dict) -> str:
-    path = config.get("store_path")
+    path = config.get("store")
     if not path:
         raise EmbwalkError("missing required option: store=PATH (the store to read)")
     return str(path)

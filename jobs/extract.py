@@ -1,21 +1,18 @@
-"""Extract activations: ``python -m jobs.extract [model=...] [corpus.path=...] ...``."""
+"""Extract activations: ``embwalk extract [model=...] [corpus.path=...] [store=PATH] ...``."""
 
 from __future__ import annotations
 
-from jobs._entry import run_job
-from pipeline.errors import EmbwalkError
-from pipeline.extract.config import ExtractConfig
-from pipeline.store.reader import Store
+from embwalk.extract.config import ExtractConfig
+from embwalk.jobs._entry import run_job, store_shorthand
+
+SCHEMA = ExtractConfig
 
 
 def extract(config: dict) -> int:
+    from embwalk.executors.dispatch import extract as execute
+    from embwalk.store.reader import Store
+
     cfg = ExtractConfig.from_dict(config)
-    if cfg.cluster.kind == "local":
-        from pipeline.executors.local import extract_local as execute
-    elif cfg.cluster.kind == "ray":
-        from pipeline.executors.ray import extract_ray as execute
-    else:
-        raise EmbwalkError(f"unknown cluster.kind {cfg.cluster.kind!r}; choose local or ray")
     manifest = execute(cfg)
     print(Store(cfg.store.path).summary())  # a local path or any fsspec URL
     seconds, tokens = manifest.get("run_seconds"), manifest.get("run_tokens")
@@ -24,8 +21,8 @@ def extract(config: dict) -> int:
     return 0
 
 
-def main() -> None:
-    run_job("extract", ExtractConfig, extract)
+def main(argv: list[str] | None = None) -> None:
+    run_job("extract", SCHEMA, extract, store_shorthand(argv, "store.path"))
 
 
 if __name__ == "__main__":

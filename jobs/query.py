@@ -6,17 +6,16 @@ Prints the selected token rows (with vector norms at ``sites``) or, with
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from jobs._entry import run_job
-from pipeline.errors import EmbwalkError
-from pipeline.query import open_store
-from pipeline.query.display import format_table
+from embwalk.errors import EmbwalkError
+from embwalk.jobs._entry import run_job, store_shorthand
+from embwalk.query import open_store
+from embwalk.query.display import format_table
 
 SELECTORS = ("row", "doc", "seq", "pos", "doc_pos", "token_id", "token", "regex", "where")
 
@@ -85,13 +84,11 @@ class QueryJob:
     export: ExportOptions = field(default_factory=ExportOptions)
 
 
-def main() -> None:
-    run_job("query", QueryJob, query, _store_shorthand(sys.argv[1:]))
+SCHEMA = QueryJob
 
 
-def _store_shorthand(argv: list[str]) -> list[str]:
-    # `store` is also the extract job's config group, so Hydra would read store=PATH as a group choice
-    return [f"store.path={a[len('store='):]}" if a.startswith("store=") else a for a in argv]
+def main(argv: list[str] | None = None) -> None:
+    run_job("query", SCHEMA, query, store_shorthand(argv, "store.path"))
 
 
 if __name__ == "__main__":

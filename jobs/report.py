@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
-from jobs._entry import require_store, run_job, store_argument
-from pipeline.config import from_dict
-from pipeline.report import ReportOptions, build_report
+from embwalk.config import from_dict
+from embwalk.jobs._entry import require_store, run_job, store_shorthand
+from embwalk.report import ReportOptions, build_report
 
 
 def report(config: dict) -> int:
@@ -20,12 +19,15 @@ def report(config: dict) -> int:
 
 @dataclass
 class ReportJob:
-    store_path: str | None = None  # the store: give it as store=PATH
+    store: str | None = None  # the store (a directory): store=PATH
     report: ReportOptions = field(default_factory=ReportOptions)
 
 
-def main() -> None:
-    run_job("report", ReportJob, report, store_argument(sys.argv[1:]))
+SCHEMA = ReportJob
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_job("report", SCHEMA, report, store_shorthand(argv, "store"))
 
 
 if __name__ == "__main__":

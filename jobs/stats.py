@@ -5,21 +5,25 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from jobs._entry import require_store, run_job, store_argument
-from pipeline.config import from_dict
-from pipeline.executors.config import ClusterConfig
-from pipeline.stats.config import StatsOptions
-from pipeline.stats.job import compute_store_stats
+from embwalk.config import from_dict
+from embwalk.executors.config import ClusterConfig
+from embwalk.jobs._entry import require_store, run_job, store_shorthand
+from embwalk.stats.config import StatsOptions
 
 
 @dataclass
 class StatsJob:
-    store_path: str | None = None  # the store: give it as store=PATH
+    store: str | None = None  # the store (a directory or an fsspec URL): store=PATH
     stats: StatsOptions = field(default_factory=StatsOptions)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
+SCHEMA = StatsJob
+
+
 def stats(config: dict) -> int:
+    from embwalk.stats.job import compute_store_stats
+
     path = require_store(config)
     job = from_dict(StatsJob, config)
     summary = compute_store_stats(path, job.stats, job.cluster, report=lambda msg: print(msg, file=sys.stderr))
@@ -60,8 +64,8 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    run_job("stats", StatsJob, stats, store_argument(sys.argv[1:]))
+def main(argv: list[str] | None = None) -> None:
+    run_job("stats", SCHEMA, stats, store_shorthand(argv, "store"))
 
 
 if __name__ == "__main__":

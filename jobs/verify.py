@@ -9,11 +9,10 @@ rewrites only them, and the exit status is 0.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
-from jobs._entry import require_store, run_job, store_argument
-from pipeline.store.verify import verify_store
+from embwalk.jobs._entry import require_store, run_job, store_shorthand
+from embwalk.store.verify import verify_store
 
 EXIT_DAMAGED = 1
 
@@ -42,14 +41,17 @@ def verify(config: dict) -> int:
 
 @dataclass
 class VerifyJob:
-    store_path: str | None = None  # the store: give it as store=PATH
+    store: str | None = None  # the store (a directory or an fsspec URL): store=PATH
     full: bool = True  # every byte (each chunk's CRC-32C); false: the quick check a rerun does (sizes, indexes)
     repair: bool = False  # un-commit damaged shards so the next run of the extraction rewrites only them
     progress: bool = True  # a progress bar on stderr
 
 
-def main() -> None:
-    run_job("verify", VerifyJob, verify, store_argument(sys.argv[1:]))
+SCHEMA = VerifyJob
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_job("verify", SCHEMA, verify, store_shorthand(argv, "store"))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,46 @@
 """embwalk: activation extraction and walk statistics for transformer models.
 
-``from pipeline import open_store`` opens a store for queries; the import is
-lazy so that ``import pipeline`` stays light for the jobs that do not query.
+The public API, imported lazily so that ``import embwalk`` stays light::
+
+    import embwalk
+    cfg = embwalk.ExtractConfig.from_dict({"corpus": {"max_tokens": 4096}, "store": {"path": "stores/a"}})
+    embwalk.extract(cfg)                        # the extract job (cluster.kind: local or ray)
+    store = embwalk.open_store("stores/a")      # select, SQL, vectors, datasets, export
+    embwalk.compute_store_stats("stores/a")     # walk statistics of a stored run
+
+The same jobs run from the command line: ``embwalk extract|stats|report|query|verify ...``.
 """
+
+from __future__ import annotations
+
+import importlib
+
+# name -> the module that defines it
+_API = {
+    "open_store": "embwalk.query",
+    "extract": "embwalk.executors.dispatch",
+    "compute_store_stats": "embwalk.stats.job",
+    "verify_store": "embwalk.store.verify",
+    "build_report": "embwalk.report",
+    "Store": "embwalk.store.reader",
+    "EmbwalkError": "embwalk.errors",
+    "ExtractConfig": "embwalk.extract.config",
+    "CaptureConfig": "embwalk.extract.config",
+    "ModelConfig": "embwalk.models.config",
+    "CorpusConfig": "embwalk.corpus.config",
+    "StoreConfig": "embwalk.store.config",
+    "ClusterConfig": "embwalk.executors.config",
+    "StatsOptions": "embwalk.stats.config",
+    "ReportOptions": "embwalk.report",
+}
+__all__ = sorted(_API)
 
 
 def __getattr__(name: str):
-    if name == "open_store":
-        from pipeline.query import open_store
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'embwalk' has no attribute {name!r}")
 
-        return open_store
-    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return __all__

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from pipeline.corpus import TokenizedCorpus
-from pipeline.errors import EmbwalkError
+from embwalk.corpus import TokenizedCorpus
+from embwalk.errors import EmbwalkError
 
 
 @dataclass(frozen=True)

@@ -47,16 +47,16 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.corpus import CorpusConfig  # noqa: E402
-from pipeline.executors.config import ClusterConfig  # noqa: E402
-from pipeline.extract.allocator import keep_freed_memory  # noqa: E402
-from pipeline.extract.config import CaptureConfig, ExtractConfig  # noqa: E402
-from pipeline.extract.job import PreparedJob, prepare  # noqa: E402
-from pipeline.models.config import ModelConfig  # noqa: E402
-from pipeline.models.loading import load_model  # noqa: E402
-from pipeline.stats.partials import merge_store_stats  # noqa: E402
-from pipeline.store.config import StoreConfig  # noqa: E402
-from pipeline.store.writer import StoreWriter  # noqa: E402
+from embwalk.corpus import CorpusConfig  # noqa: E402
+from embwalk.executors.config import ClusterConfig  # noqa: E402
+from embwalk.extract.allocator import keep_freed_memory  # noqa: E402
+from embwalk.extract.config import CaptureConfig, ExtractConfig  # noqa: E402
+from embwalk.extract.job import PreparedJob, prepare  # noqa: E402
+from embwalk.models.config import ModelConfig  # noqa: E402
+from embwalk.models.loading import load_model  # noqa: E402
+from embwalk.stats.partials import merge_store_stats  # noqa: E402
+from embwalk.store.config import StoreConfig  # noqa: E402
+from embwalk.store.writer import StoreWriter  # noqa: E402
 from scripts import peers  # noqa: E402
 
 # TransformerLens picks its adapter by name; the weights are ours (hf_model=).

@@ -4,7 +4,7 @@
 
 1. A corpus of at least ``--tokens`` SmolLM2 tokens is generated once from text
    on the machine (the Python installation's own ``.py`` sources, as jsonl files).
-2. Tokenize + plan (``pipeline.extract.job.prepare``, which tokenizes the corpus's parts
+2. Tokenize + plan (``embwalk.extract.job.prepare``, which tokenizes the corpus's parts
    into a store's staging area and plans from their counts) with a local pool of
    1 and of 2 worker processes, each in a fresh driver process: wall time, tokens/s.
 3. The driver's peak RSS (its own, not its workers') at 1M and at the full corpus,
@@ -33,14 +33,14 @@ sys.path.insert(0, str(ROOT))
 DRIVER = r"""
 import json, pickle, sys, time
 sys.path.insert(0, sys.argv[1])
-from pipeline.corpus import CorpusConfig
-from pipeline.executors.units import process_pool
-from pipeline.executors.config import ClusterConfig
-from pipeline.extract.config import ExtractConfig
-from pipeline.extract.job import prepare
-from pipeline.store.config import StoreConfig
-from pipeline.models.config import ModelConfig
-from pipeline.models.spec import load_spec
+from embwalk.corpus import CorpusConfig
+from embwalk.executors.units import process_pool
+from embwalk.executors.config import ClusterConfig
+from embwalk.extract.config import ExtractConfig
+from embwalk.extract.job import prepare
+from embwalk.store.config import StoreConfig
+from embwalk.models.config import ModelConfig
+from embwalk.models.spec import load_spec
 model, corpus, store, workers = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 max_tokens = None if sys.argv[6] == "none" else int(sys.argv[6])
 started = time.perf_counter()
@@ -98,8 +98,8 @@ def big_model(out: Path) -> Path:
     import torch
     import transformers as T
 
-    from pipeline.models.config import ModelConfig
-    from pipeline.models.loading import load_model
+    from embwalk.models.config import ModelConfig
+    from embwalk.models.loading import load_model
 
     tokenizer = load_model(ModelConfig(name="smollm2-135m", device="cpu")).tokenizer
     config = T.LlamaConfig(vocab_size=len(tokenizer), hidden_size=1024, intermediate_size=4096,
@@ -117,8 +117,8 @@ def tiny_model(out: Path) -> Path:
         return out
     import transformers as T
 
-    from pipeline.models.config import ModelConfig
-    from pipeline.models.loading import load_model
+    from embwalk.models.config import ModelConfig
+    from embwalk.models.loading import load_model
 
     tokenizer = load_model(ModelConfig(name="smollm2-135m", device="cpu")).tokenizer
     config = T.LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from torch.utils.data import DataLoader  # noqa: E402
 
-from pipeline.query import VectorDataset, open_store  # noqa: E402
+from embwalk.query import VectorDataset, open_store  # noqa: E402
 
 MB = 1e6
 

@@ -23,13 +23,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.stats.config import FAMILIES, StatsOptions  # noqa: E402
-from pipeline.stats.head import ModelHead  # noqa: E402
-from pipeline.stats.walk import WalkStats  # noqa: E402
+from embwalk.stats.config import FAMILIES, StatsOptions  # noqa: E402
+from embwalk.stats.head import ModelHead  # noqa: E402
+from embwalk.stats.walk import WalkStats  # noqa: E402
 
 
 def _tokens(loaded, n_tokens: int) -> np.ndarray:
-    from pipeline.corpus import CorpusConfig, read_documents, tokenize_corpus
+    from embwalk.corpus import CorpusConfig, read_documents, tokenize_corpus
 
     cfg = CorpusConfig(max_tokens=n_tokens)
     return tokenize_corpus(read_documents(cfg), loaded.tokenizer, cfg).token_ids[:n_tokens]
@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from pipeline.models.capture import CaptureLayout, Capturer
-    from pipeline.models.config import ModelConfig
-    from pipeline.models.loading import load_model
+    from embwalk.models.capture import CaptureLayout, Capturer
+    from embwalk.models.config import ModelConfig
+    from embwalk.models.loading import load_model
 
     loaded = load_model(ModelConfig(name=args.model, device="cpu"))
     n = args.batch * args.seq_len

@@ -36,11 +36,11 @@ import zarr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.store import layout  # noqa: E402
-from pipeline.store.fs import LocalFS  # noqa: E402
-from pipeline.store.shardfile import _index, write_shard_file  # noqa: E402
-from pipeline.store.verify import check_shards  # noqa: E402
-from pipeline.store.writer import StoreWriter  # noqa: E402
+from embwalk.store import layout  # noqa: E402
+from embwalk.store.fs import LocalFS  # noqa: E402
+from embwalk.store.shardfile import _index, write_shard_file  # noqa: E402
+from embwalk.store.verify import check_shards  # noqa: E402
+from embwalk.store.writer import StoreWriter  # noqa: E402
 
 LAYERS, D, CHUNK = 31, 576, 256
 

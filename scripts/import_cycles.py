@@ -12,12 +12,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGE = "pipeline"
+PACKAGE = "embwalk"  # installed name of the checkout's pipeline/ folder (pyproject.toml)
+FOLDER = "pipeline"
 
 
 def module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    parts = list(path.relative_to(ROOT / FOLDER).with_suffix("").parts)
+    return ".".join([PACKAGE] + (parts[:-1] if parts[-1] == "__init__" else parts))
 
 
 def imports(path: Path, modules: set[str]) -> set[str]:
@@ -34,12 +35,19 @@ def imports(path: Path, modules: set[str]) -> set[str]:
                     found.add(sub)
                 elif node.module in modules:
                     found.add(node.module)
-    found.discard(module_name(path))
+    # Importing a.b.c first runs a/__init__ and a/b/__init__: edges to those packages too,
+    # except the importer's own packages (they are initialised before the importer runs).
+    me = module_name(path)
+    own = {me.rsplit(".", k)[0] for k in range(1, me.count(".") + 1)}
+    for name in list(found):
+        parts = name.split(".")
+        found |= {p for p in (".".join(parts[:k]) for k in range(1, len(parts))) if p in modules} - own
+    found.discard(me)
     return found
 
 
 def graph() -> dict[str, set[str]]:
-    files = sorted((ROOT / PACKAGE).rglob("*.py"))
+    files = sorted((ROOT / FOLDER).rglob("*.py"))
     modules = {module_name(f) for f in files}
     return {module_name(f): imports(f, modules) for f in files}
 
@@ -84,7 +92,7 @@ def main() -> int:
     for component in found:
         print("cycle: " + " <-> ".join(component))
     if not found:
-        print(f"no import cycles among the modules of {PACKAGE}/")
+        print(f"no import cycles among the modules of {PACKAGE} ({FOLDER}/)")
     return 1 if found else 0
 
 

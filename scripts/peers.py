@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.models.families import trunk
+from embwalk.models.families import trunk
 
 
 def _save(i: int, layers: list[torch.Tensor], out_dir: Path) -> None:

@@ -11,7 +11,7 @@ VENV=${VENV:-.venv}
 EXTRA=${EXTRA:-}
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 stamp=$VENV/.embwalk-installed
-want=$( (cat requirements.txt requirements-dev.txt scripts/setup.sh; echo "$EXTRA") | sha256sum | cut -d' ' -f1)
+want=$( (cat pyproject.toml requirements.txt requirements-dev.txt scripts/setup.sh; echo "$EXTRA") | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
   exit 0
 fi

@@ -7,8 +7,8 @@ import pytest
 import torch
 import transformers as T
 
-from pipeline.models.families import family_for
-from pipeline.models.loading import LoadedModel, weights_fingerprint
+from embwalk.models.families import family_for
+from embwalk.models.loading import LoadedModel, weights_fingerprint
 
 TINY_CONFIGS = {
     "llama": lambda: T.LlamaConfig(
@@ -67,8 +67,8 @@ def tiny(request) -> LoadedModel:
 @pytest.fixture(scope="session")
 def smollm2() -> LoadedModel:
     """The real SmolLM2-135M (converted from its GGUF once, then cached as safetensors)."""
-    from pipeline.models.config import ModelConfig
-    from pipeline.models.loading import load_model
+    from embwalk.models.config import ModelConfig
+    from embwalk.models.loading import load_model
 
     return load_model(ModelConfig(name="smollm2-135m", device="cpu"))
 
@@ -76,8 +76,8 @@ def smollm2() -> LoadedModel:
 @pytest.fixture(scope="session")
 def minilm() -> LoadedModel:
     """The real all-MiniLM-L6-v2 BERT encoder."""
-    from pipeline.models.config import ModelConfig
-    from pipeline.models.loading import load_model
+    from embwalk.models.config import ModelConfig
+    from embwalk.models.loading import load_model
 
     return load_model(ModelConfig(name="all-minilm-l6-v2", device="cpu"))
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import from_dict
-from pipeline.errors import EmbwalkError
-from pipeline.executors.config import ClusterConfig
-from pipeline.extract.config import ExtractConfig
-from pipeline.stats.config import StatsOptions
+from embwalk.config import from_dict
+from embwalk.errors import EmbwalkError
+from embwalk.executors.config import ClusterConfig
+from embwalk.extract.config import ExtractConfig
+from embwalk.stats.config import StatsOptions
 
 
 def test_nested_sections_become_their_owners_dataclasses():

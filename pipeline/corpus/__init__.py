@@ -1,8 +1,8 @@
 """Corpus stage: read documents, tokenize them, and form the sequences to extract."""
 
-from pipeline.corpus.config import CorpusConfig
-from pipeline.corpus.documents import Document, read_documents
-from pipeline.corpus.sequences import TokenizedCorpus, tokenize_corpus, vocabulary_strings
+from embwalk.corpus.config import CorpusConfig
+from embwalk.corpus.documents import Document, read_documents
+from embwalk.corpus.sequences import TokenizedCorpus, tokenize_corpus, vocabulary_strings
 
 __all__ = [
     "CorpusConfig",

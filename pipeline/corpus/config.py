@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from pipeline.corpus.builtin import BUILTIN_CORPORA
-from pipeline.errors import CorpusError
+from embwalk.corpus.builtin import BUILTIN_CORPORA
+from embwalk.errors import CorpusError
 
 FORMATS = ("auto", "txt", "jsonl", "parquet", "arrow")
 TXT_UNITS = ("file", "line", "paragraph")
@@ -17,7 +17,7 @@ DEFAULT_BUILTIN = "stdlib_docstrings"
 
 @dataclass
 class CorpusConfig:
-    """Options of the corpus stage (the Hydra ``corpus`` group mirrors these fields).
+    """The text: your files or a built-in corpus, and how it is cut into sequences.
 
     ``validate()`` runs on construction and again when the config is used, because
     Hydra/OmegaConf may build or mutate the object after ``__init__``.

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.corpus.builtin import BUILTIN_CORPORA
-from pipeline.corpus.config import CorpusConfig
-from pipeline.corpus.readers import READERS
-from pipeline.errors import CorpusError
+from embwalk.corpus.builtin import BUILTIN_CORPORA
+from embwalk.corpus.config import CorpusConfig
+from embwalk.corpus.readers import READERS
+from embwalk.errors import CorpusError
 
 # Extensions read when format is "auto"; other files in a directory or glob are ignored.
 # Compressed JSON lines are read by the jsonl reader (it recognises gzip and zstd by their bytes).

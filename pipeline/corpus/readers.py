@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from pipeline.corpus.config import CorpusConfig
-from pipeline.errors import CorpusError, first_line
+from embwalk.corpus.config import CorpusConfig
+from embwalk.errors import CorpusError, first_line
 
 SNIFF_BYTES = 8192  # NUL bytes here mean binary (or UTF-16) rather than UTF-8 text
 _BOM = b"\xef\xbb\xbf"

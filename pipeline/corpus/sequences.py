@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.corpus.config import CorpusConfig
-from pipeline.corpus.documents import Document
-from pipeline.errors import CorpusError
+from embwalk.corpus.config import CorpusConfig
+from embwalk.corpus.documents import Document
+from embwalk.errors import CorpusError
 
 # Documents per tokenizer call: big enough for the Rust tokenizer's batch parallelism,
 # bounded in characters so a corpus of huge files does not tokenize far past max_tokens.

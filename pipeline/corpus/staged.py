@@ -31,10 +31,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.corpus.config import CorpusConfig
-from pipeline.corpus.documents import Document, Part, part_texts
-from pipeline.corpus.sequences import _doc_positions, _name, encoded_batches
-from pipeline.errors import CorpusError, StoreError
+from embwalk.corpus.config import CorpusConfig
+from embwalk.corpus.documents import Document, Part, part_texts
+from embwalk.corpus.sequences import _doc_positions, _name, encoded_batches
+from embwalk.errors import CorpusError, StoreError
 
 STAGING_DIR = "staging/tokens"  # under the store root (pipeline/store/layout.py: STAGING_DIR)
 ROW_GROUP = 65_536  # rows per Parquet row group: what a worker reads at least to get a few rows
@@ -108,7 +108,7 @@ def stage_corpus(fs, cfg: CorpusConfig, tokenizer, mapper=None, progress: bool =
     """
     from tqdm.auto import tqdm
 
-    from pipeline.corpus.documents import corpus_parts
+    from embwalk.corpus.documents import corpus_parts
 
     parts = corpus_parts(cfg)
     check_staging_identity(fs, staging_identity(cfg, tokenizer))
@@ -138,7 +138,7 @@ def stage_corpus(fs, cfg: CorpusConfig, tokenizer, mapper=None, progress: bool =
 
 def stage_part_at(part: Part, location: str, cfg: CorpusConfig, tokenizer) -> PartCounts:
     """``stage_part`` for a worker that gets the store's location (a process pool's, Ray's)."""
-    from pipeline.store.fs import open_fs
+    from embwalk.store.fs import open_fs
 
     return stage_part(open_fs(location), part, cfg, tokenizer)
 

@@ -1,1 +1,1 @@
-"""Executors run a prepared job's shards: locally, or on Ray. Steps know nothing of them."""
+"""Where work units run: this process or a local pool (local.py), or a Ray cluster (ray.py)."""

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 if TYPE_CHECKING:
     from tqdm.auto import tqdm
 
-    from pipeline.extract.config import ExtractConfig
-    from pipeline.extract.job import PreparedJob
-    from pipeline.models.loading import LoadedModel
-    from pipeline.plan import Shard
-    from pipeline.store.writer import StoreWriter
+    from embwalk.extract.config import ExtractConfig
+    from embwalk.extract.job import PreparedJob
+    from embwalk.models.loading import LoadedModel
+    from embwalk.plan import Shard
+    from embwalk.store.writer import StoreWriter
 
 U = TypeVar("U")
 R = TypeVar("R")

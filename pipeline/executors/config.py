@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.errors import EmbwalkError
+from embwalk.errors import EmbwalkError
 
 KINDS = ("local", "ray")
 
 
 @dataclass
 class ClusterConfig:
+    """Where work units run: this machine or a Ray cluster, with how many workers."""
+
     kind: str = "local"  # local (this machine) | ray
     batch_size: int = 8  # extraction: sequences per forward pass
     threads: int | None = None  # torch threads per worker; None: torch's default (extraction), 1 (statistics)

@@ -10,14 +10,14 @@ import os
 
 import torch
 
-from pipeline.corpus import CorpusConfig
-from pipeline.corpus.documents import corpus_parts
-from pipeline.executors.base import UnitMapper
-from pipeline.executors.units import default_workers, process_pool
-from pipeline.extract.config import ExtractConfig
-from pipeline.extract.driver import run_extraction
-from pipeline.models.loading import LoadedModel, load_model
-from pipeline.store.fs import local_path
+from embwalk.corpus import CorpusConfig
+from embwalk.corpus.documents import corpus_parts
+from embwalk.executors.base import UnitMapper
+from embwalk.executors.units import default_workers, process_pool
+from embwalk.extract.config import ExtractConfig
+from embwalk.extract.driver import run_extraction
+from embwalk.models.loading import LoadedModel, load_model
+from embwalk.store.fs import local_path
 
 # A corpus cut at no more tokens than this, or of fewer input bytes, is tokenized in this
 # process: starting a pool (each process imports transformers, ~5 s) costs more than it saves.

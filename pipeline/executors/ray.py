@@ -22,15 +22,15 @@ import fsspec
 import numpy as np
 import torch
 
-from pipeline.errors import EmbwalkError, StoreError, first_line
-from pipeline.executors import faults
-from pipeline.executors.units import in_order
-from pipeline.extract.config import ExtractConfig
-from pipeline.extract.driver import run_extraction
-from pipeline.extract.job import PreparedJob
-from pipeline.models.loading import LoadedModel, load_model
-from pipeline.plan import Shard
-from pipeline.store.writer import StoreWriter
+from embwalk.errors import EmbwalkError, StoreError, first_line
+from embwalk.executors import faults
+from embwalk.executors.units import in_order
+from embwalk.extract.config import ExtractConfig
+from embwalk.extract.driver import run_extraction
+from embwalk.extract.job import PreparedJob
+from embwalk.models.loading import LoadedModel, load_model
+from embwalk.plan import Shard
+from embwalk.store.writer import StoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +176,21 @@ def ensure_ray(address: str | None, slots: int) -> None:
     ``slots`` CPUs; nothing if this process is connected already."""
     import ray
 
-    if not ray.is_initialized():
-        init = {"address": address} if address else {"num_cpus": max(os.cpu_count() or 1, slots)}
-        ray.init(**init, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    if ray.is_initialized():
+        return
+    quiet = {"logging_level": "ERROR", "log_to_driver": False}
+    if address:
+        ray.init(address=address, **quiet)
+        return
+    try:
+        ray.init(num_cpus=max(os.cpu_count() or 1, slots), include_dashboard=False, **quiet)
+    except ValueError as exc:
+        # ray.init without an address joins the cluster this node runs (`ray start --head`, or
+        # RAY_ADDRESS), which refuses resource counts: join it as it is.
+        if "existing cluster" not in str(exc):
+            raise
+        log.warning("joining the Ray cluster already running on this node (cluster.address=auto)")
+        ray.init(address="auto", **quiet)
 
 
 def _run_unit(fn, unit, shared: tuple):

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from pipeline.executors.base import R, U, UnitMapper
+from embwalk.executors.base import R, U, UnitMapper
 
 
 def in_order(units: Iterable[U], submit: Callable[[U], Any], result: Callable[[Any], R], window: int,

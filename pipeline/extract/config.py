@@ -1,7 +1,7 @@
 """The extraction job's config: one section per component, each the component's own dataclass.
 
 This is the job's composition root: ``ExtractConfig.from_dict`` is the one place
-a job's options become objects (through ``pipeline.config.from_dict``, which
+a job's options become objects (through ``embwalk.config.from_dict``, which
 rejects unknown keys), and conf/extract.yaml's groups are these sections.
 """
 
@@ -10,18 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.config import from_dict
-from pipeline.corpus.config import CorpusConfig
-from pipeline.errors import EmbwalkError
-from pipeline.executors.config import ClusterConfig
-from pipeline.models.config import ModelConfig
-from pipeline.stats.config import StatsOptions
-from pipeline.store.config import StoreConfig
+from embwalk.config import from_dict
+from embwalk.corpus.config import CorpusConfig
+from embwalk.errors import EmbwalkError
+from embwalk.executors.config import ClusterConfig
+from embwalk.models.config import ModelConfig
+from embwalk.stats.config import StatsOptions
+from embwalk.store.config import StoreConfig
 
 
 @dataclass
 class CaptureConfig:
-    """What the hooks capture (the Hydra ``capture`` group); sites: docs/sites.md."""
+    """Which sites the hooks capture (README: capture sites), and statistics computed in the pass."""
 
     sites: list[str] = field(default_factory=lambda: ["resid_pre.0", "resid_post", "final"])
     heads: list[int] | None = None  # attention heads to keep (all by default)

@@ -15,11 +15,11 @@ from dataclasses import replace
 
 from tqdm.auto import tqdm
 
-from pipeline.executors.base import Executor
-from pipeline.extract.config import ExtractConfig
-from pipeline.extract.job import prepare
-from pipeline.models.loading import LoadedModel
-from pipeline.store.writer import StoreWriter
+from embwalk.executors.base import Executor
+from embwalk.extract.config import ExtractConfig
+from embwalk.extract.job import prepare
+from embwalk.models.loading import LoadedModel
+from embwalk.store.writer import StoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def run_extraction(cfg: ExtractConfig, executor: Executor, loaded: LoadedModel |
     executor.start(cfg)
     # The driver plans from the model's description (config, tokenizer, fingerprint), never its weights.
     if loaded is None:
-        from pipeline.models.spec import load_spec
+        from embwalk.models.spec import load_spec
 
         spec = load_spec(replace(cfg.model, device="cpu"))
     job = prepare(cfg, loaded or spec, executor.parts_mapper(cfg))
@@ -50,7 +50,7 @@ def run_extraction(cfg: ExtractConfig, executor: Executor, loaded: LoadedModel |
         bar.close()
         manifest = writer.finish()  # records what is committed, also after a failure
     if cfg.capture.stats is not None:
-        from pipeline.stats.partials import merge_store_stats
+        from embwalk.stats.partials import merge_store_stats
 
         merge_store_stats(writer.fs)
     manifest["run_seconds"] = round(time.perf_counter() - started, 2)

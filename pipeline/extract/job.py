@@ -18,20 +18,20 @@ from importlib import metadata
 
 import torch
 
-from pipeline.corpus import vocabulary_strings
-from pipeline.corpus.sequences import ShardTokens
-from pipeline.corpus.staged import StagedCorpus, stage_corpus
-from pipeline.errors import EmbwalkError, SiteError
-from pipeline.extract.config import ExtractConfig
-from pipeline.extract.runner import ShardRunner
-from pipeline.models.capture import CaptureLayout
-from pipeline.models.loading import LoadedModel
-from pipeline.models.sites import parse_sites
-from pipeline.plan import Plan, Shard, plan_staged, shard_tokens_for
-from pipeline.stats.inpass import InPassStats
-from pipeline.store import layout as store_layout
-from pipeline.store.fs import open_fs, require_local
-from pipeline.store.writer import StoreWriter, check_store_location
+from embwalk.corpus import vocabulary_strings
+from embwalk.corpus.sequences import ShardTokens
+from embwalk.corpus.staged import StagedCorpus, stage_corpus
+from embwalk.errors import EmbwalkError, SiteError
+from embwalk.extract.config import ExtractConfig
+from embwalk.extract.runner import ShardRunner
+from embwalk.models.capture import CaptureLayout
+from embwalk.models.loading import LoadedModel
+from embwalk.models.sites import parse_sites
+from embwalk.plan import Plan, Shard, plan_staged, shard_tokens_for
+from embwalk.stats.inpass import InPassStats
+from embwalk.store import layout as store_layout
+from embwalk.store.fs import open_fs, require_local
+from embwalk.store.writer import StoreWriter, check_store_location
 
 STORE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
@@ -48,7 +48,7 @@ class PreparedJob:
     sites: list[str]
     specs: list[store_layout.ArraySpec]
     manifest: dict
-    stats: object | None = None  # pipeline.stats.base.StatsConfig of in-pass statistics
+    stats: object | None = None  # embwalk.stats.base.StatsConfig of in-pass statistics
 
     @property
     def dtype(self) -> torch.dtype:

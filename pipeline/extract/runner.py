@@ -28,13 +28,13 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.corpus.sequences import ShardTokens
-from pipeline.extract.allocator import keep_freed_memory
-from pipeline.models.capture import CaptureLayout, Capturer
-from pipeline.models.loading import LoadedModel
-from pipeline.plan import Shard
-from pipeline.store import layout as store_layout
-from pipeline.store.writer import StoreWriter
+from embwalk.corpus.sequences import ShardTokens
+from embwalk.extract.allocator import keep_freed_memory
+from embwalk.models.capture import CaptureLayout, Capturer
+from embwalk.models.loading import LoadedModel
+from embwalk.plan import Shard
+from embwalk.store import layout as store_layout
+from embwalk.store.writer import StoreWriter
 
 
 class ShardObserver(Protocol):

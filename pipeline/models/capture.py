@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.models import sdpa_patterns
-from pipeline.models.loading import LoadedModel
-from pipeline.models.sites import Site
+from embwalk.models import sdpa_patterns
+from embwalk.models.loading import LoadedModel
+from embwalk.models.sites import Site
 
 TAP_KINDS = ("resid_mid", "attn_out", "mlp_out")
 

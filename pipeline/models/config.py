@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.errors import ModelError
+from embwalk.errors import ModelError
 
 
 @dataclass
 class ModelConfig:
+    """Which model: a bundled name, a directory, a .gguf file or a hub id; its dtype and device."""
+
     name: str | None = "smollm2-135m"  # bundled name, local directory, .gguf file or hub id (None: required)
     dtype: str = "float32"  # float32 | float16 | bfloat16
     device: str = "auto"  # cpu | cuda | cuda:N | auto

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from pipeline.errors import ModelError
+from embwalk.errors import ModelError
 
 # A tap is (path inside a block, "input" | "output"): the site is that module's
 # first positional input, or its output (the first element if a tuple).

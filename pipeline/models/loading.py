@@ -5,10 +5,10 @@ anything a user hands us. GGUF files are dequantized by transformers once and
 cached as safetensors, because dequantizing takes ~35 s and reloading the cache
 under 1 s. ``trust_remote_code`` stays off unless the config turns it on.
 
-Where the files are is ``pipeline.models.sources``. A model that came from files
-is fingerprinted from those files (``pipeline.models.fingerprint``: the GGUF file
+Where the files are is ``embwalk.models.sources``. A model that came from files
+is fingerprinted from those files (``embwalk.models.fingerprint``: the GGUF file
 itself for a GGUF model, not its cache), so a worker that loads it and a job
-driver that only described it with ``pipeline.models.spec.load_spec`` agree on
+driver that only described it with ``embwalk.models.spec.load_spec`` agree on
 its fingerprint.
 """
 
@@ -25,17 +25,17 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-from pipeline.errors import ModelError, first_line
-from pipeline.models.config import ModelConfig
-from pipeline.models.families import Family, family_for, trunk
-from pipeline.models.sources import (
+from embwalk.errors import ModelError, first_line
+from embwalk.models.config import ModelConfig
+from embwalk.models.families import Family, family_for, trunk
+from embwalk.models.sources import (
     gguf_cache_path,
     gguf_cache_ready,
     locate_model,
     resolve_dtype,
     source_fingerprint,
 )
-from pipeline.models.spec import ModelSpec
+from embwalk.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from pipeline.errors import SiteError
+from embwalk.errors import SiteError
 
 LAYERED_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_pattern", "attn_out", "mlp_out")
 UNLAYERED_KINDS = ("final",)

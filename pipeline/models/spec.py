@@ -1,7 +1,7 @@
 """Describe a model without building it: what a job driver needs to plan.
 
 ``load_spec`` reads the model's config and tokenizer and fingerprints its weight
-files (``pipeline.models.fingerprint``); it never builds the model, never reads
+files (``embwalk.models.fingerprint``); it never builds the model, never reads
 its weights into memory and never dequantizes a GGUF file. A GGUF model's config
 and tokenizer come from the safetensors cache ``load_model`` keeps when it
 exists (milliseconds) and from the GGUF metadata otherwise (a few seconds: the
@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoConfig, AutoTokenizer
 
-from pipeline.errors import ModelError, first_line
-from pipeline.models.config import ModelConfig
-from pipeline.models.families import Family, family_for
-from pipeline.models.sources import (
+from embwalk.errors import ModelError, first_line
+from embwalk.models.config import ModelConfig
+from embwalk.models.families import Family, family_for
+from embwalk.models.sources import (
     gguf_cache_path,
     gguf_cache_ready,
     locate_model,

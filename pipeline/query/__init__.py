@@ -1,6 +1,6 @@
 """Query and export: find any token's walk in a store, SQL over its tables, stream vectors to trainers.
 
-    from pipeline.query import open_store
+    from embwalk.query import open_store
     store = open_store("stores/default")
     print(store.summary())
     sel = store.select(doc=3, doc_pos="0:16")       # or seq=, pos=, token=, regex=, where=, sql=
@@ -11,9 +11,9 @@
 See docs/query.md.
 """
 
-from pipeline.query.errors import QueryError
-from pipeline.query.selection import Selection
-from pipeline.query.store import QueryStore, open_store
+from embwalk.query.errors import QueryError
+from embwalk.query.selection import Selection
+from embwalk.query.store import QueryStore, open_store
 
 __all__ = ["QueryError", "QueryStore", "Selection", "VectorDataset", "open_store"]
 
@@ -21,7 +21,7 @@ __all__ = ["QueryError", "QueryStore", "Selection", "VectorDataset", "open_store
 def __getattr__(name: str):
     # torch is imported only by code that streams to a trainer
     if name == "VectorDataset":
-        from pipeline.query.dataset import VectorDataset
+        from embwalk.query.dataset import VectorDataset
 
         return VectorDataset
-    raise AttributeError(f"module 'pipeline.query' has no attribute {name!r}")
+    raise AttributeError(f"module 'embwalk.query' has no attribute {name!r}")

@@ -25,13 +25,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline.errors import SiteError, StoreError
-from pipeline.query import order
-from pipeline.query.errors import QueryError
-from pipeline.query.fetch import RowReader
-from pipeline.query.stream import stream_batches
-from pipeline.query.vector_sites import vector_sites
-from pipeline.store.reader import CommittedRows, Store
+from embwalk.errors import SiteError, StoreError
+from embwalk.query import order
+from embwalk.query.errors import QueryError
+from embwalk.query.fetch import RowReader
+from embwalk.query.stream import stream_batches
+from embwalk.query.vector_sites import vector_sites
+from embwalk.store.reader import CommittedRows, Store
 
 BLOCK_BYTES = 8 << 20  # one read: big enough to stream at disk speed, small enough to mix shards well
 BUFFER_BYTES = 256 << 20  # default shuffle buffer per worker
@@ -70,7 +70,7 @@ class VectorDataset(IterableDataset):
         ``dtype`` converts batches (default: the store's dtype); ``with_rows`` yields ``(rows, vectors)``;
         ``shards`` pins the shards read (default: those committed now, a snapshot).
 
-        ``store``: a reader (``pipeline.store.reader.Store``), a ``QueryStore`` (its snapshot of
+        ``store``: a reader (``embwalk.store.reader.Store``), a ``QueryStore`` (its snapshot of
         committed shards is the default and what ``shards`` must be in), or a location opened
         with ``storage_options``. Workers reopen the store from its location, options and manifest."""
         if isinstance(store, (str, Path)):

@@ -21,7 +21,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
 
-from pipeline.errors import StoreError
+from embwalk.errors import StoreError
 
 MISSING = -1  # 2**64 - 1 as int64: an inner chunk never written (all fill value)
 GAP_BYTES = 16384  # reading this many unwanted bytes costs about what one more syscall does

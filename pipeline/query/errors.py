@@ -1,6 +1,6 @@
 """Query errors: what a user can get wrong when asking a store a question."""
 
-from pipeline.errors import EmbwalkError
+from embwalk.errors import EmbwalkError
 
 
 class QueryError(EmbwalkError):

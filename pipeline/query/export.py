@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline.query.errors import QueryError
-from pipeline.query.fetch import VectorSource
+from embwalk.query.errors import QueryError
+from embwalk.query.fetch import VectorSource
 
 FORMATS = ("npy", "safetensors", "datasets")
 PIECE_ROWS = 65536

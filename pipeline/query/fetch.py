@@ -6,10 +6,10 @@ from typing import Protocol
 
 import numpy as np
 
-from pipeline.query.direct import DirectReader
-from pipeline.query.errors import QueryError
-from pipeline.query.vector_sites import VectorSite
-from pipeline.store.reader import Store
+from embwalk.query.direct import DirectReader
+from embwalk.query.errors import QueryError
+from embwalk.query.vector_sites import VectorSite
+from embwalk.store.reader import Store
 
 
 class VectorSource(Protocol):

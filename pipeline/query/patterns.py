@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.errors import SiteError, StoreError
-from pipeline.query.vector_sites import pattern_index
-from pipeline.store.reader import Store
+from embwalk.errors import SiteError, StoreError
+from embwalk.query.vector_sites import pattern_index
+from embwalk.store.reader import Store
 
 
 def sequence_pattern(

@@ -1,6 +1,6 @@
 """Row numbers from whatever a user hands over: a Selection, a table with a ``row`` column, numbers.
 
-(Which rows may be read, those of committed shards, is ``pipeline.store.reader.CommittedRows``.)
+(Which rows may be read, those of committed shards, is ``embwalk.store.reader.CommittedRows``.)
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from pipeline.query.errors import QueryError
+from embwalk.query.errors import QueryError
 
 
 def as_rows(obj) -> np.ndarray:

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from pipeline.query.display import format_table
-from pipeline.query.export import export
-from pipeline.query.fetch import VectorSource
+from embwalk.query.display import format_table
+from embwalk.query.export import export
+from embwalk.query.fetch import VectorSource
 
 if TYPE_CHECKING:  # heavy, imported only when used
     import torch

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Iterable
 
-from pipeline.query.errors import QueryError
+from embwalk.query.errors import QueryError
 
 INT_COLUMNS = {
     "row": "row", "doc": "doc_id", "seq": "seq_id", "pos": "pos", "doc_pos": "doc_pos", "token_id": "token_id",

@@ -13,19 +13,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from pipeline.errors import StoreError
-from pipeline.query.errors import QueryError
-from pipeline.query.fetch import RowReader
-from pipeline.query.patterns import sequence_pattern
-from pipeline.query.rows import as_rows
-from pipeline.query.selection import TOKEN_COLUMNS, Selection
-from pipeline.query.selectors import token_condition
-from pipeline.query.tables import Tables
-from pipeline.query.vector_sites import VectorSite, vector_sites
-from pipeline.store.reader import CommittedRows, Store
+from embwalk.errors import StoreError
+from embwalk.query.errors import QueryError
+from embwalk.query.fetch import RowReader
+from embwalk.query.patterns import sequence_pattern
+from embwalk.query.rows import as_rows
+from embwalk.query.selection import TOKEN_COLUMNS, Selection
+from embwalk.query.selectors import token_condition
+from embwalk.query.tables import Tables
+from embwalk.query.vector_sites import VectorSite, vector_sites
+from embwalk.store.reader import CommittedRows, Store
 
 if TYPE_CHECKING:  # torch is imported only by code that streams to a trainer
-    from pipeline.query.dataset import VectorDataset
+    from embwalk.query.dataset import VectorDataset
 
 
 def open_store(location: str | Path, storage_options: dict | None = None) -> QueryStore:
@@ -34,7 +34,7 @@ def open_store(location: str | Path, storage_options: dict | None = None) -> Que
 
 
 class QueryStore:
-    """The query facade over one ``reader`` (pipeline.store.reader.Store), with a snapshot of
+    """The query facade over one ``reader`` (embwalk.store.reader.Store), with a snapshot of
     its committed shards (``committed``, ``committed_rows``) that every question here sees."""
 
     def __init__(self, location: str | Path, storage_options: dict | None = None):
@@ -98,7 +98,7 @@ class QueryStore:
         regex: str | None = None, where: str | None = None, sql: str | None = None,
         columns: list[str] | None = None, limit: int | None = None,
     ) -> Selection:
-        """Token rows matching every selector given (see ``pipeline.query.selectors``), in row order.
+        """Token rows matching every selector given (see ``embwalk.query.selectors``), in row order.
 
         ``sql`` instead runs a whole query that returns a ``row`` column (a join
         with a stats table, say); the rows keep the query's order and columns.
@@ -171,7 +171,7 @@ class QueryStore:
 
     def dataset(self, site: str, **options) -> VectorDataset:
         """A torch IterableDataset over one site; see ``VectorDataset`` for the options."""
-        from pipeline.query.dataset import VectorDataset  # lazily: torch
+        from embwalk.query.dataset import VectorDataset  # lazily: torch
 
         return VectorDataset(self, site, **options)
 

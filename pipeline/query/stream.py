@@ -11,8 +11,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from pipeline.query import order
-from pipeline.query.fetch import RowReader
+from embwalk.query import order
+from embwalk.query.fetch import RowReader
 
 
 def stream_batches(

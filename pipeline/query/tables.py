@@ -12,9 +12,9 @@ from __future__ import annotations
 import duckdb
 import pyarrow as pa
 
-from pipeline.query.errors import QueryError, first_line
-from pipeline.store import layout
-from pipeline.store.reader import Store
+from embwalk.query.errors import QueryError, first_line
+from embwalk.store import layout
+from embwalk.store.reader import Store
 
 
 class Tables:

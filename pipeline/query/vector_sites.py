@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.errors import SiteError
-from pipeline.models.sites import Site, parse_sites
+from embwalk.errors import SiteError
+from embwalk.models.sites import Site, parse_sites
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.report import figures as F
-from pipeline.report.data import load_document, load_report_data
-from pipeline.report.html import write_page
-from pipeline.report.vocab import load_vocabulary
+from embwalk.report import figures as F
+from embwalk.report.data import load_document, load_report_data
+from embwalk.report.html import write_page
+from embwalk.report.vocab import load_vocabulary
 
 log = logging.getLogger(__name__)
 

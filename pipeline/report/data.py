@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline.errors import StoreError
-from pipeline.stats.from_store import check_store
-from pipeline.stats.partials import load_sample, read_summary, read_tables, stats_dir
-from pipeline.store.reader import Store
+from embwalk.errors import StoreError
+from embwalk.stats.from_store import check_store
+from embwalk.stats.partials import load_sample, read_summary, read_tables, stats_dir
+from embwalk.store.reader import Store
 
 
 @dataclass

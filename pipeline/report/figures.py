@@ -19,8 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm, TwoSlopeNorm  # noqa: E402
 
-from pipeline.report.data import Document, ReportData  # noqa: E402
-from pipeline.report.vocab import Vocabulary  # noqa: E402
+from embwalk.report.data import Document, ReportData  # noqa: E402
+from embwalk.report.vocab import Vocabulary  # noqa: E402
 
 DPI = 110
 

@@ -6,7 +6,7 @@ import html
 import json
 from pathlib import Path
 
-from pipeline.report.figures import Figure
+from embwalk.report.figures import Figure
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1300px; margin: 2em auto; padding: 0 1em; color: #222; }

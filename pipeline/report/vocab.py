@@ -7,8 +7,8 @@ import logging
 import numpy as np
 import torch
 
-from pipeline.errors import EmbwalkError
-from pipeline.store.reader import Store
+from embwalk.errors import EmbwalkError
+from embwalk.store.reader import Store
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +35,15 @@ class Vocabulary:
 def load_vocabulary(store: Store, loaded=None) -> Vocabulary | None:
     """The store's model's vocabulary, or None (logged) when the model cannot be had or has no
     unembedding: labels are a nicety, the figures are drawn without them."""
-    from pipeline.corpus import vocabulary_strings
-    from pipeline.stats.job import model_head
+    from embwalk.corpus import vocabulary_strings
+    from embwalk.stats.job import model_head
 
     try:
         if loaded is None:
             from dataclasses import replace
 
-            from pipeline.models.config import ModelConfig
-            from pipeline.models.loading import load_model
+            from embwalk.models.config import ModelConfig
+            from embwalk.models.loading import load_model
 
             cfg = ModelConfig(**store.manifest["config"]["model"])
             loaded = load_model(replace(cfg, device="cpu", device_map=None))

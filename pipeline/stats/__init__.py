@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from pipeline.stats.attention import AttentionStats
-from pipeline.stats.base import (
+from embwalk.stats.attention import AttentionStats
+from embwalk.stats.base import (
     ACCUMULATORS,
     Accumulator,
     ShardOverlapError,
@@ -28,17 +28,17 @@ from pipeline.stats.base import (
     read_partial,
     write_partial,
 )
-from pipeline.stats.config import FAMILIES, Bins, StatsConfig, StatsOptions, most_frequent_types
-from pipeline.stats.decoding import DecodingWalk
-from pipeline.stats.encoding import EncodingWalk
-from pipeline.stats.geometry import Geometry
-from pipeline.stats.head import ModelHead
-from pipeline.stats.inpass import InPassStats, required_sites
-from pipeline.stats.inputs import Offer, SequenceInputs
-from pipeline.stats.lens import LogitLens
-from pipeline.stats.partials import merge_store_stats, write_shard_partials
-from pipeline.stats.similarity import similarity_map
-from pipeline.stats.walk import WalkStats
+from embwalk.stats.config import FAMILIES, Bins, StatsConfig, StatsOptions, most_frequent_types
+from embwalk.stats.decoding import DecodingWalk
+from embwalk.stats.encoding import EncodingWalk
+from embwalk.stats.geometry import Geometry
+from embwalk.stats.head import ModelHead
+from embwalk.stats.inpass import InPassStats, required_sites
+from embwalk.stats.inputs import Offer, SequenceInputs
+from embwalk.stats.lens import LogitLens
+from embwalk.stats.partials import merge_store_stats, write_shard_partials
+from embwalk.stats.similarity import similarity_map
+from embwalk.stats.walk import WalkStats
 
 if tuple(ACCUMULATORS) != FAMILIES:  # every family's class defines itself into the registry
     raise ImportError(f"statistic families {tuple(ACCUMULATORS)} registered, {FAMILIES} expected")

@@ -20,9 +20,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.stats.base import Accumulator
-from pipeline.stats.inputs import SequenceInputs
-from pipeline.stats.ops import f32, unit
+from embwalk.stats.base import Accumulator
+from embwalk.stats.inputs import SequenceInputs
+from embwalk.stats.ops import f32, unit
 
 SUMMARY_SCHEMA = pa.schema(
     [

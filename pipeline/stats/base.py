@@ -26,10 +26,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.errors import EmbwalkError
-from pipeline.stats import hist
-from pipeline.stats.config import FAMILIES, StatsConfig
-from pipeline.stats.inputs import ARRAYS, Offer, SequenceInputs
+from embwalk.errors import EmbwalkError
+from embwalk.stats import hist
+from embwalk.stats.config import FAMILIES, StatsConfig
+from embwalk.stats.inputs import ARRAYS, Offer, SequenceInputs
 
 FORMAT_VERSION = 1
 META_KEY = b"embwalk.stats"

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import EmbwalkError
+from embwalk.errors import EmbwalkError
 
 FAMILIES = ("encoding", "logit_lens", "decoding", "attention", "geometry")
 
@@ -185,8 +185,9 @@ def top_types(ids: np.ndarray, counts: np.ndarray, k: int) -> tuple[int, ...]:
 
 @dataclass
 class StatsOptions:
-    """The statistics as a job sets them (the Hydra ``stats`` group, and ``capture.stats``):
-    what ``stats_config`` turns into a StatsConfig once the corpus is known."""
+    """Which walk statistics, and how (``stats_config`` makes the StatsConfig once the corpus is known).
+
+    The Hydra ``stats`` group, and ``capture.stats`` for statistics computed in the pass."""
 
     families: list[str] = field(default_factory=lambda: list(FAMILIES))
     self_sim_top_k: int = 100  # token types tracked for self-similarity: the corpus's most frequent

@@ -20,11 +20,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.stats import hist
-from pipeline.stats.base import Accumulator
-from pipeline.stats.inputs import SequenceInputs
-from pipeline.stats.lens import _logits, next_token_scores
-from pipeline.stats.ops import as_ids, cosine, f32, same_sequence_pairs
+from embwalk.stats import hist
+from embwalk.stats.base import Accumulator
+from embwalk.stats.inputs import SequenceInputs
+from embwalk.stats.lens import _logits, next_token_scores
+from embwalk.stats.ops import as_ids, cosine, f32, same_sequence_pairs
 
 _STATS = {
     "cos_unembed": "cos",

@@ -17,10 +17,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.stats import hist
-from pipeline.stats.base import Accumulator
-from pipeline.stats.inputs import SequenceInputs
-from pipeline.stats.ops import f32
+from embwalk.stats import hist
+from embwalk.stats.base import Accumulator
+from embwalk.stats.inputs import SequenceInputs
+from embwalk.stats.ops import f32
 
 # stat -> (bin kind, first layer, layers fewer than L+1)
 _STATS = {

@@ -1,7 +1,7 @@
 """The two-step route: walk statistics of one committed shard of a stored run.
 
 A shard's statistics cover the sequences whose first token lies in its rows
-(see ``pipeline.stats.walk``). Those are read in blocks of whole sequences
+(see ``embwalk.stats.walk``). Those are read in blocks of whole sequences
 by a background thread while the previous block is computed, so reading and
 statistics overlap; the time of each is measured apart, which is how the job
 reports whether statistics keep up with reading.
@@ -22,15 +22,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.errors import StoreError
-from pipeline.stats.config import StatsConfig
-from pipeline.stats.head import ModelHead
-from pipeline.stats.inputs import ARRAYS
-from pipeline.stats.partials import write_shard_partials
-from pipeline.stats.walk import WalkStats, shard_label
-from pipeline.store import layout as store_layout
-from pipeline.store.fs import require_local
-from pipeline.store.reader import Store
+from embwalk.errors import StoreError
+from embwalk.stats.config import StatsConfig
+from embwalk.stats.head import ModelHead
+from embwalk.stats.inputs import ARRAYS
+from embwalk.stats.partials import write_shard_partials
+from embwalk.stats.walk import WalkStats, shard_label
+from embwalk.store import layout as store_layout
+from embwalk.store.fs import require_local
+from embwalk.store.reader import Store
 
 BLOCK_ROWS = 1024  # rows read at once: several sequences, a few MB per layer
 

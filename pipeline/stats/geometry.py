@@ -20,9 +20,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.stats.base import Accumulator
-from pipeline.stats.inputs import SequenceInputs
-from pipeline.stats.ops import as_ids, cosine, f32, group_index, unit
+from embwalk.stats.base import Accumulator
+from embwalk.stats.inputs import SequenceInputs
+from embwalk.stats.ops import as_ids, cosine, f32, group_index, unit
 
 _FLUSH_TOKENS = 2048  # fast_moments: tokens of float32 products summed before a float64 add
 

@@ -35,7 +35,7 @@ class ModelHead:
 
     @classmethod
     def from_loaded(cls, loaded, device: torch.device | str | None = None) -> ModelHead:
-        """From a ``pipeline.models.loading.LoadedModel`` (its LM head and final norm)."""
+        """From a ``embwalk.models.loading.LoadedModel`` (its LM head and final norm)."""
         device = torch.device(device) if device is not None else loaded.device
         head = loaded.model.get_output_embeddings() if loaded.family.causal else None
         unembed = bias = None

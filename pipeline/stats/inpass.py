@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.stats.base import ACCUMULATORS
-from pipeline.stats.config import StatsConfig
-from pipeline.stats.head import ModelHead
-from pipeline.stats.partials import write_shard_partials
-from pipeline.stats.walk import WalkStats
-from pipeline.store.fs import StoreFS, open_fs
+from embwalk.stats.base import ACCUMULATORS
+from embwalk.stats.config import StatsConfig
+from embwalk.stats.head import ModelHead
+from embwalk.stats.partials import write_shard_partials
+from embwalk.stats.walk import WalkStats
+from embwalk.store.fs import StoreFS, open_fs
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class InPassStats:
 
     @classmethod
     def for_model(cls, config: StatsConfig, loaded, layout, store: StoreFS | str | Path) -> InPassStats:
-        """For a ``pipeline.models.loading.LoadedModel`` (its LM head and final norm)."""
+        """For a ``embwalk.models.loading.LoadedModel`` (its LM head and final norm)."""
         return cls(config, ModelHead.from_loaded(loaded), layout, store)
 
     def _say_skipped(self) -> None:

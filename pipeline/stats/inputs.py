@@ -16,7 +16,7 @@ from functools import cached_property
 
 import torch
 
-from pipeline.stats.head import ModelHead
+from embwalk.stats.head import ModelHead
 
 # The arrays a family can read, in the order the routes read them.
 ARRAYS = ("resid", "final", "pattern")

@@ -19,16 +19,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.errors import EmbwalkError, StoreError
-from pipeline.executors.config import ClusterConfig
-from pipeline.executors.units import in_process, process_pool
-from pipeline.models.loading import resolve_device
-from pipeline.stats.config import StatsConfig, StatsOptions
-from pipeline.stats.from_store import ShardNotReady, check_store, has_activations, shard_stats
-from pipeline.stats.head import ModelHead
-from pipeline.stats.partials import identity_hash, merge_store_stats, read_shard_meta
-from pipeline.store import layout as store_layout
-from pipeline.store.reader import Store
+from embwalk.errors import EmbwalkError, StoreError
+from embwalk.executors.config import ClusterConfig
+from embwalk.executors.units import in_process, process_pool
+from embwalk.models.loading import resolve_device
+from embwalk.stats.config import StatsConfig, StatsOptions
+from embwalk.stats.from_store import ShardNotReady, check_store, has_activations, shard_stats
+from embwalk.stats.head import ModelHead
+from embwalk.stats.partials import identity_hash, merge_store_stats, read_shard_meta
+from embwalk.store import layout as store_layout
+from embwalk.store.reader import Store
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 def corpus_token_counts(store: Store) -> tuple[np.ndarray, np.ndarray]:
     """(token ids, how often each occurs) over every committed row, for the self-similarity
     types; read shard by shard, so memory is one shard's tokens plus the vocabulary."""
-    from pipeline.corpus.staged import merge_token_counts
+    from embwalk.corpus.staged import merge_token_counts
 
     return merge_token_counts(
         np.unique(store.read_tokens(i, ["token_id"]).column(0).to_numpy(),
@@ -49,8 +49,8 @@ def model_head(store: Store, loaded=None) -> ModelHead:
     """Load the model the store names (or use ``loaded``) and check its weights fingerprint;
     the head is on the CPU: workers move it to their device (CUDA tensors do not pickle to a
     process pool)."""
-    from pipeline.models.config import ModelConfig
-    from pipeline.models.loading import load_model
+    from embwalk.models.config import ModelConfig
+    from embwalk.models.loading import load_model
 
     want = store.manifest["model"]["weights_fingerprint"]
     if loaded is None:
@@ -125,7 +125,7 @@ def run_shards(root: Path, shards: list[int], config: StatsConfig, head: ModelHe
     # busy (measured 10x slower on a shared 2-core machine); parallelism comes from workers.
     threads = cluster.threads or 1
     if cluster.kind == "ray":
-        from pipeline.executors.ray import ensure_ray, ray_mapper
+        from embwalk.executors.ray import ensure_ray, ray_mapper
 
         ensure_ray(cluster.address, (cluster.workers or 1) * threads)
         mapper = ray_mapper(cluster.workers or len(shards), num_cpus=threads,

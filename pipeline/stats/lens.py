@@ -20,10 +20,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.stats import hist
-from pipeline.stats.base import Accumulator
-from pipeline.stats.inputs import SequenceInputs
-from pipeline.stats.ops import as_ids, f32
+from embwalk.stats import hist
+from embwalk.stats.base import Accumulator
+from embwalk.stats.inputs import SequenceInputs
+from embwalk.stats.ops import as_ids, f32
 
 _STATS = {"rank": "rank", "prob": "prob", "logprob": "logprob", "entropy": "entropy", "kl": "kl"}
 _NEXT_TOKEN = ("rank", "prob", "logprob")

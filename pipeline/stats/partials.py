@@ -27,12 +27,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import StoreError
-from pipeline.stats.base import ACCUMULATORS, Accumulator, merge_all
-from pipeline.stats.walk import WalkStats
-from pipeline.store import layout as store_layout
-from pipeline.store.commits import committed_shards, read_manifest, write_json
-from pipeline.store.fs import StoreFS, open_fs
+from embwalk.errors import StoreError
+from embwalk.stats.base import ACCUMULATORS, Accumulator, merge_all
+from embwalk.stats.walk import WalkStats
+from embwalk.store import layout as store_layout
+from embwalk.store.commits import committed_shards, read_manifest, write_json
+from embwalk.store.fs import StoreFS, open_fs
 
 PARTIALS_DIR = "partials"
 META = "meta.json"

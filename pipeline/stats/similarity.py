@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.stats.ops import f32, unit
+from embwalk.stats.ops import f32, unit
 
 
 def similarity_map(vectors: torch.Tensor, layer: int | None = None) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """One sequence at a time into every statistic family: the code both routes share.
 
-The two-step route (``pipeline.stats.from_store``) reads a stored run and the
-in-pass route (``pipeline.stats.inpass``, an observer of the extraction's shard
+The two-step route (``embwalk.stats.from_store``) reads a stored run and the
+in-pass route (``embwalk.stats.inpass``, an observer of the extraction's shard
 runner) holds the captures in memory; both build a ``WalkStats`` per shard, call
 ``update_sequence`` once per sequence and ``write_shard_partials`` at the end, so
 their partial results are the same computation on the same values.
@@ -30,11 +30,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from pipeline.stats.base import ACCUMULATORS, Accumulator
-from pipeline.stats.config import StatsConfig
-from pipeline.stats.head import ModelHead
-from pipeline.stats.inputs import ARRAYS, Offer, SequenceInputs, next_token_ids
-from pipeline.store import layout as store_layout
+from embwalk.stats.base import ACCUMULATORS, Accumulator
+from embwalk.stats.config import StatsConfig
+from embwalk.stats.head import ModelHead
+from embwalk.stats.inputs import ARRAYS, Offer, SequenceInputs, next_token_ids
+from embwalk.store import layout as store_layout
 
 # The sequence whose vectors a shard keeps for the report's trajectory and similarity map,
 # so that a stats-only store (no activations) can still draw them; at most SAMPLE_TOKENS.
@@ -95,7 +95,7 @@ class WalkStats:
 
     @classmethod
     def for_layout(cls, config: StatsConfig, head: ModelHead, shard_index: int, layout) -> WalkStats:
-        """For an extraction shard: laid out like a ``pipeline.models.capture.CaptureLayout``."""
+        """For an extraction shard: laid out like a ``embwalk.models.capture.CaptureLayout``."""
         return cls(
             config, head, shard_label(shard_index),
             resid_layers=list(layout.residual) or None, pattern_layers=list(layout.pattern_layers) or None,

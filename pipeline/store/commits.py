@@ -28,10 +28,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import StoreError
-from pipeline.plan import pack_shards
-from pipeline.store import layout
-from pipeline.store.fs import StoreFS, open_fs
+from embwalk.errors import StoreError
+from embwalk.plan import pack_shards
+from embwalk.store import layout
+from embwalk.store.fs import StoreFS, open_fs
 
 
 def read_manifest(store: StoreFS | str | Path) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.errors import EmbwalkError
+from embwalk.errors import EmbwalkError
 
 DTYPES = ("float16", "float32")  # bfloat16 is not a Zarr v3 data type
 COMPRESSORS = ("none", "zstd")
@@ -13,6 +13,8 @@ VERIFY_LEVELS = ("quick", "full")
 
 @dataclass
 class StoreConfig:
+    """Where the store goes and how it is cut, stored and checked."""
+
     path: str = "stores/default"  # a directory or an fsspec URL
     dtype: str = "float16"  # float16 | float32
     shard_tokens: int = 4096  # the unit of scheduling, writing, commit and retry

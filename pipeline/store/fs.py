@@ -28,9 +28,9 @@ from typing import Any, BinaryIO
 
 import fsspec
 
-from pipeline.errors import StoreError, first_line
-from pipeline.store.durable import atomic_write, disk_errors, fsync_path
-from pipeline.store.layout import TMP_DIR
+from embwalk.errors import StoreError, first_line
+from embwalk.store.durable import atomic_write, disk_errors, fsync_path
+from embwalk.store.layout import TMP_DIR
 
 Writer = Callable[[BinaryIO], None]
 LOCAL_PROTOCOLS = (None, "file", "local")

@@ -22,10 +22,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 
-from pipeline.errors import StoreError
-from pipeline.store import layout
-from pipeline.store.commits import committed_shards, read_manifest
-from pipeline.store.fs import StoreFS, open_fs
+from embwalk.errors import StoreError
+from embwalk.store import layout
+from embwalk.store.commits import committed_shards, read_manifest
+from embwalk.store.fs import StoreFS, open_fs
 
 
 class Store:

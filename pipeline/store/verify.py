@@ -30,10 +30,10 @@ from pathlib import Path
 import google_crc32c
 from tqdm.auto import tqdm
 
-from pipeline.store import layout
-from pipeline.store.commits import committed_shards, read_manifest, read_record, recorded_shards, uncommit
-from pipeline.store.fs import StoreFS, open_fs
-from pipeline.store.shardfile import check_shard_file
+from embwalk.store import layout
+from embwalk.store.commits import committed_shards, read_manifest, read_record, recorded_shards, uncommit
+from embwalk.store.fs import StoreFS, open_fs
+from embwalk.store.shardfile import check_shard_file
 
 THREADS = 8  # verification is I/O: a few threads hide the latency of a shared filesystem
 

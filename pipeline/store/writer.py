@@ -29,9 +29,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 
-from pipeline.errors import StoreError
-from pipeline.store import layout
-from pipeline.store.commits import (
+from embwalk.errors import StoreError
+from embwalk.store import layout
+from embwalk.store.commits import (
     committed_shards,
     read_manifest,
     recorded_shards,
@@ -39,11 +39,11 @@ from pipeline.store.commits import (
     write_json,
     write_manifest,
 )
-from pipeline.store.config import check_compressor
-from pipeline.store.durable import disk_errors
-from pipeline.store.fs import StoreFS, open_fs
-from pipeline.store.shardfile import supports_direct_write, write_shard_file
-from pipeline.store.verify import check_shards
+from embwalk.store.config import check_compressor
+from embwalk.store.durable import disk_errors
+from embwalk.store.fs import StoreFS, open_fs
+from embwalk.store.shardfile import supports_direct_write, write_shard_file
+from embwalk.store.verify import check_shards
 
 log = logging.getLogger(__name__)
 

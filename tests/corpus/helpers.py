@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from pipeline.corpus import CorpusConfig, read_documents
-from pipeline.errors import CorpusError
+from embwalk.corpus import CorpusConfig, read_documents
+from embwalk.errors import CorpusError
 
 
 def corpus_error(path: str | os.PathLike, *fragments: str, **options) -> str:

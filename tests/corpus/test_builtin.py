@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.corpus import CorpusConfig, read_documents
-from pipeline.corpus.builtin import MIN_DOC_CHARS, SKIP_DIRS
+from embwalk.corpus import CorpusConfig, read_documents
+from embwalk.corpus.builtin import MIN_DOC_CHARS, SKIP_DIRS
 
 REPO = Path(__file__).resolve().parents[2]
 
 # Runs in a fresh interpreter so sys.modules and stdout show what reading the corpus did.
 _PROBE = """
 import hashlib, json, sys
-from pipeline.corpus import CorpusConfig, read_documents
+from embwalk.corpus import CorpusConfig, read_documents
 before = set(sys.modules)
 digest, n = hashlib.sha256(), 0
 for d in read_documents(CorpusConfig()):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.corpus import CorpusConfig
-from pipeline.errors import CorpusError
+from embwalk.corpus import CorpusConfig
+from embwalk.errors import CorpusError
 from tests.corpus.helpers import check_message
 
 

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.corpus import CorpusConfig, Document, read_documents
+from embwalk.corpus import CorpusConfig, Document, read_documents
 from tests.corpus.helpers import corpus_error, sources, texts
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.corpus import CorpusConfig, read_documents, readers, tokenize_corpus
-from pipeline.corpus.documents import corpus_parts, part_texts
+from embwalk.corpus import CorpusConfig, read_documents, readers, tokenize_corpus
+from embwalk.corpus.documents import corpus_parts, part_texts
 from tests.corpus.helpers import corpus_error, sources, texts
 
 zstandard = pytest.importorskip("zstandard")

@@ -7,14 +7,14 @@ import itertools
 import numpy as np
 import pytest
 
-from pipeline.corpus import (
+from embwalk.corpus import (
     CorpusConfig,
     Document,
     TokenizedCorpus,
     tokenize_corpus,
     vocabulary_strings,
 )
-from pipeline.errors import CorpusError
+from embwalk.errors import CorpusError
 from tests.corpus.helpers import check_message
 
 TEXTS = [
@@ -210,7 +210,7 @@ def test_vocabulary_strings_without_a_fast_backend():
 
 @pytest.mark.parametrize("max_tokens", [None, 30])
 def test_doc_positions_do_not_depend_on_tokenizer_batches(smollm_tokenizer, monkeypatch, max_tokens):
-    from pipeline.corpus import sequences
+    from embwalk.corpus import sequences
 
     cfg = CorpusConfig(mode="pack", seq_len=8, max_tokens=max_tokens)
     whole = tokenize_corpus(make_docs(TEXTS * 3), smollm_tokenizer, cfg)

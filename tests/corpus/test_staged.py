@@ -17,14 +17,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.corpus import CorpusConfig, read_documents, tokenize_corpus
-from pipeline.corpus.documents import corpus_parts
-from pipeline.corpus.sequences import ShardTokens
-from pipeline.corpus.staged import STAGING_DIR, stage_corpus
-from pipeline.errors import StoreError
-from pipeline.executors.units import process_pool
-from pipeline.plan import make_plan, plan_staged, shard_tokens_for
-from pipeline.store.fs import open_fs
+from embwalk.corpus import CorpusConfig, read_documents, tokenize_corpus
+from embwalk.corpus.documents import corpus_parts
+from embwalk.corpus.sequences import ShardTokens
+from embwalk.corpus.staged import STAGING_DIR, stage_corpus
+from embwalk.errors import StoreError
+from embwalk.executors.units import process_pool
+from embwalk.plan import make_plan, plan_staged, shard_tokens_for
+from embwalk.store.fs import open_fs
 
 ROOT = Path(__file__).resolve().parents[2]
 WORDS = "the walk of a token through layer after layer of the residual stream moves it".split()
@@ -115,11 +115,11 @@ def test_another_tokenization_in_the_store_is_refused(tmp_path, smollm2):
 
 KILLABLE = """
 import sys, time
-import pipeline.corpus.staged as staged
-from pipeline.corpus import CorpusConfig
-from pipeline.models.config import ModelConfig
-from pipeline.models.spec import load_spec
-from pipeline.store.fs import open_fs
+import embwalk.corpus.staged as staged
+from embwalk.corpus import CorpusConfig
+from embwalk.models.config import ModelConfig
+from embwalk.models.spec import load_spec
+from embwalk.store.fs import open_fs
 original = staged.stage_part
 def slow(fs, part, cfg, tokenizer):
     counts = original(fs, part, cfg, tokenizer)

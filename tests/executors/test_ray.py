@@ -15,16 +15,16 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from pipeline.corpus import CorpusConfig  # noqa: E402
-from pipeline.errors import EmbwalkError, StoreError  # noqa: E402
-from pipeline.executors import faults  # noqa: E402
-from pipeline.executors.config import ClusterConfig  # noqa: E402
-from pipeline.executors.local import extract_local  # noqa: E402
-from pipeline.executors.ray import extract_ray  # noqa: E402
-from pipeline.extract.config import CaptureConfig, ExtractConfig  # noqa: E402
-from pipeline.models.config import ModelConfig  # noqa: E402
-from pipeline.store.config import StoreConfig  # noqa: E402
-from pipeline.store.reader import Store  # noqa: E402
+from embwalk.corpus import CorpusConfig  # noqa: E402
+from embwalk.errors import EmbwalkError, StoreError  # noqa: E402
+from embwalk.executors import faults  # noqa: E402
+from embwalk.executors.config import ClusterConfig  # noqa: E402
+from embwalk.executors.local import extract_local  # noqa: E402
+from embwalk.executors.ray import extract_ray  # noqa: E402
+from embwalk.extract.config import CaptureConfig, ExtractConfig  # noqa: E402
+from embwalk.models.config import ModelConfig  # noqa: E402
+from embwalk.store.config import StoreConfig  # noqa: E402
+from embwalk.store.reader import Store  # noqa: E402
 from tests.conftest import assert_same_contents, tiny_loaded  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,13 +11,13 @@ from ray import cloudpickle
 
 ray = pytest.importorskip("ray")
 
-from pipeline.corpus import CorpusConfig  # noqa: E402
-from pipeline.executors.config import ClusterConfig  # noqa: E402
-from pipeline.executors.local import extract_local  # noqa: E402
-from pipeline.executors.ray import extract_ray, ray_mapper  # noqa: E402
-from pipeline.extract.config import CaptureConfig, ExtractConfig  # noqa: E402
-from pipeline.models.config import ModelConfig  # noqa: E402
-from pipeline.store.config import StoreConfig  # noqa: E402
+from embwalk.corpus import CorpusConfig  # noqa: E402
+from embwalk.executors.config import ClusterConfig  # noqa: E402
+from embwalk.executors.local import extract_local  # noqa: E402
+from embwalk.executors.ray import extract_ray, ray_mapper  # noqa: E402
+from embwalk.extract.config import CaptureConfig, ExtractConfig  # noqa: E402
+from embwalk.models.config import ModelConfig  # noqa: E402
+from embwalk.store.config import StoreConfig  # noqa: E402
 from tests.conftest import assert_same_contents, tiny_loaded  # noqa: E402
 from tests.corpus.test_staged import check_equal, write_corpus  # noqa: E402
 from tests.executors.test_ray import _contents  # noqa: E402
@@ -49,7 +49,7 @@ def _config(store: Path, corpus: Path, model: str, kind: str, shard_tokens: int)
 
 
 def reference_shards(tmp_path: Path) -> list:
-    from pipeline.store.commits import read_manifest
+    from embwalk.store.commits import read_manifest
 
     return read_manifest(tmp_path / "local")["shards"]
 
@@ -92,7 +92,7 @@ def _dies_once(part, location, cfg, tokenizer, flag_dir):
     import os
     import signal
 
-    from pipeline.corpus.staged import stage_part_at
+    from embwalk.corpus.staged import stage_part_at
 
     flag = Path(flag_dir) / f"died-{part.index}"
     if part.index == 2 and not flag.exists():
@@ -105,10 +105,10 @@ def test_a_tokenizing_worker_killed_mid_run_is_retried(tmp_path, ray_instance, s
     """Ray runs the part again on another worker; the staged corpus is the uninterrupted one."""
     import sys
 
-    from pipeline.corpus import read_documents, tokenize_corpus
-    from pipeline.corpus.documents import corpus_parts
-    from pipeline.corpus.staged import StagedCorpus
-    from pipeline.store.fs import open_fs
+    from embwalk.corpus import read_documents, tokenize_corpus
+    from embwalk.corpus.documents import corpus_parts
+    from embwalk.corpus.staged import StagedCorpus
+    from embwalk.store.fs import open_fs
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the task ships with its code
     cfg = CorpusConfig(path=str(write_corpus(tmp_path / "corpus", n_files=6)), mode="pack", seq_len=16)

@@ -12,13 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.corpus import CorpusConfig
-from pipeline.errors import StoreError
-from pipeline.executors.config import ClusterConfig
-from pipeline.executors.local import extract_local
-from pipeline.extract.config import CaptureConfig, ExtractConfig
-from pipeline.store.config import StoreConfig
-from pipeline.store.reader import Store
+from embwalk.corpus import CorpusConfig
+from embwalk.errors import StoreError
+from embwalk.executors.config import ClusterConfig
+from embwalk.executors.local import extract_local
+from embwalk.extract.config import CaptureConfig, ExtractConfig
+from embwalk.store.config import StoreConfig
+from embwalk.store.reader import Store
 from tests.conftest import tiny_loaded
 
 SENTENCES = [
@@ -204,7 +204,7 @@ def test_manifest_describes_the_store(tmp_path, corpus_file, smollm2):
     assert manifest["format_version"] == 2
     assert manifest["arrays"]["resid"]["layers"] == list(range(loaded.n_layers + 1))
     assert manifest["arrays"]["pattern"]["heads"] == list(range(loaded.n_heads))
-    from pipeline.store.commits import read_manifest
+    from embwalk.store.commits import read_manifest
 
     shards = read_manifest(tmp_path / "store")["shards"]  # pack mode: derived, not listed in the file
     assert "shards" not in manifest and manifest["plan"] == {"n_shards": len(shards), "file": None}

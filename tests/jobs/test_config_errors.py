@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from jobs._entry import run_job
-from jobs.stats import StatsJob
-from pipeline.extract.config import ExtractConfig
+from embwalk.extract.config import ExtractConfig
+from embwalk.jobs._entry import run_job
+from embwalk.jobs.stats import StatsJob
 
 
 def never(config: dict) -> int:

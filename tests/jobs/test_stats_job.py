@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.executors.config import ClusterConfig
-from pipeline.stats.config import StatsOptions
-from pipeline.stats.job import compute_store_stats
+from embwalk.executors.config import ClusterConfig
+from embwalk.stats.config import StatsOptions
+from embwalk.stats.job import compute_store_stats
 from tests.jobs.test_extract_job import assert_user_error
 from tests.stats.helpers import assert_same_table
 from tests.stats.store_refs import stats_table

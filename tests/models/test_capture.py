@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from pipeline.models.capture import CaptureLayout, Capturer
-from pipeline.models.sites import parse_sites
+from embwalk.models.capture import CaptureLayout, Capturer
+from embwalk.models.sites import parse_sites
 from tests.conftest import tiny_loaded
 
 TOL = 1e-5
@@ -112,7 +112,7 @@ def test_resid_mid_and_sublayer_outputs_sum_to_the_stream(name):
 
 
 def test_resid_mid_undefined_for_parallel_neox():
-    from pipeline.errors import ModelError
+    from embwalk.errors import ModelError
 
     loaded = tiny_loaded("gpt_neox")
     sites = parse_sites(["resid_mid.0"], loaded.n_layers)

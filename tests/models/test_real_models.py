@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from pipeline.models.capture import CaptureLayout, Capturer
-from pipeline.models.sites import parse_sites
+from embwalk.models.capture import CaptureLayout, Capturer
+from embwalk.models.sites import parse_sites
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",

@@ -13,13 +13,13 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-import pipeline.models.fingerprint as fp
-from pipeline.errors import ModelError
-from pipeline.models import loading
-from pipeline.models.config import ModelConfig
-from pipeline.models.loading import load_model, weights_fingerprint
-from pipeline.models.sources import BUNDLED
-from pipeline.models.spec import ModelSpec, load_spec
+import embwalk.models.fingerprint as fp
+from embwalk.errors import ModelError
+from embwalk.models import loading
+from embwalk.models.config import ModelConfig
+from embwalk.models.loading import load_model, weights_fingerprint
+from embwalk.models.sources import BUNDLED
+from embwalk.models.spec import ModelSpec, load_spec
 from tests.conftest import TINY_CONFIGS, tiny_loaded
 
 DESCRIBE_KEYS = {

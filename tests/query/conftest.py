@@ -18,11 +18,11 @@ import pyarrow.parquet as pq
 import pytest
 import zarr
 
-from pipeline.corpus import CorpusConfig
-from pipeline.executors.config import ClusterConfig
-from pipeline.executors.local import extract_local
-from pipeline.extract.config import CaptureConfig, ExtractConfig
-from pipeline.store.config import StoreConfig
+from embwalk.corpus import CorpusConfig
+from embwalk.executors.config import ClusterConfig
+from embwalk.executors.local import extract_local
+from embwalk.extract.config import CaptureConfig, ExtractConfig
+from embwalk.store.config import StoreConfig
 from tests.conftest import tiny_loaded
 
 TEXTS = [

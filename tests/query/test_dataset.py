@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.errors import SiteError
-from pipeline.query import QueryError, VectorDataset, open_store
+from embwalk.errors import SiteError
+from embwalk.query import QueryError, VectorDataset, open_store
 from tests.query.conftest import reference_vectors
 
 SITE = "resid_post.1"

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline.errors import StoreError
-from pipeline.query.direct import DirectReader
+from embwalk.errors import StoreError
+from embwalk.query.direct import DirectReader
 
 
 def _array(tmp_path, name, shape, chunks, shards, compressors=None, dtype="float16"):

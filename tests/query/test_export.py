@@ -12,8 +12,8 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
-import pipeline.query.export as export_module
-from pipeline.query import QueryError, open_store
+import embwalk.query.export as export_module
+from embwalk.query import QueryError, open_store
 from tests.query.conftest import reference_tokens, reference_vectors
 
 

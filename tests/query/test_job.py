@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from jobs._entry import run_work
-from jobs.query import QueryJob, query
-from pipeline.query import open_store
+from embwalk.jobs._entry import run_work
+from embwalk.jobs.query import QueryJob, query
+from embwalk.query import open_store
 
 ROOT = Path(__file__).resolve().parents[2]
 

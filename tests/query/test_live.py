@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import StoreError
-from pipeline.executors.local import extract_local
-from pipeline.query import open_store
-from pipeline.store import layout
-from pipeline.store.fs import LocalFS
+from embwalk.errors import StoreError
+from embwalk.executors.local import extract_local
+from embwalk.query import open_store
+from embwalk.store import layout
+from embwalk.store.fs import LocalFS
 from tests.conftest import tiny_loaded
 from tests.query.conftest import packed_config, reference_vectors, write_corpus
 

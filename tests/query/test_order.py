@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.query import order
+from embwalk.query import order
 
 
 def _round_robin(counts: list[int], k: int) -> list[int]:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline.errors import SiteError, StoreError
-from pipeline.query import open_store
+from embwalk.errors import SiteError, StoreError
+from embwalk.query import open_store
 from tests.query.conftest import reference_tokens
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.query import open_store
+from embwalk.query import open_store
 from tests.query.conftest import reference_tokens, reference_vectors
 
 # selector -> the same condition on the reference token table (a pandas frame)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.query import QueryError, open_store
-from pipeline.query.selectors import token_condition
+from embwalk.query import QueryError, open_store
+from embwalk.query.selectors import token_condition
 
 
 def test_conditions():

@@ -9,9 +9,9 @@ import fsspec
 import numpy as np
 import pytest
 
-from pipeline.errors import StoreError
-from pipeline.query import open_store
-from pipeline.store.reader import Store
+from embwalk.errors import StoreError
+from embwalk.query import open_store
+from embwalk.store.reader import Store
 
 
 def test_summary_and_info(packed):
@@ -48,7 +48,7 @@ def test_fsspec_urls_read_the_same_as_local_paths(packed):
 
 
 def test_one_reader_for_paths_and_urls(packed):
-    """pipeline.store.reader.Store reads a memory:// copy as the local store, and open_store's
+    """embwalk.store.reader.Store reads a memory:// copy as the local store, and open_store's
     summary is the reader's."""
     local = Store(packed)
     assert local.local == local.root == packed and local.committed == list(range(5))

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.query import QueryError, open_store
+from embwalk.query import QueryError, open_store
 from tests.query.conftest import reference_tokens, reference_vectors
 
 

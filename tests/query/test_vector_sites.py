@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from pipeline.errors import SiteError
-from pipeline.query.vector_sites import VectorSite, pattern_index, vector_sites
+from embwalk.errors import SiteError
+from embwalk.query.vector_sites import VectorSite, pattern_index, vector_sites
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ import shutil
 
 import pytest
 
-from pipeline.errors import StoreError
-from pipeline.executors.config import ClusterConfig
-from pipeline.report import ReportOptions, build_report
-from pipeline.stats.config import StatsOptions
-from pipeline.stats.job import compute_store_stats
+from embwalk.errors import StoreError
+from embwalk.executors.config import ClusterConfig
+from embwalk.report import ReportOptions, build_report
+from embwalk.stats.config import StatsOptions
+from embwalk.stats.job import compute_store_stats
 from tests.stats.stores import build_store, tiny
 
 ALL = ["encoding", "logit_lens", "position_kernels", "self_bias", "sink", "geometry", "trajectory", "similarity",

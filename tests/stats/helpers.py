@@ -1,7 +1,7 @@
 """Test data and independent float64 numpy references for the walk statistics.
 
 References are deliberately written as plain loops over tokens/pairs from the
-definitions, sharing no code with pipeline.stats.
+definitions, sharing no code with embwalk.stats.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""float64 numpy references computed straight from a store's arrays (no pipeline.stats code).
+"""float64 numpy references computed straight from a store's arrays (no embwalk.stats code).
 
 Next-token ids follow the definition: the next token of the same sequence and the same
 document, none for a sequence's last token.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipeline.store.reader import Store
+from embwalk.store.reader import Store
 
 from .helpers import ref_encoding
 from .test_geometry import ref_geometry

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.stats import AttentionStats, StatsConfig
+from embwalk.stats import AttentionStats, StatsConfig
 
 from .helpers import assert_rel, causal_attention, np64, ref_attention, rng, walk
 

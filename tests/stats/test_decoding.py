@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from pipeline.stats import DecodingWalk, StatsConfig
+from embwalk.stats import DecodingWalk, StatsConfig
 
 from .helpers import assert_rel, check_moments, np64, ref_decoding, rng, walk
 

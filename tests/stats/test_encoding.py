@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from pipeline.stats import EncodingWalk, StatsConfig
+from embwalk.stats import EncodingWalk, StatsConfig
 
 from .helpers import check_moments, np64, ref_encoding, rng, walk
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.stats import Geometry, StatsConfig, most_frequent_types, similarity_map
+from embwalk.stats import Geometry, StatsConfig, most_frequent_types, similarity_map
 
 from .helpers import assert_rel, cos, np64, rng, walk
 

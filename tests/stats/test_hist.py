@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.stats import hist
-from pipeline.stats.config import Bins, StatsConfig
+from embwalk.stats import hist
+from embwalk.stats.config import Bins, StatsConfig
 
 
 def _add(state: dict, values: torch.Tensor, edges: np.ndarray, keep=None) -> None:

@@ -13,12 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.executors.config import ClusterConfig
-from pipeline.stats.config import StatsOptions
-from pipeline.stats.from_store import has_activations
-from pipeline.stats.job import compute_store_stats
-from pipeline.stats.partials import read_shard_meta
-from pipeline.store.reader import Store
+from embwalk.executors.config import ClusterConfig
+from embwalk.stats.config import StatsOptions
+from embwalk.stats.from_store import has_activations
+from embwalk.stats.job import compute_store_stats
+from embwalk.stats.partials import read_shard_meta
+from embwalk.store.reader import Store
 
 from .stores import build_store, tiny
 

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from pipeline.stats import LogitLens, StatsConfig
+from embwalk.stats import LogitLens, StatsConfig
 
 from .helpers import check_moments, np64, ref_lens, rng, summary_rows, walk
 

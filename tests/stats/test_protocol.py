@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from pipeline.stats import (
+from embwalk.stats import (
     Accumulator,
     AttentionStats,
     DecodingWalk,

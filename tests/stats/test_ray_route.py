@@ -8,12 +8,12 @@ import shutil
 import pytest
 import ray
 
-import pipeline.stats.job as job_module
-from pipeline.executors.config import ClusterConfig
-from pipeline.stats.config import StatsOptions
-from pipeline.stats.job import compute_store_stats
-from pipeline.stats.partials import shard_dir
-from pipeline.store.reader import Store
+import embwalk.stats.job as job_module
+from embwalk.executors.config import ClusterConfig
+from embwalk.stats.config import StatsOptions
+from embwalk.stats.job import compute_store_stats
+from embwalk.stats.partials import shard_dir
+from embwalk.store.reader import Store
 
 from . import store_refs as R
 from .helpers import assert_same_table
@@ -39,7 +39,7 @@ def test_ray_route_equals_the_local_route_and_resumes(pack_store, copy_store, ti
     def not_here(*args, **kwargs):
         raise AssertionError("a shard was computed in the driver, not by a Ray worker")
 
-    # Ray tasks import pipeline.stats.job afresh in their worker processes; the driver's copy must stay unused
+    # Ray tasks import embwalk.stats.job afresh in their worker processes; the driver's copy must stay unused
     monkeypatch.setattr(job_module, "shard_stats", not_here)
     said: list[str] = []
     cluster = ClusterConfig(kind="ray", workers=2, threads=1, progress=False)

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import StoreError
-from pipeline.executors.config import ClusterConfig
-from pipeline.stats import ShardOverlapError, StatsConfig
-from pipeline.stats.config import StatsOptions
-from pipeline.stats.decoding import nucleus_size
-from pipeline.stats.from_store import shard_stats
-from pipeline.stats.job import compute_store_stats
-from pipeline.stats.partials import merge_store_stats, shard_dir
-from pipeline.store.reader import Store
+from embwalk.errors import StoreError
+from embwalk.executors.config import ClusterConfig
+from embwalk.stats import ShardOverlapError, StatsConfig
+from embwalk.stats.config import StatsOptions
+from embwalk.stats.decoding import nucleus_size
+from embwalk.stats.from_store import shard_stats
+from embwalk.stats.job import compute_store_stats
+from embwalk.stats.partials import merge_store_stats, shard_dir
+from embwalk.store.reader import Store
 
 from . import store_refs as R
 from .helpers import assert_rel, assert_same_table, check_moments, summary_rows
@@ -101,7 +101,7 @@ def test_a_rerun_replaces_a_shard_and_never_double_counts(pack_store, copy_store
     run(store, tiny_llama)
     before = {name: R.stats_table(store, name) for name in tables(store)}
     config = StatsOptions(self_sim_top_k=6).stats_config(R.load(store)["tok"])
-    from pipeline.stats.job import model_head
+    from embwalk.stats.job import model_head
 
     shard_stats(store, 1, config, model_head(Store(store), tiny_llama))  # rerun one shard
     merge_store_stats(store)

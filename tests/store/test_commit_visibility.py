@@ -16,13 +16,13 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.corpus import CorpusConfig
-from pipeline.executors.config import ClusterConfig
-from pipeline.executors.local import extract_local
-from pipeline.extract.config import CaptureConfig, ExtractConfig
-from pipeline.store import layout
-from pipeline.store.config import StoreConfig
-from pipeline.store.verify import verify_store
+from embwalk.corpus import CorpusConfig
+from embwalk.executors.config import ClusterConfig
+from embwalk.executors.local import extract_local
+from embwalk.extract.config import CaptureConfig, ExtractConfig
+from embwalk.store import layout
+from embwalk.store.config import StoreConfig
+from embwalk.store.verify import verify_store
 from tests.conftest import tiny_loaded
 from tests.store.test_damage import _data_files
 
@@ -33,10 +33,10 @@ LINES = [f"Line {i}: a reader polls the token table while shard after shard comm
 # The extraction, in a process of its own so that it can be SIGKILLed.
 RUN = """
 import json, sys
-from pipeline.executors.local import extract_local
-from pipeline.extract.config import ExtractConfig
-from pipeline.models.config import ModelConfig
-from pipeline.models.loading import load_model
+from embwalk.executors.local import extract_local
+from embwalk.extract.config import ExtractConfig
+from embwalk.models.config import ModelConfig
+from embwalk.models.loading import load_model
 from tests.conftest import tiny_loaded
 cfg = ExtractConfig.from_dict(json.loads(sys.argv[1]))
 model = tiny_loaded("llama", load_model(ModelConfig(name="smollm2-135m", device="cpu")).tokenizer)

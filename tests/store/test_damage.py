@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.corpus import CorpusConfig
-from pipeline.executors.config import ClusterConfig
-from pipeline.executors.local import extract_local
-from pipeline.extract.config import CaptureConfig, ExtractConfig
-from pipeline.store import layout
-from pipeline.store.commits import read_manifest, read_record
-from pipeline.store.config import StoreConfig
-from pipeline.store.verify import verify_store
+from embwalk.corpus import CorpusConfig
+from embwalk.executors.config import ClusterConfig
+from embwalk.executors.local import extract_local
+from embwalk.extract.config import CaptureConfig, ExtractConfig
+from embwalk.store import layout
+from embwalk.store.commits import read_manifest, read_record
+from embwalk.store.config import StoreConfig
+from embwalk.store.verify import verify_store
 from tests.conftest import tiny_loaded
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,7 +124,7 @@ def test_damage_that_keeps_size_and_mtime_is_found_by_a_full_check(tmp_path, pri
             "try:\n    a[:]\nexcept ValueError as e:\n    print('zarr:', e)\n"
             f"ds = xr.open_zarr({str(copy / 'activations.zarr')!r})\n"
             "try:\n    ds.resid.values\nexcept ValueError as e:\n    print('xarray:', e)\n"
-            "assert not any(m == 'pipeline' or m.startswith('pipeline.') for m in sys.modules)\n"
+            "assert not any(m == 'embwalk' or m.startswith('embwalk.') for m in sys.modules)\n"
         )],
         capture_output=True, text=True, timeout=120, cwd=ROOT,
     )
@@ -186,6 +186,6 @@ def test_verify_job_on_a_missing_store_is_one_line(tmp_path):
 
 
 def _fs(root: Path):
-    from pipeline.store.fs import open_fs
+    from embwalk.store.fs import open_fs
 
     return open_fs(root)

@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from pipeline.corpus import CorpusConfig
-from pipeline.errors import StoreError
-from pipeline.executors.config import ClusterConfig
-from pipeline.executors.local import extract_local
-from pipeline.extract.config import CaptureConfig, ExtractConfig
-from pipeline.query import open_store
-from pipeline.store import layout
-from pipeline.store.config import StoreConfig
-from pipeline.store.fs import FsspecFS, LocalFS, open_fs
-from pipeline.store.writer import StoreWriter
+from embwalk.corpus import CorpusConfig
+from embwalk.errors import StoreError
+from embwalk.executors.config import ClusterConfig
+from embwalk.executors.local import extract_local
+from embwalk.extract.config import CaptureConfig, ExtractConfig
+from embwalk.query import open_store
+from embwalk.store import layout
+from embwalk.store.config import StoreConfig
+from embwalk.store.fs import FsspecFS, LocalFS, open_fs
+from embwalk.store.writer import StoreWriter
 from tests.conftest import assert_same_contents, tiny_loaded
 
 LINES = [f"Line {i}: token vectors walk through layer after layer, number {i * 7}." for i in range(12)]

@@ -11,13 +11,13 @@ import pytest
 import xarray as xr
 import zarr
 
-from pipeline.corpus import CorpusConfig
-from pipeline.executors.config import ClusterConfig
-from pipeline.executors.local import extract_local
-from pipeline.extract.config import CaptureConfig, ExtractConfig
-from pipeline.store import layout
-from pipeline.store.config import StoreConfig
-from pipeline.store.writer import StoreWriter
+from embwalk.corpus import CorpusConfig
+from embwalk.executors.config import ClusterConfig
+from embwalk.executors.local import extract_local
+from embwalk.extract.config import CaptureConfig, ExtractConfig
+from embwalk.store import layout
+from embwalk.store.config import StoreConfig
+from embwalk.store.writer import StoreWriter
 from tests.conftest import tiny_loaded
 
 LINES = [f"Line {i}: which layer is layer seven, and which head is head three? {i}." for i in range(6)]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline.store.shardfile import check_shard_file, index_bytes, supports_direct_write, write_shard_file
+from embwalk.store.shardfile import check_shard_file, index_bytes, supports_direct_write, write_shard_file
 
 CRC = [zarr.codecs.Crc32cCodec()]  # format 2: every chunk ends with its checksum
 

@@ -7,11 +7,11 @@ import errno
 import numpy as np
 import pytest
 
-from pipeline.errors import EmbwalkError, StoreError
-from pipeline.store import layout
-from pipeline.store.commits import read_manifest
-from pipeline.store.durable import atomic_write
-from pipeline.store.writer import StoreWriter, _check_finite
+from embwalk.errors import EmbwalkError, StoreError
+from embwalk.store import layout
+from embwalk.store.commits import read_manifest
+from embwalk.store.durable import atomic_write
+from embwalk.store.writer import StoreWriter, _check_finite
 
 
 def _spec(n_tokens: int) -> layout.ArraySpec:
@@ -143,9 +143,9 @@ def test_the_manifest_lists_no_shards_and_readers_get_them_back(tmp_path):
     """Pack mode: derived by arithmetic; otherwise (document mode) from plan.parquet."""
     import json
 
-    from pipeline.plan import pack_shards
-    from pipeline.store.commits import write_manifest
-    from pipeline.store.fs import open_fs
+    from embwalk.plan import pack_shards
+    from embwalk.store.commits import write_manifest
+    from embwalk.store.fs import open_fs
 
     base = {"format": layout.FORMAT, "format_version": layout.FORMAT_VERSION, "n_tokens": 100, "shard_tokens": 32,
             "seq_len": 16}

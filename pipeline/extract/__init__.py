@@ -1,0 +1,1 @@
+"""The extraction stage: its config, the job (prepare), the driver and the shard runner."""

@@ -1,0 +1,26 @@
+"""A dataset stream left open ends quietly when the interpreter exits (a trainer that stops early)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SCRIPT = """
+import sys
+from embwalk import open_store
+stream = iter(open_store(sys.argv[1]).dataset("resid_post.1", batch_size=4, buffer_rows=16))
+batch = next(stream)
+print(batch.shape[0], tuple(batch.shape))
+# no close(): the generator is finalised at interpreter exit, as a trainer's is
+"""
+
+
+def test_an_open_stream_ends_without_a_traceback_at_exit(packed):
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(packed)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[0] == "4"
+    assert "Exception ignored" not in result.stderr and "Traceback" not in result.stderr, result.stderr
