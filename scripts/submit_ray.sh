@@ -14,6 +14,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-$PWD/.venv}
 export RAY_ADDRESS=${RAY_ADDRESS:-http://127.0.0.1:8265}
+# The Ray client reads a token only with RAY_AUTH_MODE=token: set it when there is a token to read
+# (RAY_AUTH_MODE=disabled for a cluster started without authentication).
+if [ -z "${RAY_AUTH_MODE:-}" ] && { [ -n "${RAY_AUTH_TOKEN:-}${RAY_AUTH_TOKEN_PATH:-}" ] || [ -s "$HOME/.ray/auth_token" ]; }; then
+  export RAY_AUTH_MODE=token
+fi
 [ -x "$VENV/bin/ray" ] || { echo "embwalk: error: no Ray in $VENV (run bash scripts/setup.sh)" >&2; exit 2; }
 command=$(printf '%q ' "$VENV/bin/embwalk" extract cluster=ray cluster.address=auto "$@")
 exec "$VENV/bin/ray" job submit --entrypoint-num-cpus=0 -- bash -c "cd $(printf '%q' "$PWD") && exec $command"

@@ -6,6 +6,7 @@ reading and copying it calls for, and the skipping that resumes a run.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -81,6 +82,7 @@ class _Prefetcher:
         half = len(staging) // 2
         self.stages = (staging[:half], staging[half : 2 * half])
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="embwalk-prefetch")
+        self._finalizing = sys.is_finalizing  # kept: module globals are gone when it is needed
         self.pending: tuple[int, slice | None, Future] | None = None
 
     def load(self, k: int, event: order.Load) -> None:
@@ -108,6 +110,11 @@ class _Prefetcher:
         return self.reader.range(a, b, out=self.stages[k % 2][: b - a])
 
     def close(self) -> None:
+        if self._finalizing():
+            # A stream finalised at interpreter exit (kept alive by a trainer's module): the
+            # pool's module may already be torn down, and its threads are joined by the
+            # interpreter itself; nothing will reuse the scratch memory.
+            return
         # Wait: a read still running would write into scratch memory the next epoch reuses.
         self.pool.shutdown(wait=True, cancel_futures=True)
 

@@ -14,7 +14,11 @@ from embwalk import open_store
 stream = iter(open_store(sys.argv[1]).dataset("resid_post.1", batch_size=4, buffer_rows=16))
 batch = next(stream)
 print(batch.shape[0], tuple(batch.shape))
-# no close(): the generator is finalised at interpreter exit, as a trainer's is
+# No close(): a library that keeps the stream in its module (SAELens's trainer did) has it
+# finalised at interpreter exit, after the thread pool's own module is torn down.
+import collections
+collections._embwalk_test_stream = stream
+del stream
 """
 
 
