@@ -5,8 +5,8 @@ what differs from its defaults) and a function of the resolved config. The
 config is composed with Hydra's compose API rather than ``@hydra.main``, so that
 Hydra's own errors (an unknown group option, a misspelt key, a value of the
 wrong type) reach us and become one ``embwalk: error:`` line with exit status 2
-like every other bad input. Arguments that start with ``-`` (``--help``,
-``--cfg job``, ...) are Hydra's own and go to Hydra unchanged.
+like every other bad input. ``--help`` prints the job's options (embwalk.cli);
+other arguments that start with ``-`` (``--cfg job``, ``--info``) are Hydra's.
 """
 
 from __future__ import annotations
@@ -33,12 +33,16 @@ def run_job(name: str, schema: type, work: Callable[[dict], int | None], argv: l
     from hydra.core.config_store import ConfigStore
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):  # each option group in a line, nothing heavy imported
+        from embwalk.cli import job_help
+
+        print(job_help(name, schema))
+        return
     ConfigStore.instance().store(name=f"{name}_schema", node=schema)
-    if any(a.startswith("-") for a in argv):  # --help, --cfg job, --info ...: Hydra's own flags
+    if any(a.startswith("-") for a in argv):  # --cfg job, --info ...: Hydra's own flags
         sys.argv = [f"embwalk {name}", *argv, f"hydra.job.name={name}"]
         hydra.main(config_path=str(CONF_DIR), config_name=name, version_base="1.3")(lambda cfg: None)()
         return
-    _set_up_logging()
     try:
         with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=name):
             cfg = hydra.compose(config_name=name, overrides=argv)
@@ -52,6 +56,7 @@ def run_work(work: Callable[[dict], int | None], cfg) -> None:
     bad input of any kind exits 2 with one line."""
     from omegaconf import OmegaConf
 
+    _set_up_logging()
     try:
         code = work(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
     except EmbwalkError as exc:

@@ -51,12 +51,16 @@ def query(config: dict) -> int:
 
 @dataclass
 class QueryStoreOptions:
+    """The store to read."""
+
     path: str = "???"  # a store directory or an fsspec URL; `store=PATH` is short for store.path=PATH
     storage_options: dict = field(default_factory=dict)  # passed to fsspec for URLs (endpoint, credentials, ...)
 
 
 @dataclass
 class ExportOptions:
+    """Write the selection's vectors instead of printing rows."""
+
     path: str | None = None  # write the selection's vectors: FILE.npy, FILE.safetensors or a directory
     format: str | None = None  # npy | safetensors | datasets (default: from the path's suffix)
 

@@ -6,10 +6,12 @@ from dataclasses import dataclass, field
 
 from embwalk.config import from_dict
 from embwalk.jobs._entry import require_store, run_job, store_shorthand
-from embwalk.report import ReportOptions, build_report
+from embwalk.report.options import ReportOptions
 
 
 def report(config: dict) -> int:
+    from embwalk.report.build import build_report  # matplotlib
+
     path = require_store(config)
     page = build_report(path, from_dict(ReportOptions, config.get("report"), "report"))
     print(f"report: {page.resolve()}")

@@ -13,15 +13,15 @@ The same jobs run from the command line: ``embwalk extract|stats|report|query|ve
 
 from __future__ import annotations
 
-import importlib
+from embwalk.lazy import lazy_attributes
 
-# name -> the module that defines it
+# name -> the module that defines it: imported on first use
 _API = {
     "open_store": "embwalk.query",
     "extract": "embwalk.executors.dispatch",
     "compute_store_stats": "embwalk.stats.job",
     "verify_store": "embwalk.store.verify",
-    "build_report": "embwalk.report",
+    "build_report": "embwalk.report.build",
     "Store": "embwalk.store.reader",
     "EmbwalkError": "embwalk.errors",
     "ExtractConfig": "embwalk.extract.config",
@@ -31,16 +31,7 @@ _API = {
     "StoreConfig": "embwalk.store.config",
     "ClusterConfig": "embwalk.executors.config",
     "StatsOptions": "embwalk.stats.config",
-    "ReportOptions": "embwalk.report",
+    "ReportOptions": "embwalk.report.options",
 }
 __all__ = sorted(_API)
-
-
-def __getattr__(name: str):
-    if name in _API:
-        return getattr(importlib.import_module(_API[name]), name)
-    raise AttributeError(f"module 'embwalk' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_attributes(__name__, _API)

@@ -34,11 +34,7 @@ def main(argv: list[str] | None = None) -> None:
         hint = f" (did you mean {close[0]}?)" if close else ""
         print(f"embwalk: error: unknown command {name!r}{hint}; choose one of: {', '.join(JOBS)}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
-    module = importlib.import_module(f"{_jobs_package()}.{name}")
-    if rest and rest[0] in ("-h", "--help"):
-        print(job_help(name, module.SCHEMA))
-        return
-    module.main(rest)
+    importlib.import_module(f"embwalk.jobs.{name}").main(rest)
 
 
 def usage() -> str:
@@ -54,7 +50,8 @@ def job_help(name: str, schema: type) -> str:
     """Each option group in a line (what it is, its presets), then its keys with their defaults."""
     lines = [f"usage: embwalk {name} [group=option] [key=value ...]", "", f"{JOBS[name]}.", ""]
     groups = option_groups(name)
-    for key, default, comment, section in describe_options(schema):
+    options = describe_options(schema)
+    for key, default, comment, section in sorted(options, key=lambda o: o[3] is not None):  # plain keys first
         if section is None:
             lines.append(f"  {key}={default}" + (f"  # {comment}" if comment else ""))
             continue
@@ -64,13 +61,3 @@ def job_help(name: str, schema: type) -> str:
         for sub, sub_default, sub_comment, _ in describe_options(section):
             lines.append(f"  {key}.{sub}={sub_default}" + (f"  # {sub_comment}" if sub_comment else ""))
     return "\n".join(lines)
-
-
-def _jobs_package() -> str:
-    """The jobs as installed (embwalk.jobs) or in a checkout (jobs)."""
-    package = __name__.rpartition(".")[0]
-    try:
-        importlib.import_module(f"{package}.jobs")
-        return f"{package}.jobs"
-    except ImportError:
-        return "jobs"

@@ -42,6 +42,14 @@ class Site:
         return self.kind if self.layer is None else f"{self.kind}.{self.layer}"
 
     @property
+    def transformer_lens_name(self) -> str:
+        """The TransformerLens hook of this site (``blocks.3.hook_resid_post``, ``ln_final.hook_normalized``)."""
+        if self.kind == "final":
+            return "ln_final.hook_normalized"
+        hook = {kind: suffix for suffix, kind in _TL_BLOCK_HOOKS.items()}[self.kind]
+        return f"blocks.{self.layer}.{hook}"
+
+    @property
     def residual_index(self) -> int | None:
         """Index on the residual axis: 0 = embeddings, i = output of block i-1."""
         if self.kind == "resid_pre":

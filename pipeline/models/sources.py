@@ -12,6 +12,7 @@ job driver describing a model (``embwalk.models.spec``) and a worker loading it
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.util
 import logging
@@ -103,8 +104,22 @@ def locate_model(cfg: ModelConfig) -> ModelSource:
     if cfg.name.startswith((".", "/", "~")):
         raise ModelError(f"model path not found: {cfg.name}")
     known = ", ".join(BUNDLED)
+    close = _close_bundled(cfg.name)
+    if close is not None:  # a misspelt bundled name would otherwise be looked up on the hub
+        raise ModelError(f"unknown model {cfg.name!r} (did you mean the bundled {close}?); "
+                         f"bundled: {known}; hub ids are org/name")
     log.info("model %r is not bundled (%s) nor a local path: trying the hub", cfg.name, known)
     return ModelSource(cfg.name, cfg.name, hub=True)
+
+
+def _close_bundled(name: str) -> str | None:
+    """The bundled name ``name`` misspells, if any (a hub id with an org, org/name, never is)."""
+    if "/" in name:
+        return None
+    for bundled in BUNDLED:
+        if name.lower() in bundled or difflib.SequenceMatcher(None, name.lower(), bundled).ratio() >= 0.65:
+            return bundled
+    return None
 
 
 def source_fingerprint(located: ModelSource, cfg: ModelConfig) -> str:

@@ -4,29 +4,17 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from embwalk.report import figures as F
 from embwalk.report.data import load_document, load_report_data
 from embwalk.report.html import write_page
+from embwalk.report.options import ReportOptions
 from embwalk.report.vocab import load_vocabulary
 
 log = logging.getLogger(__name__)
 
 REPORT_DIR = "report"
-
-
-@dataclass
-class ReportOptions:
-    """The ``report`` section of conf/report.yaml."""
-
-    out: str | None = None  # directory; default STORE/report
-    doc: int | None = None  # document of the trajectory and similarity map; default: the first of >= 12 tokens
-    max_tokens: int = 48  # tokens of that document shown
-    walks: int = 4  # token walks drawn in the trajectory
-    labels: bool = True  # label the trajectory with nearest vocabulary tokens (loads the model)
-    max_offset: int = 256  # position kernels: offsets shown
 
 
 def build_report(store: str | Path, options: ReportOptions | None = None, loaded=None) -> Path:

@@ -4,7 +4,8 @@ One accumulator class per family (``EncodingWalk``, ``LogitLens``, ``DecodingWal
 ``AttentionStats``, ``Geometry``), all with ``update(...)``, ``update_from(inputs)``,
 ``merge(other)`` (exact, refuses overlapping shard ids), ``result() -> dict[str, pyarrow.Table]``
 and ``to_arrow()`` / ``Accumulator.from_arrow()`` for Parquet partials. Each declares
-what it reads (``needs_*``, pipeline/stats/base.py); ``ACCUMULATORS`` is the registry.
+what it reads (``needs_*``, pipeline/stats/base.py); ``ACCUMULATORS`` is the registry
+(complete once families.py is imported: every module that looks a family up imports it).
 Formulas and sources: docs/statistics.md.
 
 Over a whole run, ``WalkStats`` (walk.py) feeds every family one sequence at a time for
@@ -16,47 +17,37 @@ job.py) and the in-pass route (inpass.py, an observer of the extraction's shard 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from embwalk.lazy import lazy_attributes
 
-from embwalk.stats.attention import AttentionStats
-from embwalk.stats.base import (
-    ACCUMULATORS,
-    Accumulator,
-    ShardOverlapError,
-    StatsMergeError,
-    merge_all,
-    read_partial,
-    write_partial,
-)
-from embwalk.stats.config import FAMILIES, Bins, StatsConfig, StatsOptions, most_frequent_types
-from embwalk.stats.decoding import DecodingWalk
-from embwalk.stats.encoding import EncodingWalk
-from embwalk.stats.geometry import Geometry
-from embwalk.stats.head import ModelHead
-from embwalk.stats.inpass import InPassStats, required_sites
-from embwalk.stats.inputs import Offer, SequenceInputs
-from embwalk.stats.lens import LogitLens
-from embwalk.stats.partials import merge_store_stats, write_shard_partials
-from embwalk.stats.similarity import similarity_map
-from embwalk.stats.walk import WalkStats
-
-if tuple(ACCUMULATORS) != FAMILIES:  # every family's class defines itself into the registry
-    raise ImportError(f"statistic families {tuple(ACCUMULATORS)} registered, {FAMILIES} expected")
-
-
-def build_accumulators(
-    config: StatsConfig | None = None, shard_ids: Iterable[str] | str = ()
-) -> dict[str, Accumulator]:
-    """One fresh accumulator per family in ``config.families``, all covering ``shard_ids``."""
-    config = config if config is not None else StatsConfig()
-    ids = [shard_ids] if isinstance(shard_ids, str) else list(shard_ids)
-    return {f: ACCUMULATORS[f](config, ids) for f in config.families}
-
-
-__all__ = [
-    "ACCUMULATORS", "FAMILIES", "Accumulator", "StatsOptions", "AttentionStats", "Bins", "DecodingWalk",
-    "EncodingWalk", "Geometry", "InPassStats", "LogitLens", "ModelHead", "Offer", "SequenceInputs",
-    "ShardOverlapError", "StatsConfig", "StatsMergeError", "WalkStats", "build_accumulators", "merge_all",
-    "merge_store_stats", "most_frequent_types", "read_partial", "required_sites", "similarity_map",
-    "write_partial", "write_shard_partials",
-]
+# name -> the module that defines it: imported on first use (the configs stay light)
+_WHERE = {
+    "AttentionStats": "embwalk.stats.attention",
+    "ACCUMULATORS": "embwalk.stats.families",
+    "build_accumulators": "embwalk.stats.families",
+    "Accumulator": "embwalk.stats.base",
+    "ShardOverlapError": "embwalk.stats.base",
+    "StatsMergeError": "embwalk.stats.base",
+    "merge_all": "embwalk.stats.base",
+    "read_partial": "embwalk.stats.base",
+    "write_partial": "embwalk.stats.base",
+    "FAMILIES": "embwalk.stats.config",
+    "Bins": "embwalk.stats.config",
+    "StatsConfig": "embwalk.stats.config",
+    "StatsOptions": "embwalk.stats.config",
+    "most_frequent_types": "embwalk.stats.config",
+    "DecodingWalk": "embwalk.stats.decoding",
+    "EncodingWalk": "embwalk.stats.encoding",
+    "Geometry": "embwalk.stats.geometry",
+    "ModelHead": "embwalk.stats.head",
+    "InPassStats": "embwalk.stats.inpass",
+    "required_sites": "embwalk.stats.inpass",
+    "Offer": "embwalk.stats.inputs",
+    "SequenceInputs": "embwalk.stats.inputs",
+    "LogitLens": "embwalk.stats.lens",
+    "merge_store_stats": "embwalk.stats.partials",
+    "write_shard_partials": "embwalk.stats.partials",
+    "similarity_map": "embwalk.stats.similarity",
+    "WalkStats": "embwalk.stats.walk",
+}
+__all__ = sorted(_WHERE)
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE)

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from embwalk.stats.base import ACCUMULATORS
 from embwalk.stats.config import StatsConfig
+from embwalk.stats.families import ACCUMULATORS
 from embwalk.stats.head import ModelHead
 from embwalk.stats.partials import write_shard_partials
 from embwalk.stats.walk import WalkStats

@@ -28,7 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embwalk.errors import StoreError
-from embwalk.stats.base import ACCUMULATORS, Accumulator, merge_all
+from embwalk.stats.base import Accumulator, merge_all
+from embwalk.stats.families import ACCUMULATORS
 from embwalk.stats.walk import WalkStats
 from embwalk.store import layout as store_layout
 from embwalk.store.commits import committed_shards, read_manifest, write_json

@@ -30,8 +30,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from embwalk.stats.base import ACCUMULATORS, Accumulator
+from embwalk.stats.base import Accumulator
 from embwalk.stats.config import StatsConfig
+from embwalk.stats.families import ACCUMULATORS
 from embwalk.stats.head import ModelHead
 from embwalk.stats.inputs import ARRAYS, Offer, SequenceInputs, next_token_ids
 from embwalk.store import layout as store_layout

@@ -401,3 +401,14 @@ def test_errors_are_one_line_and_name_the_model(tmp_path, smollm2):
         assert "\n" not in str(err.value), message
     with pytest.raises(ModelError, match=f"cannot read GGUF file .*bad.gguf of model '{bad_gguf}'"):
         fp.gguf_fingerprint(bad_gguf, str(bad_gguf))
+
+
+def test_a_misspelt_bundled_name_is_named_not_looked_up_on_the_hub():
+    from embwalk.errors import ModelError
+    from embwalk.models.sources import locate_model
+
+    for name, bundled in (("smollm", "smollm2-135m"), ("SmolLM2", "smollm2-135m"), ("minilm", "all-minilm-l6-v2")):
+        with pytest.raises(ModelError, match=f"did you mean the bundled {bundled}"):
+            locate_model(ModelConfig(name=name))
+    for hub_id in ("gpt2", "bert-base-uncased", "HuggingFaceTB/SmolLM2-135M"):
+        assert locate_model(ModelConfig(name=hub_id)).hub
