@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from embwalk.extract.config import ExtractConfig
+from embwalk.extraction.config import ExtractConfig
 from embwalk.jobs._entry import run_job, store_shorthand
 
 SCHEMA = ExtractConfig

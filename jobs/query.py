@@ -27,6 +27,13 @@ def query(config: dict) -> int:
         print(store.summary())
     sites = list(config.get("sites") or [])
     export = config.get("export") or {}
+    if export.get("format") == "saelens":  # the whole store, one row per sequence (docs/query.md)
+        from embwalk.query.saelens import export_saelens
+
+        if len(sites) != 1 or not export.get("path"):
+            raise EmbwalkError("export.format=saelens takes export.path and one site, e.g. sites=[resid_post.6]")
+        print(f"wrote SAELens cached activations of {sites[0]} to {export_saelens(store, sites[0], export['path'])}")
+        return 0
     if config.get("sql") and not export.get("path"):
         print(format_table(store.sql(config["sql"]), config["show"]))
         return 0
@@ -62,7 +69,7 @@ class ExportOptions:
     """Write the selection's vectors instead of printing rows."""
 
     path: str | None = None  # write the selection's vectors: FILE.npy, FILE.safetensors or a directory
-    format: str | None = None  # npy | safetensors | datasets (default: from the path's suffix)
+    format: str | None = None  # npy | safetensors | datasets | saelens (default: from the path's suffix)
 
 
 @dataclass

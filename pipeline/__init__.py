@@ -18,14 +18,16 @@ from embwalk.lazy import lazy_attributes
 # name -> the module that defines it: imported on first use
 _API = {
     "open_store": "embwalk.query",
+    "sae_metadata": "embwalk.query.saelens",
+    "export_saelens": "embwalk.query.saelens",
     "extract": "embwalk.executors.dispatch",
     "compute_store_stats": "embwalk.stats.job",
     "verify_store": "embwalk.store.verify",
     "build_report": "embwalk.report.build",
     "Store": "embwalk.store.reader",
     "EmbwalkError": "embwalk.errors",
-    "ExtractConfig": "embwalk.extract.config",
-    "CaptureConfig": "embwalk.extract.config",
+    "ExtractConfig": "embwalk.extraction.config",
+    "CaptureConfig": "embwalk.extraction.config",
     "ModelConfig": "embwalk.models.config",
     "CorpusConfig": "embwalk.corpus.config",
     "StoreConfig": "embwalk.store.config",

@@ -49,9 +49,9 @@ sys.path.insert(0, str(ROOT))
 
 from embwalk.corpus import CorpusConfig  # noqa: E402
 from embwalk.executors.config import ClusterConfig  # noqa: E402
-from embwalk.extract.allocator import keep_freed_memory  # noqa: E402
-from embwalk.extract.config import CaptureConfig, ExtractConfig  # noqa: E402
-from embwalk.extract.job import PreparedJob, prepare  # noqa: E402
+from embwalk.extraction.allocator import keep_freed_memory  # noqa: E402
+from embwalk.extraction.config import CaptureConfig, ExtractConfig  # noqa: E402
+from embwalk.extraction.job import PreparedJob, prepare  # noqa: E402
 from embwalk.models.config import ModelConfig  # noqa: E402
 from embwalk.models.loading import load_model  # noqa: E402
 from embwalk.stats.partials import merge_store_stats  # noqa: E402
@@ -197,7 +197,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="embwalk-bench-", dir=args.workdir))
     # Every method runs in this process with the allocator setting embwalk's runner
-    # makes (pipeline/extract/allocator.py): set it first, so that no method runs without it.
+    # makes (pipeline/extraction/allocator.py): set it first, so that no method runs without it.
     keep_freed_memory()
     loaded = load_model(ModelConfig(name=args.model, dtype=args.dtype, device=args.device))
     jobs = prepared_jobs(loaded, args, work)

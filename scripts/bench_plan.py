@@ -4,7 +4,7 @@
 
 1. A corpus of at least ``--tokens`` SmolLM2 tokens is generated once from text
    on the machine (the Python installation's own ``.py`` sources, as jsonl files).
-2. Tokenize + plan (``embwalk.extract.job.prepare``, which tokenizes the corpus's parts
+2. Tokenize + plan (``embwalk.extraction.job.prepare``, which tokenizes the corpus's parts
    into a store's staging area and plans from their counts) with a local pool of
    1 and of 2 worker processes, each in a fresh driver process: wall time, tokens/s.
 3. The driver's peak RSS (its own, not its workers') at 1M and at the full corpus,
@@ -36,8 +36,8 @@ sys.path.insert(0, sys.argv[1])
 from embwalk.corpus import CorpusConfig
 from embwalk.executors.units import process_pool
 from embwalk.executors.config import ClusterConfig
-from embwalk.extract.config import ExtractConfig
-from embwalk.extract.job import prepare
+from embwalk.extraction.config import ExtractConfig
+from embwalk.extraction.job import prepare
 from embwalk.store.config import StoreConfig
 from embwalk.models.config import ModelConfig
 from embwalk.models.spec import load_spec

@@ -48,14 +48,15 @@ def main() -> int:
         model=None, dataset=None, streaming=False, hook_name=meta["hook_name"], hook_head_index=None,
         context_size=meta["context_size"], d_in=meta["d_in"], n_batches_in_buffer=2,
         total_training_tokens=store.n_tokens, store_batch_size_prompts=4, train_batch_size_tokens=256,
-        prepend_bos=False, normalize_activations="none", device=torch.device("cpu"), dtype=meta["dtype"],
+        prepend_bos=False, normalize_activations="none", device=torch.device("cpu"),
+        dtype="float32",  # SAELens casts token_ids to this dtype too: float16 would round ids above 2048
         cached_activations_path=str(cache),
     )
     checked = 0
     for b in range(n_seq // 4):
         got, token_ids = acts._load_raw_llm_batch_from_cached(raise_on_epoch_end=True)
         rows = np.arange(b * 4 * meta["context_size"], (b + 1) * 4 * meta["context_size"])
-        want = store.vectors(rows, args.site)
+        want = store.vectors(rows, args.site).astype(np.float32)  # float16 -> float32 is exact
         tokens = store.select(row=f"{rows[0]}:{rows[-1] + 1}").table.column("token_id").to_numpy()
         if not (np.array_equal(got.numpy(), want) and np.array_equal(token_ids.numpy(), tokens)):
             print(f"embwalk: error: batch {b} differs from the store", file=sys.stderr)

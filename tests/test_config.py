@@ -7,7 +7,7 @@ import pytest
 from embwalk.config import from_dict
 from embwalk.errors import EmbwalkError
 from embwalk.executors.config import ClusterConfig
-from embwalk.extract.config import ExtractConfig
+from embwalk.extraction.config import ExtractConfig
 from embwalk.stats.config import StatsOptions
 
 

@@ -13,6 +13,6 @@ def test_no_import_cycles():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     graph = module.graph()
-    assert "embwalk.extract.runner" in graph and graph["embwalk.extract.job"]  # the graph is read
+    assert "embwalk.extraction.runner" in graph and graph["embwalk.extraction.job"]  # the graph is read
     assert module.cycles(graph) == []
     assert module.cycles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]  # and cycles are found

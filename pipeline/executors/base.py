@@ -1,6 +1,6 @@
 """What an executor is, to the code that hands it work: the interfaces, and nothing else.
 
-The job driver (pipeline/extract/driver.py) and every stage that fans work out
+The job driver (pipeline/extraction/driver.py) and every stage that fans work out
 (tokenizing the corpus's parts, the statistics' shards) depend on this module
 only; the executors themselves (pipeline/executors/local.py, ray.py) depend on
 the driver, never the other way round.
@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 if TYPE_CHECKING:
     from tqdm.auto import tqdm
 
-    from embwalk.extract.config import ExtractConfig
-    from embwalk.extract.job import PreparedJob
+    from embwalk.extraction.config import ExtractConfig
+    from embwalk.extraction.job import PreparedJob
     from embwalk.models.loading import LoadedModel
     from embwalk.plan import Shard
     from embwalk.store.writer import StoreWriter

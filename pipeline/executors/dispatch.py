@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from embwalk.errors import EmbwalkError
-from embwalk.extract.config import ExtractConfig
+from embwalk.extraction.config import ExtractConfig
 
 
 def extract(cfg: ExtractConfig, loaded=None) -> dict:

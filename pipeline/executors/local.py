@@ -14,8 +14,8 @@ from embwalk.corpus import CorpusConfig
 from embwalk.corpus.documents import corpus_parts
 from embwalk.executors.base import UnitMapper
 from embwalk.executors.units import default_workers, process_pool
-from embwalk.extract.config import ExtractConfig
-from embwalk.extract.driver import run_extraction
+from embwalk.extraction.config import ExtractConfig
+from embwalk.extraction.driver import run_extraction
 from embwalk.models.loading import LoadedModel, load_model
 from embwalk.store.fs import local_path
 

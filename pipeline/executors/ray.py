@@ -25,9 +25,9 @@ import torch
 from embwalk.errors import EmbwalkError, StoreError, first_line
 from embwalk.executors import faults
 from embwalk.executors.units import in_order
-from embwalk.extract.config import ExtractConfig
-from embwalk.extract.driver import run_extraction
-from embwalk.extract.job import PreparedJob
+from embwalk.extraction.config import ExtractConfig
+from embwalk.extraction.driver import run_extraction
+from embwalk.extraction.job import PreparedJob
 from embwalk.models.loading import LoadedModel, load_model
 from embwalk.plan import Shard
 from embwalk.store.writer import StoreWriter

@@ -1,6 +1,6 @@
 """The in-pass route: walk statistics computed by the extraction itself.
 
-``InPassStats`` observes the extraction's ``ShardRunner`` (pipeline/extract/runner.py),
+``InPassStats`` observes the extraction's ``ShardRunner`` (pipeline/extraction/runner.py),
 which calls it at three fixed points and knows nothing else of statistics:
 
 - ``start_shard(shard)`` when a shard starts: a ``WalkStats`` laid out like the capture

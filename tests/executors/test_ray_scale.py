@@ -15,7 +15,7 @@ from embwalk.corpus import CorpusConfig  # noqa: E402
 from embwalk.executors.config import ClusterConfig  # noqa: E402
 from embwalk.executors.local import extract_local  # noqa: E402
 from embwalk.executors.ray import extract_ray, ray_mapper  # noqa: E402
-from embwalk.extract.config import CaptureConfig, ExtractConfig  # noqa: E402
+from embwalk.extraction.config import CaptureConfig, ExtractConfig  # noqa: E402
 from embwalk.models.config import ModelConfig  # noqa: E402
 from embwalk.store.config import StoreConfig  # noqa: E402
 from tests.conftest import assert_same_contents, tiny_loaded  # noqa: E402

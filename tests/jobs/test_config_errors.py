@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from embwalk.extract.config import ExtractConfig
+from embwalk.extraction.config import ExtractConfig
 from embwalk.jobs._entry import run_job
 from embwalk.jobs.stats import StatsJob
 

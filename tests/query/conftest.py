@@ -21,7 +21,7 @@ import zarr
 from embwalk.corpus import CorpusConfig
 from embwalk.executors.config import ClusterConfig
 from embwalk.executors.local import extract_local
-from embwalk.extract.config import CaptureConfig, ExtractConfig
+from embwalk.extraction.config import CaptureConfig, ExtractConfig
 from embwalk.store.config import StoreConfig
 from tests.conftest import tiny_loaded
 

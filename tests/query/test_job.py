@@ -125,3 +125,14 @@ def test_command_line_datasets_export(packed, tmp_path):
     assert ds["row"][:].tolist() == sel.rows.tolist()
     for site in ("final", "resid_post.1"):
         np.testing.assert_array_equal(ds[site][:], sel.vectors(site).astype(np.float32), err_msg=site)
+
+
+def test_exports_saelens_cached_activations(packed, capsys, tmp_path):
+    out_dir = tmp_path / "cache"
+    code, out, _ = _run(capsys, packed, sites=["resid_post.1"], **{"export.format": "saelens",
+                                                                     "export.path": str(out_dir)})
+    assert code == 0 and f"to {out_dir}" in out
+    assert (out_dir / "dataset_info.json").is_file()
+    code, _, err = _run(capsys, packed, sites=["resid_post.1", "final"], **{"export.format": "saelens",
+                                                                             "export.path": str(out_dir)})
+    assert code == 2 and "takes export.path and one site" in err

@@ -19,7 +19,7 @@ import pytest
 from embwalk.corpus import CorpusConfig
 from embwalk.executors.config import ClusterConfig
 from embwalk.executors.local import extract_local
-from embwalk.extract.config import CaptureConfig, ExtractConfig
+from embwalk.extraction.config import CaptureConfig, ExtractConfig
 from embwalk.store import layout
 from embwalk.store.config import StoreConfig
 from embwalk.store.verify import verify_store
@@ -34,7 +34,7 @@ LINES = [f"Line {i}: a reader polls the token table while shard after shard comm
 RUN = """
 import json, sys
 from embwalk.executors.local import extract_local
-from embwalk.extract.config import ExtractConfig
+from embwalk.extraction.config import ExtractConfig
 from embwalk.models.config import ModelConfig
 from embwalk.models.loading import load_model
 from tests.conftest import tiny_loaded

@@ -16,7 +16,7 @@ import pytest
 from embwalk.corpus import CorpusConfig
 from embwalk.executors.config import ClusterConfig
 from embwalk.executors.local import extract_local
-from embwalk.extract.config import CaptureConfig, ExtractConfig
+from embwalk.extraction.config import CaptureConfig, ExtractConfig
 from embwalk.store import layout
 from embwalk.store.commits import read_manifest, read_record
 from embwalk.store.config import StoreConfig

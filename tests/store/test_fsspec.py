@@ -17,7 +17,7 @@ from embwalk.corpus import CorpusConfig
 from embwalk.errors import StoreError
 from embwalk.executors.config import ClusterConfig
 from embwalk.executors.local import extract_local
-from embwalk.extract.config import CaptureConfig, ExtractConfig
+from embwalk.extraction.config import CaptureConfig, ExtractConfig
 from embwalk.query import open_store
 from embwalk.store import layout
 from embwalk.store.config import StoreConfig

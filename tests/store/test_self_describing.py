@@ -14,7 +14,7 @@ import zarr
 from embwalk.corpus import CorpusConfig
 from embwalk.executors.config import ClusterConfig
 from embwalk.executors.local import extract_local
-from embwalk.extract.config import CaptureConfig, ExtractConfig
+from embwalk.extraction.config import CaptureConfig, ExtractConfig
 from embwalk.store import layout
 from embwalk.store.config import StoreConfig
 from embwalk.store.writer import StoreWriter

@@ -16,8 +16,8 @@ from dataclasses import replace
 from tqdm.auto import tqdm
 
 from embwalk.executors.base import Executor
-from embwalk.extract.config import ExtractConfig
-from embwalk.extract.job import prepare
+from embwalk.extraction.config import ExtractConfig
+from embwalk.extraction.job import prepare
 from embwalk.models.loading import LoadedModel
 from embwalk.store.writer import StoreWriter
 

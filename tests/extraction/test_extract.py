@@ -16,7 +16,7 @@ from embwalk.corpus import CorpusConfig
 from embwalk.errors import StoreError
 from embwalk.executors.config import ClusterConfig
 from embwalk.executors.local import extract_local
-from embwalk.extract.config import CaptureConfig, ExtractConfig
+from embwalk.extraction.config import CaptureConfig, ExtractConfig
 from embwalk.store.config import StoreConfig
 from embwalk.store.reader import Store
 from tests.conftest import tiny_loaded

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from embwalk.extract.allocator import keep_freed_memory
+from embwalk.extraction.allocator import keep_freed_memory
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or not ctypes.util.find_library("c"), reason="glibc only")

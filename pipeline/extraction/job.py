@@ -22,8 +22,8 @@ from embwalk.corpus import vocabulary_strings
 from embwalk.corpus.sequences import ShardTokens
 from embwalk.corpus.staged import StagedCorpus, stage_corpus
 from embwalk.errors import EmbwalkError, SiteError
-from embwalk.extract.config import ExtractConfig
-from embwalk.extract.runner import ShardRunner
+from embwalk.extraction.config import ExtractConfig
+from embwalk.extraction.runner import ShardRunner
 from embwalk.models.capture import CaptureLayout
 from embwalk.models.loading import LoadedModel
 from embwalk.models.sites import parse_sites

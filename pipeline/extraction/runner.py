@@ -29,7 +29,7 @@ import pyarrow as pa
 import torch
 
 from embwalk.corpus.sequences import ShardTokens
-from embwalk.extract.allocator import keep_freed_memory
+from embwalk.extraction.allocator import keep_freed_memory
 from embwalk.models.capture import CaptureLayout, Capturer
 from embwalk.models.loading import LoadedModel
 from embwalk.plan import Shard
