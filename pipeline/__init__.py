@@ -15,25 +15,23 @@ from __future__ import annotations
 
 from embwalk.lazy import lazy_attributes
 
-# name -> the module that defines it: imported on first use
+# module -> the names it defines: imported on first use
 _API = {
-    "open_store": "embwalk.query",
-    "sae_metadata": "embwalk.query.saelens",
-    "export_saelens": "embwalk.query.saelens",
-    "extract": "embwalk.executors.dispatch",
-    "compute_store_stats": "embwalk.stats.job",
-    "verify_store": "embwalk.store.verify",
-    "build_report": "embwalk.report.build",
-    "Store": "embwalk.store.reader",
-    "EmbwalkError": "embwalk.errors",
-    "ExtractConfig": "embwalk.extraction.config",
-    "CaptureConfig": "embwalk.extraction.config",
-    "ModelConfig": "embwalk.models.config",
-    "CorpusConfig": "embwalk.corpus.config",
-    "StoreConfig": "embwalk.store.config",
-    "ClusterConfig": "embwalk.executors.config",
-    "StatsOptions": "embwalk.stats.config",
-    "ReportOptions": "embwalk.report.options",
+    "embwalk.query": ["open_store"],
+    "embwalk.query.saelens": ["sae_metadata", "export_saelens"],
+    "embwalk.executors.dispatch": ["extract"],
+    "embwalk.stats.job": ["compute_store_stats"],
+    "embwalk.store.verify": ["verify_store"],
+    "embwalk.report.build": ["build_report"],
+    "embwalk.store.reader": ["Store"],
+    "embwalk.errors": ["EmbwalkError"],
+    "embwalk.extraction.config": ["ExtractConfig", "CaptureConfig"],
+    "embwalk.models.config": ["ModelConfig"],
+    "embwalk.corpus.config": ["CorpusConfig"],
+    "embwalk.store.config": ["StoreConfig"],
+    "embwalk.executors.config": ["ClusterConfig"],
+    "embwalk.stats.config": ["StatsOptions"],
+    "embwalk.report.options": ["ReportOptions"],
 }
-__all__ = sorted(_API)
+__all__ = sorted(name for names in _API.values() for name in names)
 __getattr__, __dir__ = lazy_attributes(__name__, _API)

@@ -7,8 +7,13 @@ import importlib
 from collections.abc import Callable
 
 
-def lazy_attributes(package: str, where: dict[str, str]) -> tuple[Callable[[str], object], Callable[[], list[str]]]:
-    """``__getattr__`` and ``__dir__`` for ``package``: attribute ``name`` is ``where[name]``'s own."""
+def lazy_attributes(
+    package: str, modules: dict[str, list[str]]
+) -> tuple[Callable[[str], object], Callable[[], list[str]]]:
+    """``__getattr__`` and ``__dir__`` for ``package``: ``modules`` maps each module to the names it
+    defines (a module name relative to ``package`` starts with a dot)."""
+    where = {name: (package + module if module.startswith(".") else module)
+             for module, names in modules.items() for name in names}
 
     def __getattr__(name: str) -> object:
         if name in where:

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from embwalk.lazy import lazy_attributes
 
-# name -> the module that defines it: imported on first use (CorpusConfig stays light)
+# module -> the names it defines: imported on first use (CorpusConfig stays light)
 _WHERE = {
-    "CorpusConfig": "embwalk.corpus.config",
-    "Document": "embwalk.corpus.documents",
-    "read_documents": "embwalk.corpus.documents",
-    "TokenizedCorpus": "embwalk.corpus.sequences",
-    "tokenize_corpus": "embwalk.corpus.sequences",
-    "vocabulary_strings": "embwalk.corpus.sequences",
+    "embwalk.corpus.config": ["CorpusConfig"],
+    "embwalk.corpus.documents": ["Document", "read_documents"],
+    "embwalk.corpus.sequences": ["TokenizedCorpus", "tokenize_corpus", "vocabulary_strings"],
 }
-__all__ = sorted(_WHERE)
+__all__ = sorted(name for names in _WHERE.values() for name in names)
 __getattr__, __dir__ = lazy_attributes(__name__, _WHERE)

@@ -82,7 +82,7 @@ def prepare(cfg: ExtractConfig, model, parts_mapper=None) -> PreparedJob:
     """
     cfg.validate()  # every option value, before the store exists
     open_fs(cfg.store.path)  # an unknown protocol or a missing fsspec backend fails here, before any work
-    if cfg.capture.stats is not None:  # the statistics partials are written with local file operations
+    if cfg.capture.stats is not None:  # partials go through StoreFS, but statistics on a URL store are untested
         require_local(cfg.store.path, "statistics computed in the pass (capture.stats)")
     if model.max_positions and cfg.corpus.seq_len > model.max_positions:
         raise EmbwalkError(

@@ -4,6 +4,6 @@ from __future__ import annotations
 
 from embwalk.lazy import lazy_attributes
 
-_WHERE = {"ReportOptions": "embwalk.report.options", "build_report": "embwalk.report.build"}  # matplotlib: on use
-__all__ = sorted(_WHERE)
+_WHERE = {"embwalk.report.options": ["ReportOptions"], "embwalk.report.build": ["build_report"]}  # matplotlib: on use
+__all__ = ["ReportOptions", "build_report"]
 __getattr__, __dir__ = lazy_attributes(__name__, _WHERE)

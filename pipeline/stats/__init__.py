@@ -19,35 +19,24 @@ from __future__ import annotations
 
 from embwalk.lazy import lazy_attributes
 
-# name -> the module that defines it: imported on first use (the configs stay light)
+# module -> the names it defines: imported on first use (the configs stay light)
 _WHERE = {
-    "AttentionStats": "embwalk.stats.attention",
-    "ACCUMULATORS": "embwalk.stats.families",
-    "build_accumulators": "embwalk.stats.families",
-    "Accumulator": "embwalk.stats.base",
-    "ShardOverlapError": "embwalk.stats.base",
-    "StatsMergeError": "embwalk.stats.base",
-    "merge_all": "embwalk.stats.base",
-    "read_partial": "embwalk.stats.base",
-    "write_partial": "embwalk.stats.base",
-    "FAMILIES": "embwalk.stats.config",
-    "Bins": "embwalk.stats.config",
-    "StatsConfig": "embwalk.stats.config",
-    "StatsOptions": "embwalk.stats.config",
-    "most_frequent_types": "embwalk.stats.config",
-    "DecodingWalk": "embwalk.stats.decoding",
-    "EncodingWalk": "embwalk.stats.encoding",
-    "Geometry": "embwalk.stats.geometry",
-    "ModelHead": "embwalk.stats.head",
-    "InPassStats": "embwalk.stats.inpass",
-    "required_sites": "embwalk.stats.inpass",
-    "Offer": "embwalk.stats.inputs",
-    "SequenceInputs": "embwalk.stats.inputs",
-    "LogitLens": "embwalk.stats.lens",
-    "merge_store_stats": "embwalk.stats.partials",
-    "write_shard_partials": "embwalk.stats.partials",
-    "similarity_map": "embwalk.stats.similarity",
-    "WalkStats": "embwalk.stats.walk",
+    "embwalk.stats.attention": ["AttentionStats"],
+    "embwalk.stats.families": ["ACCUMULATORS", "build_accumulators"],
+    "embwalk.stats.base": [
+        "Accumulator", "ShardOverlapError", "StatsMergeError", "merge_all", "read_partial", "write_partial",
+    ],
+    "embwalk.stats.config": ["FAMILIES", "Bins", "StatsConfig", "StatsOptions", "most_frequent_types"],
+    "embwalk.stats.decoding": ["DecodingWalk"],
+    "embwalk.stats.encoding": ["EncodingWalk"],
+    "embwalk.stats.geometry": ["Geometry"],
+    "embwalk.stats.head": ["ModelHead"],
+    "embwalk.stats.inpass": ["InPassStats", "required_sites"],
+    "embwalk.stats.inputs": ["Offer", "SequenceInputs"],
+    "embwalk.stats.lens": ["LogitLens"],
+    "embwalk.stats.partials": ["merge_store_stats", "write_shard_partials"],
+    "embwalk.stats.similarity": ["similarity_map"],
+    "embwalk.stats.walk": ["WalkStats"],
 }
-__all__ = sorted(_WHERE)
+__all__ = sorted(name for names in _WHERE.values() for name in names)
 __getattr__, __dir__ = lazy_attributes(__name__, _WHERE)

@@ -221,7 +221,7 @@ def _tensor(arr: np.ndarray | None, lo: int, hi: int, device: torch.device) -> t
 
 def check_store(path: str | Path) -> Store:
     """Open a store for statistics, or fail in one line."""
-    root = require_local(path, "statistics")  # partials and tables are written with local file operations
+    root = require_local(path, "statistics")  # partials go through StoreFS; URL stores are untested: refused
     if not (root / store_layout.MANIFEST).is_file():
         if root.exists():
             raise StoreError(f"not an embwalk store (no {store_layout.MANIFEST}): {root}")
