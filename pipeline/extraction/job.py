@@ -28,7 +28,7 @@ from embwalk.models.capture import CaptureLayout
 from embwalk.models.loading import LoadedModel
 from embwalk.models.sites import parse_sites
 from embwalk.plan import Plan, Shard, plan_staged, shard_tokens_for
-from embwalk.stats.inpass import InPassStats
+from embwalk.stats.inpass import InPassStats, check_capture
 from embwalk.store import layout as store_layout
 from embwalk.store.fs import open_fs, require_local
 from embwalk.store.writer import StoreWriter, check_store_location
@@ -92,6 +92,8 @@ def prepare(cfg: ExtractConfig, model, parts_mapper=None) -> PreparedJob:
     sites = parse_sites(list(cfg.capture.sites), model.n_layers)
     heads = _heads(cfg.capture.heads, model.n_heads)
     layout = CaptureLayout.from_sites(sites, heads)
+    if cfg.capture.stats is not None:  # asked for and not computable from this capture: refused before any work
+        check_capture(cfg.capture.stats.families, layout, model.n_layers, model.family.causal)  # decoders: LM head
     shard_tokens = shard_tokens_for(
         cfg.store.shard_tokens, cfg.store.chunk_tokens, cfg.corpus.seq_len, cfg.corpus.mode
     )

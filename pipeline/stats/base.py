@@ -28,7 +28,7 @@ import torch
 
 from embwalk.errors import EmbwalkError
 from embwalk.stats import hist
-from embwalk.stats.config import FAMILIES, StatsConfig
+from embwalk.stats.config import FAMILIES, INTEGER_KINDS, StatsConfig
 from embwalk.stats.inputs import ARRAYS, Offer, SequenceInputs
 
 FORMAT_VERSION = 1
@@ -242,7 +242,7 @@ class Accumulator:
             if f"{name}.count" not in self.state:
                 continue
             edges = self.edges(kind)
-            s = hist.summary(self.state, name, edges)
+            s = hist.summary(self.state, name, edges, integer=kind in INTEGER_KINDS)
             n_groups = len(s["count"])
             labels = np.arange(n_groups) if labels is None else np.asarray(labels)
             summ.setdefault("stat", []).append(np.full(n_groups, name, dtype=object))

@@ -17,6 +17,10 @@ import numpy as np
 from embwalk.errors import EmbwalkError
 
 FAMILIES = ("encoding", "logit_lens", "decoding", "attention", "geometry")
+# Integer-valued kinds (ranks, nucleus sizes): their quantiles are the sample's own (inverted CDF)
+# where the bins are single integers, up to EXACT_INTEGERS.
+INTEGER_KINDS = ("rank", "nucleus")
+EXACT_INTEGERS = 256
 
 
 @dataclass(frozen=True)
@@ -54,14 +58,22 @@ class Bins:
         return cls(tuple(([0.0] if zero else []) + edges))
 
     @classmethod
+    def integers(cls, exact_below: int, max_exp: int, zero: bool = True) -> Bins:
+        """Integer values: one bin per integer [k, k+1) up to ``exact_below`` (quantiles there are
+        exact), then powers of two up to 2^max_exp (ranks, sizes: within a factor of 2 above)."""
+        first = 0 if zero else 1
+        powers = [2.0**k for k in range(int(max_exp) + 1) if 2.0**k > exact_below]
+        return cls(tuple(float(k) for k in range(first, int(exact_below) + 1)) + tuple(powers))
+
+    @classmethod
     def from_spec(cls, spec: Any) -> Bins:
         """Accept a Bins, a list of edges, or ``{"linear"|"log": [lo, hi, n]}`` /
         ``{"pow2": [max_exp, zero]}`` (the form a Hydra/YAML config gives)."""
         if isinstance(spec, Bins):
             return spec
         if isinstance(spec, Mapping):
-            if len(spec) != 1 or next(iter(spec)) not in ("linear", "log", "pow2", "edges"):
-                raise ValueError(f"bin spec must be one of linear/log/pow2/edges, got {spec!r}")
+            if len(spec) != 1 or next(iter(spec)) not in ("linear", "log", "pow2", "integers", "edges"):
+                raise ValueError(f"bin spec must be one of linear/log/pow2/integers/edges, got {spec!r}")
             (kind, args), = spec.items()
             if kind == "edges":
                 return cls(tuple(args))
@@ -82,13 +94,13 @@ def default_bins() -> dict[str, Bins]:
         "cos": Bins.linear(-1.0, 1.0, 200),
         "norm": Bins.log(1e-3, 1e5, 160),
         "step": Bins.log(1e-3, 1e5, 160),
-        "rank": Bins.pow2(24),
+        "rank": Bins.integers(EXACT_INTEGERS, 24),
         "prob": Bins.log(1e-12, 1.0, 240),
         "logprob": Bins.linear(-40.0, 0.0, 400),
         "entropy": Bins.linear(0.0, 16.0, 320),
         "kl": Bins.log(1e-8, 1e3, 220),
         "dot": Bins.linear(-200.0, 200.0, 800),
-        "nucleus": Bins.pow2(24, zero=False),
+        "nucleus": Bins.integers(EXACT_INTEGERS, 24, zero=False),
     }
 
 

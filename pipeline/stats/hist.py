@@ -53,12 +53,14 @@ def binned(
     }
 
 
-def quantile(edges: np.ndarray, hist: np.ndarray, q: float) -> float:
+def quantile(edges: np.ndarray, hist: np.ndarray, q: float, integer: bool = False) -> float:
     """Quantile ``q`` of a histogram row (with under/overflow columns).
 
     Linear interpolation inside the bin where the cumulative count reaches q*N,
     so the answer lies in the same bin as the sample quantile. A quantile in the
-    under/overflow bin is reported as the first/last edge.
+    under/overflow bin is reported as the first/last edge. ``integer``: the values
+    are integers, and a quantile in a bin [k, k+1) is k itself: the sample's
+    quantile (the smallest value whose cumulative share reaches q), exactly.
     """
     total = hist.sum()
     if total == 0:
@@ -74,13 +76,17 @@ def quantile(edges: np.ndarray, hist: np.ndarray, q: float) -> float:
     if k == len(hist) - 1:
         return float(edges[-1])
     lo, hi = edges[k - 1], edges[k]
+    if integer and hi - lo == 1:
+        return float(lo)
     before = cum[k - 1]
     frac = (target - before) / hist[k]
     return float(lo + min(max(frac, 0.0), 1.0) * (hi - lo))
 
 
-def summary(state: dict[str, np.ndarray], name: str, edges: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-group count, mean, population std and quartiles (from the histogram)."""
+def summary(state: dict[str, np.ndarray], name: str, edges: np.ndarray,
+            integer: bool = False) -> dict[str, np.ndarray]:
+    """Per-group count, mean, population std and quartiles (from the histogram; ``integer``:
+    see ``quantile``)."""
     n = state[f"{name}.count"]
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = state[f"{name}.sum"] / n
@@ -88,7 +94,7 @@ def summary(state: dict[str, np.ndarray], name: str, edges: np.ndarray) -> dict[
     hist = state[f"{name}.hist"]
     out = {"count": n, "mean": mean, "std": np.sqrt(var)}
     for label, q in zip(("q25", "median", "q75"), QUANTILES, strict=True):
-        out[label] = np.array([quantile(edges, h, q) for h in hist], dtype=np.float64)
+        out[label] = np.array([quantile(edges, h, q, integer) for h in hist], dtype=np.float64)
     return out
 
 

@@ -16,21 +16,20 @@ The capture sites each family needs follow from its declared needs (``required_s
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from embwalk.errors import EmbwalkError
 from embwalk.stats.config import StatsConfig
 from embwalk.stats.families import ACCUMULATORS
 from embwalk.stats.head import ModelHead
+from embwalk.stats.inputs import Offer
 from embwalk.stats.partials import write_shard_partials
 from embwalk.stats.walk import WalkStats
 from embwalk.store.fs import StoreFS, open_fs
-
-log = logging.getLogger(__name__)
 
 # The capture sites (pipeline/models/sites.py) that give each array a family reads: resid is
 # every residual index (embeddings, each block's output), which also holds each layer's input.
@@ -43,6 +42,27 @@ def required_sites(families: Sequence[str]) -> list[str]:
     return [site for name, sites in SITES.items() if name in read for site in sites]
 
 
+def check_capture(families: Sequence[str], layout, n_layers: int, has_unembed: bool) -> None:
+    """Refuse, before any work, statistics the capture cannot feed: each family asked for must
+    be computable from the captured sites (and ``decoding`` from a captured ``final``, never a
+    final norm re-applied to the last block), naming the sites to add."""
+    offer = Offer(n_layers, tuple(layout.residual) or None, bool(layout.final),
+                  tuple(layout.pattern_layers) or None, has_unembed)
+    held = {site for name in offer.arrays for site in SITES[name]}
+    problems = []
+    for family in families:
+        why = ACCUMULATORS[family].missing(offer)
+        if why is None and family == "decoding" and not offer.final:
+            why = "needs final"
+        lacking = [site for site in required_sites([family]) if site not in held]
+        if why is not None:
+            add = f": add {', '.join(lacking)} to capture.sites" if lacking else ""
+            problems.append(f"{family} {why}{add}")
+    if problems:
+        raise EmbwalkError("capture.stats cannot compute " + "; ".join(problems)
+                           + " (or leave the family out of capture.stats.families)")
+
+
 class InPassStats:
     """The shard runner's observer that computes walk statistics from its captures.
 
@@ -53,22 +73,12 @@ class InPassStats:
 
     def __init__(self, config: StatsConfig, head: ModelHead, layout, store: StoreFS | str | Path):
         self.config, self.head, self.layout = config, head, layout
-        self.fs = open_fs(store)
-        self._say_skipped()
+        self.fs = open_fs(store)  # the job checked the capture feeds every family (check_capture)
 
     @classmethod
     def for_model(cls, config: StatsConfig, loaded, layout, store: StoreFS | str | Path) -> InPassStats:
         """For a ``embwalk.models.loading.LoadedModel`` (its LM head and final norm)."""
         return cls(config, ModelHead.from_loaded(loaded), layout, store)
-
-    def _say_skipped(self) -> None:
-        """Log the families this capture cannot feed, with the sites that would feed them."""
-        probe = self._walk_stats(0)
-        held = {site for name in probe.offer.arrays for site in SITES[name]}
-        for family, why in probe.skipped.items():
-            lacking = [site for site in required_sites([family]) if site not in held]
-            log.warning("capture.stats: %s is not computed: %s%s", family, why,
-                        f" (capture.sites lacks {', '.join(lacking)})" if lacking else "")
 
     def start_shard(self, shard) -> WalkStats:
         """The per-shard state: a ``WalkStats`` covering ``shard``."""

@@ -5,7 +5,7 @@ import torch
 
 from embwalk.stats import EncodingWalk, StatsConfig
 
-from .helpers import check_moments, np64, ref_encoding, rng, walk
+from .helpers import check_moments, np64, ref_encoding, rng, summary_rows, walk
 
 KIND = {"norm": "norm", "step": "step", "step_cos": "cos", "cos_next": "cos", "cos_last": "cos"}
 
@@ -64,3 +64,31 @@ def test_single_token_and_single_layer():
     one.update(torch.randn(3, 1, 4))
     rows = one.result()["encoding"].to_pydict()
     assert rows["stat"] == ["norm"] and rows["count"] == [3]
+
+
+def adversarial_walk(g: np.random.Generator, n: int = 64, n_layers: int = 8, d: int = 576) -> torch.Tensor:
+    """Norms spanning four orders of magnitude, as in SmolLM2: embeddings of norm ~2.7, later
+    layers ~900, and position-0 tokens with massive activations (~24,000 in a few dimensions)."""
+    x0 = g.normal(size=(n, d)) * (2.7 / np.sqrt(d))
+    direction = g.normal(size=d)
+    steps = g.normal(size=(n, n_layers - 1, d)) * (900 / np.sqrt(d) / np.sqrt(n_layers - 1))
+    x = np.concatenate([x0[:, None], x0[:, None] + np.cumsum(steps, axis=1) + direction * 3.0], axis=1)
+    massive = np.arange(0, n, 16)  # the first token of each 16-token sequence
+    x[massive, 2:, :4] += 24_000.0
+    return torch.tensor(x, dtype=torch.float32)
+
+
+def test_cosines_are_accurate_when_norms_differ_by_orders_of_magnitude():
+    """docs/statistics.md promises ~1e-7 of the cosine: the cosines are dot products over norms,
+    not differences of squared norms (which cancel when |a| = 2.7 and |b| = 900)."""
+    resid = adversarial_walk(rng(7))
+    acc = EncodingWalk()
+    acc.update(resid)
+    table = acc.result()["encoding"]
+    ref = ref_encoding(np64(resid))
+    for stat in ("step_cos", "cos_next", "cos_last"):
+        rows = summary_rows(table, stat, "layer")
+        want = np.array([np.mean(v) for v in ref[stat]])
+        # an absolute bound on means of cosines (|cos| <= 1): the old polarization formula was off by ~1e-4
+        np.testing.assert_allclose(rows["mean"], want, rtol=0, atol=2e-7, err_msg=stat)
+    check_moments(table, "norm", ref["norm"])

@@ -96,3 +96,21 @@ def test_bins_specs_and_config_round_trip():
     assert StatsConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.fingerprint() == StatsConfig.from_dict(
         {**cfg.to_dict(), "chunk_tokens": 3, "families": ["encoding"]}).fingerprint()
+
+
+def test_integer_quantiles_are_the_samples_own_below_the_bound():
+    """Ranks and nucleus sizes: exact (inverted-CDF) quantiles up to EXACT_INTEGERS, not a value
+    interpolated inside a power-of-two bin (a median rank of 2 used to read 2.49)."""
+    from embwalk.stats.config import EXACT_INTEGERS, default_bins
+
+    edges = default_bins()["rank"].array
+    g = np.random.default_rng(3)
+    for sample in (np.array([0, 1, 2, 2, 2, 3, 7]), g.geometric(0.3, size=999) - 1, g.integers(0, 200, size=1000)):
+        state: dict = {}
+        hist.init(state, "rank", 1, len(edges) - 1)
+        for key, inc in hist.binned("rank", torch.tensor(sample, dtype=torch.float64)[:, None], edges).items():
+            state[key] += inc.numpy()
+        got = hist.summary(state, "rank", edges, integer=True)
+        for col, q in (("q25", 0.25), ("median", 0.5), ("q75", 0.75)):
+            assert got[col][0] == np.quantile(sample, q, method="inverted_cdf"), (col, sample[:10])
+    assert edges[EXACT_INTEGERS] == EXACT_INTEGERS and edges[EXACT_INTEGERS + 1] == 2 * EXACT_INTEGERS

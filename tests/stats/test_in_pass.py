@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from embwalk.errors import EmbwalkError
 from embwalk.executors.config import ClusterConfig
 from embwalk.stats.config import StatsOptions
 from embwalk.stats.from_store import has_activations
@@ -77,3 +78,22 @@ def test_stats_only_stores_no_arrays_and_the_same_statistics(tmp_path, smollm2):
     assert a.keys() == b.keys() and len(a) >= 12
     for name in a:
         assert a[name].equals(b[name]), name
+
+
+@pytest.mark.parametrize(
+    "sites, families, fragments",
+    [
+        (["resid_pre.0", "resid_post"], ["encoding", "attention"],
+         ["attention needs attention patterns", "add attn_pattern to capture.sites"]),
+        (["resid_pre.0", "resid_post"], ["decoding"], ["decoding needs final", "add final to capture.sites"]),
+        (["resid_post.1"], ["encoding"], ["encoding needs resid with >= 2 layers"]),
+    ],
+    ids=["attention-without-patterns", "decoding-without-final", "encoding-one-layer"],
+)
+def test_a_family_the_capture_cannot_feed_is_refused_before_any_work(tmp_path, smollm2, sites, families, fragments):
+    loaded = tiny("llama", smollm2.tokenizer)
+    with pytest.raises(EmbwalkError) as info:
+        build_store(tmp_path, loaded, sites=sites, stats={"families": families}, store_arrays=False)
+    for fragment in fragments:
+        assert fragment in str(info.value), str(info.value)
+    assert not list(tmp_path.rglob("commits/*")) and not list(tmp_path.rglob("tokens/*.parquet"))
