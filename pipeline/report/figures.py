@@ -238,7 +238,7 @@ def fig_geometry(data: ReportData, out: Path) -> Figure | None:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(13, 4))
     x = g["layer"]
-    axes[0].plot(x, g["anisotropy"], marker="o", ms=3, label="anisotropy (mean cos, random pairs)")
+    axes[0].plot(x, g["anisotropy"], marker="o", ms=3, label="anisotropy (mean cos over all pairs of tokens)")
     if np.isfinite(g["intra_sim"]).any():
         axes[0].plot(x, g["intra_sim"], ls="--", label="intra-sequence similarity")
     if np.isfinite(g["self_sim"]).any():
@@ -296,7 +296,9 @@ def fig_trajectory(doc: Document | None, vocab: Vocabulary | None, out: Path, n_
             "(dark) to the last block (yellow).")
     if vocab is not None:
         text += (" Labels: the vocabulary token whose unembedding vector is nearest in angle to the layer's "
-                 "vector after the final norm (the logit lens's top-1).")
+                 "vector after the final norm. This is not the logit lens's top-1: that ranks the logits "
+                 "(dot products, so the unembedding rows' norms and biases count too), and the two agree "
+                 "for only part of the tokens.")
     return Figure("trajectory", "One document's trajectory through the layers", text)
 
 

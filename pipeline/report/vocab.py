@@ -24,7 +24,8 @@ class Vocabulary:
 
     def nearest(self, x: np.ndarray) -> list[str]:
         """For each vector [m, d]: the token whose unembedding vector is nearest in angle to
-        final_norm(x), i.e. the logit lens's top-1 up to the unembedding's row norms."""
+        final_norm(x). Not the logit lens's top-1, which ranks dot products (row norms and biases
+        count there): the two often differ."""
         t = torch.as_tensor(np.asarray(x, np.float32))
         if self.final_norm is not None:
             t = self.final_norm(t)
