@@ -148,17 +148,24 @@ class Accumulator:
         return self.config.bins[kind].array
 
     def _acc(self, key: str, device: torch.device) -> torch.Tensor:
-        """The device-side accumulator of ``state[key]`` (zeros until flushed)."""
+        """The device-side accumulator of ``state[key]`` (its identity until flushed)."""
         t = self._pending.get(key)
         if t is None:
             arr = self.state[key]
             dtype = torch.float64 if arr.dtype.kind == "f" else torch.int64
-            t = self._pending[key] = torch.zeros(arr.shape, dtype=dtype, device=device)
+            identity = next((i for suffix, (_, i) in hist.EXTREMES.items() if key.endswith(suffix)), 0)
+            t = self._pending[key] = torch.full(arr.shape, identity, dtype=dtype, device=device)
         return t
 
     def _add(self, key: str, value: torch.Tensor) -> None:
         t = self._acc(key, value.device)
-        t += value.detach().to(device=t.device, dtype=t.dtype)
+        value = value.detach().to(device=t.device, dtype=t.dtype)
+        if key.endswith(".min"):
+            torch.minimum(t, value, out=t)
+        elif key.endswith(".max"):
+            torch.maximum(t, value, out=t)
+        else:
+            t += value
 
     def _add_binned(self, name: str, values: torch.Tensor, kind: str,
                     keep: torch.Tensor | None = None) -> None:
@@ -209,12 +216,12 @@ class Accumulator:
                 )
         for key in mine:
             if key not in self.labels and key not in self.special:
-                mine[key] += theirs[key]
+                mine[key] = hist.combine(key, mine[key], theirs[key])
 
     def export_state(self) -> dict[str, np.ndarray]:
         """The complete state as host numpy arrays (pending device sums flushed)."""
         for key, t in self._pending.items():
-            self.state[key] += t.cpu().numpy()
+            self.state[key] = hist.combine(key, self.state[key], t.cpu().numpy())
         self._pending = {}
         return self.state
 

@@ -1,9 +1,12 @@
-"""Binned moments: count, sum, sum of squares and a fixed-bin histogram per group.
+"""Binned moments: count, sum, sum of squares, a fixed-bin histogram, and the extremes, per group.
 
-All four merge by addition, so corpus-level means and standard deviations are
-exact and quantiles can be read from the merged histogram (to within one bin).
-They live as plain numpy arrays in an accumulator's state dict under
-``{name}.count|sum|sumsq|hist`` so that merge and persistence stay generic.
+The first four merge by addition and the extremes by min/max (``EXTREMES``), so
+corpus-level means and standard deviations are exact and quantiles can be read
+from the merged histogram (to within one bin), never outside the values seen: a
+quantile in the under/overflow bin is bounded by the smallest/largest value (a KL
+that is exactly 0 reads 0, not the first edge). They live as plain numpy arrays
+in an accumulator's state dict under ``{name}.count|sum|sumsq|hist|min|max`` so
+that merge and persistence stay generic.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import numpy as np
 import torch
 
 QUANTILES = (0.25, 0.5, 0.75)
+# state suffixes merged by an extreme instead of a sum, with their identity
+EXTREMES = {".min": (np.minimum, np.inf), ".max": (np.maximum, -np.inf)}
 
 
 def init(state: dict[str, np.ndarray], name: str, n_groups: int, n_bins: int) -> None:
@@ -20,6 +25,8 @@ def init(state: dict[str, np.ndarray], name: str, n_groups: int, n_bins: int) ->
     state[f"{name}.sumsq"] = np.zeros(n_groups, np.float64)
     # columns: underflow, the n_bins real bins, overflow
     state[f"{name}.hist"] = np.zeros((n_groups, n_bins + 2), np.int64)
+    for suffix, (_, identity) in EXTREMES.items():
+        state[f"{name}{suffix}"] = np.full(n_groups, identity, np.float64)
 
 
 def binned(
@@ -50,7 +57,17 @@ def binned(
         f"{name}.sum": vz.sum(0),
         f"{name}.sumsq": (vz * vz).sum(0),
         f"{name}.hist": hist,
+        f"{name}.min": torch.where(ok, v, torch.inf).amin(0) if len(v) else torch.full((n_groups,), torch.inf),
+        f"{name}.max": torch.where(ok, v, -torch.inf).amax(0) if len(v) else torch.full((n_groups,), -torch.inf),
     }
+
+
+def combine(key: str, mine: np.ndarray, theirs: np.ndarray) -> np.ndarray:
+    """``mine`` and ``theirs`` of state array ``key`` together: the extreme, or the sum."""
+    for suffix, (extreme, _) in EXTREMES.items():
+        if key.endswith(suffix):
+            return extreme(mine, theirs)
+    return mine + theirs
 
 
 def quantile(edges: np.ndarray, hist: np.ndarray, q: float, integer: bool = False) -> float:
@@ -93,8 +110,12 @@ def summary(state: dict[str, np.ndarray], name: str, edges: np.ndarray,
         var = np.maximum(state[f"{name}.sumsq"] / n - mean * mean, 0.0)
     hist = state[f"{name}.hist"]
     out = {"count": n, "mean": mean, "std": np.sqrt(var)}
+    lo = state.get(f"{name}.min", np.full(len(n), -np.inf))
+    hi = state.get(f"{name}.max", np.full(len(n), np.inf))
     for label, q in zip(("q25", "median", "q75"), QUANTILES, strict=True):
-        out[label] = np.array([quantile(edges, h, q, integer) for h in hist], dtype=np.float64)
+        est = np.array([quantile(edges, h, q, integer) for h in hist], dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            out[label] = np.where(n > 0, np.clip(est, lo, hi), est)  # never outside the values seen
     return out
 
 

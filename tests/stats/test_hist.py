@@ -10,7 +10,7 @@ from embwalk.stats.config import Bins, StatsConfig
 
 def _add(state: dict, values: torch.Tensor, edges: np.ndarray, keep=None) -> None:
     for key, inc in hist.binned("v", values, edges, keep).items():
-        state[key] += inc.numpy()
+        state[key] = hist.combine(key, state[key], inc.numpy())
 
 
 def _fill(values: np.ndarray, edges: np.ndarray) -> dict:
@@ -109,7 +109,7 @@ def test_integer_quantiles_are_the_samples_own_below_the_bound():
         state: dict = {}
         hist.init(state, "rank", 1, len(edges) - 1)
         for key, inc in hist.binned("rank", torch.tensor(sample, dtype=torch.float64)[:, None], edges).items():
-            state[key] += inc.numpy()
+            state[key] = hist.combine(key, state[key], inc.numpy())
         got = hist.summary(state, "rank", edges, integer=True)
         for col, q in (("q25", 0.25), ("median", 0.5), ("q75", 0.75)):
             assert got[col][0] == np.quantile(sample, q, method="inverted_cdf"), (col, sample[:10])

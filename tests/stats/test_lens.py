@@ -58,3 +58,18 @@ def test_lens_single_token_without_next():
     rows = summary_rows(acc.result()["logit_lens"], "rank")
     assert rows["count"].tolist() == [0] * 5 and np.isnan(rows["mean"]).all()
     assert summary_rows(acc.result()["logit_lens"], "entropy")["count"].tolist() == [1] * 5
+
+
+def test_kl_at_the_last_layer_reads_zero_not_the_first_bin_edge():
+    """KL(p_L || p_L) is 0 by definition: quantiles are bounded by the values seen, so the last
+    layer's reads 0 rather than the log bins' floor of 1e-8."""
+    resid, nxt, w, nw = data(4, 40)
+    acc = LogitLens()
+    acc.update(resid, nxt, w, rms_norm(nw))
+    rows = summary_rows(acc.result()["logit_lens"], "kl", "layer")
+    assert rows["mean"][-1] == 0 and rows["q25"][-1] == rows["median"][-1] == rows["q75"][-1] == 0
+    assert (rows["median"][:-1] > 0).all()
+    merged = LogitLens(shard_ids="b")
+    merged.update(resid, nxt, w, rms_norm(nw))
+    merged.merge(acc)  # the extremes merge (min, max) as the sums add
+    assert summary_rows(merged.result()["logit_lens"], "kl", "layer")["median"][-1] == 0
