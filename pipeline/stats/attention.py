@@ -28,7 +28,7 @@ SUMMARY_SCHEMA = pa.schema(
     [
         ("layer", pa.int64()), ("head", pa.int64()), ("n_queries", pa.int64()),
         ("self_weight", pa.float64()), ("uniform_baseline", pa.float64()),
-        ("self_bias", pa.float64()), ("entropy", pa.float64()),
+        ("self_bias", pa.float64()), ("self_ratio", pa.float64()), ("entropy", pa.float64()),
         ("entropy_uniform", pa.float64()), ("sink_mass", pa.float64()),
         ("assoc_pairs", pa.int64()), ("assoc_corr", pa.float64()),
     ]
@@ -37,6 +37,7 @@ KERNEL_SCHEMA = pa.schema(
     [
         ("layer", pa.int64()), ("head", pa.int64()), ("offset", pa.int64()),
         ("count", pa.int64()), ("mean_weight", pa.float64()), ("uniform_weight", pa.float64()),
+        ("ratio_to_uniform", pa.float64()),
     ]
 )
 _KERNEL = ("kernel_sum", "kernel_count", "kernel_uniform")  # last axis: offsets -(M-1)..M-1
@@ -98,7 +99,11 @@ class AttentionStats(Accumulator):
         self._add("uniform_sum", (1.0 / n_vis).sum()[None])
         self._add("entropy_uniform_sum", n_vis.log().sum()[None])
         # The diagonal and key 0 are visible to every query, causal or not.
-        self._add("self_sum", p.diagonal(dim1=-2, dim2=-1).sum(-1).view(n_layers, n_heads))
+        diag = p.diagonal(dim1=-2, dim2=-1)  # [L*H, S]
+        self._add("self_sum", diag.sum(-1).view(n_layers, n_heads))
+        # Per query, the self weight over the uniform one (1 / keys visible): early queries, whose
+        # uniform weight is large, no longer dominate the pooled self-bias.
+        self._add("self_ratio_sum", (diag.to(torch.float64) * n_vis).sum(-1).view(n_layers, n_heads))
         self._add("sink_sum", p[:, :, 0].sum(-1).view(n_layers, n_heads))
         # Everything else reads the visible pairs only, gathered once by flat index (weight on
         # invisible keys never counts, and a causal pattern's upper half is never touched).
@@ -172,7 +177,8 @@ class AttentionStats(Accumulator):
             "kernel_count": np.zeros(1, np.int64),
             "kernel_uniform": np.zeros(1),
         }
-        for key in ("self_sum", "sink_sum", "entropy_sum", "assoc_a", "assoc_a2", "assoc_ac"):
+        for key in ("self_sum", "self_ratio_sum", "sink_sum", "entropy_sum",
+                    "assoc_a", "assoc_a2", "assoc_ac"):
             self.state[key] = np.zeros(shape)
 
     def _grow(self, s: int) -> None:
@@ -187,8 +193,9 @@ class AttentionStats(Accumulator):
 
     def result(self) -> dict[str, pa.Table]:
         """``attention``: layer, head, n_queries, self_weight, uniform_baseline, self_bias,
-        entropy, entropy_uniform, sink_mass, assoc_pairs, assoc_corr;
-        ``attention_kernel``: layer, head, offset, count, mean_weight, uniform_weight."""
+        self_ratio, entropy, entropy_uniform, sink_mass, assoc_pairs, assoc_corr;
+        ``attention_kernel``: layer, head, offset, count, mean_weight, uniform_weight,
+        ratio_to_uniform (mean_weight / uniform_weight: 1 = no preference for that offset)."""
         st = self.export_state()
         if not st:
             return {"attention": SUMMARY_SCHEMA.empty_table(),
@@ -209,6 +216,7 @@ class AttentionStats(Accumulator):
         k = n_l * n_h
         summary = pa.table(
             [lay, head, np.full(k, nq), self_w, np.full(k, uniform), self_w - uniform,
+             (st["self_ratio_sum"] / nq).ravel(),
              (st["entropy_sum"] / nq).ravel(), np.full(k, st["entropy_uniform_sum"][0] / nq),
              (st["sink_sum"] / nq).ravel(), np.full(k, n), corr],
             schema=SUMMARY_SCHEMA,
@@ -223,7 +231,7 @@ class AttentionStats(Accumulator):
             uni = st["kernel_uniform"][has] / count[has]
         kernel = pa.table(
             [np.repeat(lay, n_off), np.repeat(head, n_off), np.tile(offsets[has], k),
-             np.tile(count[has], k), mean.reshape(-1), np.tile(uni, k)],
+             np.tile(count[has], k), mean.reshape(-1), np.tile(uni, k), (mean / uni).reshape(-1)],
             schema=KERNEL_SCHEMA,
         )
         return {"attention": summary, "attention_kernel": kernel}

@@ -121,3 +121,31 @@ def test_without_inputs_and_mixing_rejected():
         acc.update(p, False)
     with pytest.raises(ValueError):
         acc.update(p[:1], True)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_per_query_self_ratio_and_kernel_ratio_to_uniform(causal):
+    """self_ratio: mean over queries of p_ii / (1 / keys visible to i), so early queries (whose
+    uniform weight is large) do not dominate; the kernel's ratio_to_uniform: mean weight at an
+    offset over the mean uniform weight there. Both against float64 loops, over two sequences."""
+    seqs = [data(3, 12, causal), data(4, 7, causal)]
+    acc = AttentionStats()
+    for p, x in seqs:
+        acc.update(p, causal, x)
+    res = acc.result()
+    t = res["attention"].to_pydict()
+    ratios, uniform_at = [], {}
+    for p, _ in seqs:
+        q = np64(p)
+        s = q.shape[-1]
+        for i in range(s):
+            n_vis = i + 1 if causal else s
+            ratios.append(q[:, :, i, i] * n_vis)
+            for j in range(i + 1 if causal else s):
+                uniform_at.setdefault(i - j, []).append(1.0 / n_vis)
+    assert_rel(t["self_ratio"], np.mean(ratios, axis=0).ravel(), what="self_ratio")
+    k = res["attention_kernel"].to_pydict()
+    for off, mean, uni, ratio in zip(k["offset"], k["mean_weight"], k["uniform_weight"], k["ratio_to_uniform"],
+                                     strict=True):
+        assert_rel(uni, np.mean(uniform_at[off]), what=f"uniform at {off}")
+        assert_rel(ratio, mean / np.mean(uniform_at[off]), what=f"ratio at {off}")

@@ -217,7 +217,7 @@ def test_result_schemas_are_tidy():
     assert accs["decoding"].result()["decoding_hist"].schema.names == [
         "stat", "bin", "lo", "hi", "count"]
     assert accs["attention"].result()["attention_kernel"].schema.names == [
-        "layer", "head", "offset", "count", "mean_weight", "uniform_weight"]
+        "layer", "head", "offset", "count", "mean_weight", "uniform_weight", "ratio_to_uniform"]
     for t in accs["geometry"].result().values():
         assert t.num_rows > 0 and "layer" in t.column_names
     assert torch.get_default_dtype() == torch.float32
