@@ -35,6 +35,7 @@ from embwalk.store import layout as store_layout
 from embwalk.store.commits import committed_shards, read_manifest, write_json
 from embwalk.store.fs import StoreFS, open_fs
 
+SINK_EPSILON = 0.3  # the attention-sink threshold of Gu et al. 2024
 PARTIALS_DIR = "partials"
 META = "meta.json"
 SAMPLE = "sample.npz"
@@ -278,6 +279,12 @@ def headline(tables: dict[str, pa.Table]) -> dict:
         out["attention_mean_sink_mass"] = _round(float(np.nanmean(sink)))
         out["attention_heads_negative_self_bias"] = int((bias < 0).sum())
         out["attention_heads"] = int(len(bias))
+        # Gu et al. 2024 ("When attention sink emerges"): the share of heads whose mean weight on
+        # the first token exceeds SINK_EPSILON; by layer, in the table's layer order
+        layer = att.column("layer").to_numpy()
+        sinks = sink > SINK_EPSILON
+        out["attention_sink_rate"] = _round(float(sinks.mean()))
+        out["attention_sink_rate_by_layer"] = [_round(float(sinks[layer == v].mean())) for v in np.unique(layer)]
     return out
 
 

@@ -149,3 +149,18 @@ def test_per_query_self_ratio_and_kernel_ratio_to_uniform(causal):
                                      strict=True):
         assert_rel(uni, np.mean(uniform_at[off]), what=f"uniform at {off}")
         assert_rel(ratio, mean / np.mean(uniform_at[off]), what=f"ratio at {off}")
+
+
+def test_headline_sink_rate_is_the_share_of_heads_over_the_threshold():
+    """Gu et al. 2024: a head sinks when its mean weight on the first token exceeds 0.3."""
+    import pyarrow as pa
+
+    from embwalk.stats.partials import SINK_EPSILON, headline
+
+    sink = [0.9, 0.1, 0.31, 0.29, 0.5, 0.0]
+    table = pa.table({"layer": [0, 0, 0, 1, 1, 1], "head": [0, 1, 2, 0, 1, 2], "sink_mass": sink,
+                      "self_bias": [-0.1, 0.2, -0.3, 0.0, 0.1, -0.2]})
+    out = headline({"attention": table})
+    assert SINK_EPSILON == 0.3
+    assert out["attention_sink_rate"] == round(3 / 6, 6)
+    assert out["attention_sink_rate_by_layer"] == [round(2 / 3, 6), round(1 / 3, 6)]
