@@ -12,6 +12,11 @@ All from additive sums, so shards merge exactly:
 - mean vector norm, norm of the mean vector
 - covariance spectrum from sum x and sum x x^T (float64), effective dimension
   exp(entropy of the normalised eigenvalues) and participation ratio
+- massive activations (Sun et al. 2024): a token's vector at a layer has one when
+  its largest |x_k| exceeds MASSIVE_RATIO times the median |x_k| of the same vector
+  (they compare with the layer's median magnitude; the vector's own median keeps the
+  counts additive); per layer the number of such tokens, and which dimensions hold
+  their largest activation
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from embwalk.stats.base import Accumulator
 from embwalk.stats.inputs import SequenceInputs
 from embwalk.stats.ops import as_ids, cosine, f32, group_index, unit
 
+MASSIVE_RATIO = 100.0
 _FLUSH_TOKENS = 2048  # fast_moments: tokens of float32 products summed before a float64 add
 
 LAYER_SCHEMA = pa.schema(
@@ -34,6 +40,8 @@ LAYER_SCHEMA = pa.schema(
         ("self_sim", pa.float64()), ("self_sim_adj", pa.float64()), ("n_types", pa.int64()),
         ("total_variance", pa.float64()), ("eff_dim", pa.float64()),
         ("participation_ratio", pa.float64()),
+        ("massive_tokens", pa.int64()), ("massive_share", pa.float64()),
+        ("massive_dim", pa.int64()), ("massive_dim_tokens", pa.int64()),
     ]
 )
 SELF_SIM_SCHEMA = pa.schema(
@@ -103,6 +111,17 @@ class Geometry(Accumulator):
             self._add("xxt", xc.transpose(1, 2) @ xc)
         self._self_sim(u, tok)
         self._intra(x, norms, seq_ids)
+        self._massive(x)
+
+    def _massive(self, x: torch.Tensor) -> None:
+        """Tokens whose largest |x_k| at a layer exceeds MASSIVE_RATIO x the vector's median |x_k|."""
+        mag = x.abs()
+        top, dim = mag.max(dim=-1)  # [n, L+1]
+        flagged = top > MASSIVE_RATIO * mag.median(dim=-1).values
+        self._add("massive_n", flagged.sum(0))
+        n_layers, d = x.shape[1], x.shape[2]
+        where = (dim + torch.arange(n_layers, device=x.device) * d)[flagged]
+        self._add("massive_dim", torch.bincount(where, minlength=n_layers * d).view(n_layers, d))
 
     def _second_moments(self, x: torch.Tensor) -> None:
         """``fast_moments``: Sum of x x^T per covariance layer, formed as a float32 product
@@ -209,12 +228,16 @@ class Geometry(Accumulator):
             "type_n": np.zeros(len(types), np.int64),
             "intra_sum": np.zeros(n_layers),
             "intra_n": np.zeros(1, np.int64),
+            "massive_n": np.zeros(n_layers, np.int64),
+            "massive_dim": np.zeros((n_layers, d), np.int64),
         }
 
     def result(self) -> dict[str, pa.Table]:
         """``geometry``: one row per layer (see LAYER_SCHEMA);
         ``geometry_self_sim``: layer, token_id, n, self_sim (types with >= 2 occurrences);
-        ``geometry_spectrum``: layer, index, eigenvalue, fraction (covariance, descending)."""
+        ``geometry_spectrum``: layer, index, eigenvalue, fraction (covariance, descending).
+        Massive activations: ``massive_tokens`` per layer, their share, and ``massive_dim``, the
+        dimension holding the largest activation of most of them (-1: none), for how many."""
         st = self.export_state()
         if not st:
             return {"geometry": LAYER_SCHEMA.empty_table(),
@@ -256,7 +279,9 @@ class Geometry(Accumulator):
         geometry = pa.table(
             [layers, np.full(n_layers, int(n)), aniso, mean_norm, norm_of_mean, intra,
              intra - aniso, np.full(n_layers, int(st["intra_n"][0])), self_sim,
-             self_sim - aniso, np.full(n_layers, n_types), total, eff, part],
+             self_sim - aniso, np.full(n_layers, n_types), total, eff, part,
+             st["massive_n"], st["massive_n"] / n if n else np.full(n_layers, np.nan),
+             np.where(st["massive_n"] > 0, st["massive_dim"].argmax(-1), -1), st["massive_dim"].max(-1)],
             schema=LAYER_SCHEMA,
         )
         ids = st["type_ids"][seen]

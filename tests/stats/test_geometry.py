@@ -126,3 +126,23 @@ def test_similarity_map():
     assert torch.equal(similarity_map(resid[:, 2]), m)
     with pytest.raises(ValueError):
         similarity_map(resid)
+
+
+def test_massive_activations_counted_per_layer_with_their_dimensions():
+    """Sun et al. 2024's massive activations: a vector whose largest |x_k| exceeds 100x its
+    median |x_k|; counted per layer, with the dimension that holds most of them, against numpy."""
+    from embwalk.stats.geometry import MASSIVE_RATIO
+
+    g = rng(11)
+    x = g.normal(size=(40, 4, 32))
+    x[::8, 2:, 5] = 2_000.0  # position-0-like tokens from layer 2 on, in dimension 5
+    x[3, 1, 17] = -900.0  # one more, negative, in dimension 17
+    acc = Geometry()
+    acc.update(torch.tensor(x, dtype=torch.float32), torch.zeros(40, dtype=torch.long))
+    res = acc.result()
+    mag = np.abs(x)
+    flagged = mag.max(-1) > MASSIVE_RATIO * np.median(mag, -1)
+    assert res["geometry"]["massive_tokens"].to_pylist() == flagged.sum(0).tolist() == [0, 1, 5, 5]
+    np.testing.assert_allclose(res["geometry"]["massive_share"].to_numpy(), flagged.sum(0) / 40)
+    assert res["geometry"]["massive_dim"].to_pylist() == [-1, 17, 5, 5]
+    assert res["geometry"]["massive_dim_tokens"].to_pylist() == [0, 1, 5, 5]
