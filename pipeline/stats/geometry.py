@@ -115,11 +115,14 @@ class Geometry(Accumulator):
 
     def _massive(self, x: torch.Tensor) -> None:
         """Tokens whose largest |x_k| at a layer exceeds MASSIVE_RATIO x the vector's median |x_k|."""
-        mag = x.abs()
-        top, dim = mag.max(dim=-1)  # [n, L+1]
-        flagged = top > MASSIVE_RATIO * mag.median(dim=-1).values
-        self._add("massive_n", flagged.sum(0))
         n_layers, d = x.shape[1], x.shape[2]
+        dim = torch.empty(x.shape[:2], dtype=torch.long, device=x.device)
+        flagged = torch.empty(x.shape[:2], dtype=torch.bool, device=x.device)
+        for layer in range(n_layers):  # a layer at a time: |x| and the median's copy stay [n, d]
+            mag = x[:, layer].abs()
+            top, dim[:, layer] = mag.max(dim=-1)
+            flagged[:, layer] = top > MASSIVE_RATIO * mag.median(dim=-1).values
+        self._add("massive_n", flagged.sum(0))
         where = (dim + torch.arange(n_layers, device=x.device) * d)[flagged]
         self._add("massive_dim", torch.bincount(where, minlength=n_layers * d).view(n_layers, d))
 
