@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import struct
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -107,44 +108,68 @@ def _safetensors(store: VectorSource, rows: np.ndarray, path: Path, names: list[
 
 
 def _datasets(store: VectorSource, rows: np.ndarray, table: pa.Table, path: Path, names: list[str]) -> None:
-    """The token columns (and any extra ones) plus one fixed-size-list column per site.
-
-    The rows go piece by piece into one Arrow stream next to ``path``, which ``datasets``
-    memory-maps and saves in its own layout (its shards, state.json, dataset_info.json) to a
-    temporary directory that is renamed at the end: memory holds one piece, and a failed export
-    leaves nothing that looks like a dataset. The cost is writing the data twice.
-    """
-    try:
-        import datasets
-    except ImportError as exc:
-        raise QueryError("exporting to a HuggingFace dataset needs the datasets package: pip install datasets") from exc
+    """The token columns (and any extra ones) plus one fixed-size-list column per site."""
+    datasets = datasets_module("exporting to a HuggingFace dataset")
     clash = sorted(set(names) & set(table.column_names))
     if clash:
         raise QueryError(f"cannot export site(s) {', '.join(clash)}: the selection has columns of the same name")
-    if path.exists() and not _is_saved_dataset(path):
-        raise QueryError(f"cannot write a dataset to {path}: it exists and is not an earlier datasets export")
+    check_dataset_target(path)
     dtype = pa.from_numpy_dtype(np.dtype(store.manifest["dtype"]))
     d = int(store.manifest["model"]["d_model"])
+    # a piece holds every site's vectors of its rows: bound it in bytes, not only rows
+    step = max(1, min(PIECE_ROWS, PIECE_BYTES // max(1, len(names) * d * dtype.byte_width)))
+
+    def pieces():
+        for a, b in _pieces(len(rows), step):
+            columns = table.slice(a, b - a).columns
+            for name in names:
+                flat = store.vectors(rows[a:b], name).reshape(-1)
+                columns.append(pa.FixedSizeListArray.from_arrays(pa.array(flat, type=dtype), d))
+            yield pa.Table.from_arrays(columns, names=[*table.column_names, *names])
+
+    about = {"store": store.location, "model": store.manifest["model"]["id"], "sites": names,
+             "format": "embwalk selection: token columns, one [d_model] vector column per site"}
     schema = table.schema
     for name in names:
         schema = schema.append(pa.field(name, pa.list_(dtype, d)))
+    save_dataset(pieces(), schema, datasets.DatasetInfo(description=json.dumps(about)), path)
+
+
+def datasets_module(what: str):
+    """The ``datasets`` package, or a one-line error saying ``what`` needs it."""
+    try:
+        import datasets
+    except ImportError as exc:
+        raise QueryError(f"{what} needs the datasets package: pip install datasets") from exc
+    return datasets
+
+
+def check_dataset_target(path: Path) -> None:
+    """Refuse to write over anything but an earlier export (or an empty directory)."""
+    if path.exists() and not _is_saved_dataset(path):
+        raise QueryError(f"cannot write a dataset to {path}: it exists and is not an earlier datasets export")
+
+
+def save_dataset(pieces: Iterable[pa.Table], schema: pa.Schema, info, path: Path) -> None:
+    """Tables of ``schema``, piece by piece, as a ``datasets`` directory saved at ``path``.
+
+    The pieces go into one Arrow stream next to ``path``, which ``datasets`` memory-maps and
+    saves in its own layout (its shards, state.json, dataset_info.json) to a temporary
+    directory that is renamed at the end: memory holds one piece, and a failed export leaves
+    nothing that looks like a dataset. The cost is writing the data twice.
+    """
+    import datasets
+
     stream = path.with_name(f".{path.name}.tmp-{os.getpid()}.arrow")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    # a piece holds every site's vectors of its rows: bound it in bytes, not only rows
-    step = max(1, min(PIECE_ROWS, PIECE_BYTES // max(1, len(names) * d * dtype.byte_width)))
     try:
+        n_rows = 0
         with pa.OSFile(str(stream), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-            for a, b in _pieces(len(rows), step):
-                columns = table.slice(a, b - a).columns
-                for name in names:
-                    flat = store.vectors(rows[a:b], name).reshape(-1)
-                    columns.append(pa.FixedSizeListArray.from_arrays(pa.array(flat, type=dtype), d))
-                writer.write_table(pa.Table.from_arrays(columns, schema=schema))
-        about = {"store": store.location, "model": store.manifest["model"]["id"], "sites": names,
-                 "format": "embwalk selection: token columns, one [d_model] vector column per site"}
-        info = datasets.DatasetInfo(description=json.dumps(about))
-        # an empty selection still gets one (empty) shard: datasets would write none, and no schema
-        shards = None if len(rows) else 1
+            for piece in pieces:
+                writer.write_table(piece.cast(schema))
+                n_rows += piece.num_rows
+        # an empty export still gets one (empty) shard: datasets would write none, and no schema
+        shards = None if n_rows else 1
         datasets.Dataset.from_file(str(stream), info=info).save_to_disk(str(tmp), num_shards=shards)
         _replace_dir(tmp, path)
     finally:

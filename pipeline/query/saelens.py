@@ -12,18 +12,15 @@ holding the sequence's tokens.
 
 from __future__ import annotations
 
+import itertools
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from embwalk.models.sites import parse_sites
 from embwalk.query.errors import QueryError
-from embwalk.query.export import _is_saved_dataset, _replace_dir
+from embwalk.query.export import check_dataset_target, datasets_module, save_dataset
 
 SEQUENCES_PER_PIECE = 64  # sequences read from the store at once
 
@@ -66,52 +63,51 @@ def export_saelens(store, site: str, path: str | Path, hook_name: str | None = N
     in document mode only the sequences that fill ``seq_len`` do. ``hook_name`` names the column
     (default: the site's TransformerLens hook, which SAELens' config must name too).
     """
-    try:
-        import datasets
-    except ImportError as exc:
-        raise QueryError("exporting for SAELens needs the datasets package: pip install datasets") from exc
+    datasets = datasets_module("exporting for SAELens")
     meta = sae_metadata(store, site)
     hook, ctx, d = hook_name or meta["hook_name"], meta["context_size"], meta["d_in"]
     path = Path(path).expanduser()
     if not path.parent.is_dir():
         raise QueryError(f"cannot write {path}: its directory does not exist")
-    if path.exists() and not _is_saved_dataset(path):
-        raise QueryError(f"cannot write a dataset to {path}: it exists and is not an earlier datasets export")
-    tokens = store.sql("select row, seq_id, token_id from tokens order by row")
-    seq = tokens.column("seq_id").to_numpy()
-    starts = np.flatnonzero(np.diff(seq, prepend=-1))
-    lengths = np.diff(np.append(starts, len(seq)))
-    full = starts[lengths == ctx]
-    if not len(full):
-        raise QueryError(f"store {store.location} has no committed sequence of {ctx} tokens to export")
-    rows = tokens.column("row").to_numpy()
-    ids = pc.cast(tokens.column("token_id"), "int32").to_numpy()
-    dtype = np.dtype(meta["dtype"])
+    check_dataset_target(path)
     features = datasets.Features({
-        hook: datasets.Array2D(shape=(ctx, d), dtype=dtype.name),
+        hook: datasets.Array2D(shape=(ctx, d), dtype=np.dtype(meta["dtype"]).name),
         "token_ids": datasets.Sequence(datasets.Value("int32"), length=ctx),
     })
+    sequences = _full_sequences(store, ctx)
+    first = next(sequences, None)  # known before anything is written
+    if first is None:
+        raise QueryError(f"store {store.location} has no committed sequence of {ctx} tokens to export")
 
-    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    stream = work / "rows.arrow"
-    try:
-        # Piece by piece into one Arrow stream (datasets encodes each piece's Array2D column), which
-        # datasets memory-maps and saves in its own layout: memory holds one piece.
-        writer, sink = None, pa.OSFile(str(stream), "wb")
-        for a in range(0, len(full), SEQUENCES_PER_PIECE):
-            first = full[a : a + SEQUENCES_PER_PIECE]
-            index = (first[:, None] + np.arange(ctx)[None, :]).reshape(-1)
-            vectors = store.vectors(rows[index], meta["embwalk_site"]).reshape(len(first), ctx, d)
-            piece = datasets.Dataset.from_dict({hook: vectors, "token_ids": ids[index].reshape(len(first), ctx)},
-                                               features=features).data.table
-            if writer is None:
-                writer = pa.ipc.new_stream(sink, piece.schema)
-            writer.write_table(piece)
-        writer.close()
-        sink.close()
-        info = datasets.DatasetInfo(description=json.dumps({"embwalk": meta}), features=features)
-        datasets.Dataset.from_file(str(stream), info=info).save_to_disk(str(work / "out"))
-        _replace_dir(work / "out", path)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    def pieces():  # datasets encodes each piece's Array2D column; memory holds one piece
+        for rows, ids in itertools.chain([first], sequences):
+            for a in range(0, len(rows), SEQUENCES_PER_PIECE):
+                r, t = rows[a : a + SEQUENCES_PER_PIECE], ids[a : a + SEQUENCES_PER_PIECE]
+                vectors = store.vectors(r.reshape(-1), meta["embwalk_site"]).reshape(len(r), ctx, d)
+                yield datasets.Dataset.from_dict({hook: vectors, "token_ids": t}, features=features).data.table
+
+    info = datasets.DatasetInfo(description=json.dumps({"embwalk": meta}), features=features)
+    save_dataset(pieces(), features.arrow_schema, info, path)
     return path
+
+
+def _full_sequences(store, ctx: int):
+    """(rows [k, ctx], token ids [k, ctx] int32) of the committed sequences of ``ctx`` tokens,
+    one shard's token table at a time (a sequence may run on into the next shard)."""
+    carry = None  # the unfinished last sequence of the previous shard
+    committed = set(store.committed)
+    for index in store.committed:
+        t = store.reader.read_tokens(index, ["row", "seq_id", "token_id"])
+        cols = [t.column(c).to_numpy() for c in ("row", "seq_id", "token_id")]
+        if carry is not None and index - 1 in committed:
+            cols = [np.concatenate([c0, c1]) for c0, c1 in zip(carry, cols, strict=True)]
+        row, seq, tok = cols
+        starts = np.flatnonzero(np.diff(seq, prepend=-1))
+        stops = np.append(starts[1:], len(seq))
+        full = starts[stops - starts == ctx]
+        carry = None
+        if len(starts) and stops[-1] - starts[-1] < ctx and index + 1 in committed:
+            carry = [c[starts[-1]:] for c in cols]
+        if len(full):
+            index_ = full[:, None] + np.arange(ctx)[None, :]
+            yield row[index_], tok[index_].astype(np.int32)

@@ -49,3 +49,32 @@ def test_export_refuses_to_overwrite_what_is_not_an_export(packed, tmp_path):
     with pytest.raises(QueryError, match="not an earlier datasets export"):
         export_saelens(open_store(packed), "resid_post.1", tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_a_store_without_full_sequences_is_refused_and_nothing_written(documents, tmp_path):
+    with pytest.raises(QueryError, match="no committed sequence of 24 tokens"):
+        export_saelens(open_store(documents), "resid_post.1", tmp_path / "cache")
+    assert not list(tmp_path.iterdir())
+
+
+def test_full_sequences_are_read_shard_by_shard_and_joined_across_shards():
+    """A sequence that runs on into the next committed shard is joined; one cut by an
+    uncommitted shard is left out; shorter ones are left out."""
+    import pyarrow as pa
+
+    from embwalk.query.saelens import _full_sequences
+
+    seqs = [0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]  # rows 0..14; shards of 4 rows
+    shards = {i: (4 * i, min(4 * i + 4, len(seqs))) for i in range(4)}
+
+    class Reader:
+        def read_tokens(self, index, columns):
+            a, b = shards[index]
+            return pa.table({"row": range(a, b), "seq_id": seqs[a:b], "token_id": [10 + r for r in range(a, b)]})
+
+    class FakeStore:
+        reader, committed = Reader(), [0, 1, 3]  # shard 2 (rows 8-11) is not committed
+    got = [(rows.tolist(), ids.tolist()) for rows, ids in _full_sequences(FakeStore(), 4)]
+    # sequence 0 is short; 1 (rows 3-6) runs from shard 0 into 1 and is joined; 2 (rows 7-10) and
+    # 3 (rows 11-14) each have rows in the uncommitted shard 2
+    assert got == [([[3, 4, 5, 6]], [[13, 14, 15, 16]])]
