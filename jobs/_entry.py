@@ -29,15 +29,15 @@ CONF_DIR = conf_dir()
 def run_job(name: str, schema: type, work: Callable[[dict], int | None], argv: list[str] | None = None) -> None:
     """Compose conf/``name``.yaml over ``schema`` with the command line's overrides, run ``work``
     on the resolved config (plain dicts) and exit with its status."""
-    import hydra
-    from hydra.core.config_store import ConfigStore
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):  # each option group in a line, nothing heavy imported
         from embwalk.cli import job_help
 
         print(job_help(name, schema))
         return
+    import hydra
+    from hydra.core.config_store import ConfigStore
+
     ConfigStore.instance().store(name=f"{name}_schema", node=schema)
     if any(a.startswith("-") for a in argv):  # --cfg job, --info ...: Hydra's own flags
         sys.argv = [f"embwalk {name}", *argv, f"hydra.job.name={name}"]

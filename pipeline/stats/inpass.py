@@ -28,7 +28,7 @@ from embwalk.stats.families import ACCUMULATORS
 from embwalk.stats.head import ModelHead
 from embwalk.stats.inputs import Offer
 from embwalk.stats.partials import write_shard_partials
-from embwalk.stats.walk import WalkStats
+from embwalk.stats.walk import WalkStats, plan_families
 from embwalk.store.fs import StoreFS, open_fs
 
 # The capture sites (pipeline/models/sites.py) that give each array a family reads: resid is
@@ -47,17 +47,13 @@ def check_capture(families: Sequence[str], layout, n_layers: int, has_unembed: b
     be computable from the captured sites (and ``decoding`` from a captured ``final``, never a
     final norm re-applied to the last block), naming the sites to add."""
     offer = Offer(n_layers, tuple(layout.residual) or None, bool(layout.final),
-                  tuple(layout.pattern_layers) or None, has_unembed)
+                  tuple(layout.pattern_layers) or None, has_unembed, final_from_resid=False)
     held = {site for name in offer.arrays for site in SITES[name]}
     problems = []
-    for family in families:
-        why = ACCUMULATORS[family].missing(offer)
-        if why is None and family == "decoding" and not offer.final:
-            why = "needs final"
+    for family, why in plan_families(families, offer)[1].items():
         lacking = [site for site in required_sites([family]) if site not in held]
-        if why is not None:
-            add = f": add {', '.join(lacking)} to capture.sites" if lacking else ""
-            problems.append(f"{family} {why}{add}")
+        add = f": add {', '.join(lacking)} to capture.sites" if lacking else ""
+        problems.append(f"{family} {why}{add}")
     if problems:
         raise EmbwalkError("capture.stats cannot compute " + "; ".join(problems)
                            + " (or leave the family out of capture.stats.families)")

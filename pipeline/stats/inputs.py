@@ -36,11 +36,12 @@ class Offer:
     final: bool = False
     pattern_layers: tuple[int, ...] | None = None
     unembed: bool = False
+    final_from_resid: bool = True  # final may be derived as final_norm(resid of the last block)
 
     @property
     def last_resid(self) -> bool:
-        """resid holds the output of the last block (``final`` can be derived from it)."""
-        return bool(self.resid_layers) and self.resid_layers[-1] == self.n_layers
+        """resid holds the output of the last block and ``final`` may be derived from it."""
+        return self.final_from_resid and bool(self.resid_layers) and self.resid_layers[-1] == self.n_layers
 
     @property
     def layer_inputs(self) -> bool:
