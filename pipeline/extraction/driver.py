@@ -52,7 +52,7 @@ def run_extraction(cfg: ExtractConfig, executor: Executor, loaded: LoadedModel |
     if cfg.capture.stats is not None:
         from embwalk.stats.partials import merge_store_stats
 
-        merge_store_stats(writer.fs)
+        merge_store_stats(writer.fs, out=cfg.capture.stats.out)
     manifest["run_seconds"] = round(time.perf_counter() - started, 2)
     manifest["run_tokens"] = written
     return manifest

@@ -7,6 +7,10 @@
   ``self_bias`` = their difference (negative = a token avoids itself)
 - entropy of each query's row (nats), beside the uniform row's log n_visible(i)
 - sink mass: mean A[i, 0]
+
+Positions the statistics leave out (``SequenceInputs.keep``) are left out as queries and
+from every pair (kernel, association bias); their weight as keys stays in each kept
+query's row, so a row still sums to 1 and the sink mass is still the weight on key 0.
 - association bias: Pearson correlation of A[i, j] with cos(x_i, x_j) (x = the
   layer's input, its resid_pre), from n, sum a, sum c, sum a^2, sum c^2, sum ac,
   which add exactly across sequences and shards.
@@ -58,7 +62,7 @@ class AttentionStats(Accumulator):
             return
         if tuple(pattern.shape[-2:]) != (n, n):
             raise ValueError(f"pattern must be cropped to the sequence, [..., {n}, {n}]; got {tuple(pattern.shape)}")
-        self.update(pattern, inputs.head.causal, inputs.assoc_inputs, inputs.pattern_layers)
+        self.update(pattern, inputs.head.causal, inputs.assoc_inputs, inputs.pattern_layers, keep=inputs.keep)
 
     def update(
         self,
@@ -67,11 +71,13 @@ class AttentionStats(Accumulator):
         inputs: torch.Tensor | None = None,
         layers: Sequence[int] | None = None,
         length: int | None = None,
+        keep: torch.Tensor | None = None,
     ) -> None:
         """``pattern`` [L_att, H, S, S] probabilities (query, key) of one sequence;
         ``inputs`` [L_att, S, d] each layer's input vectors (for association bias,
         skipped when None); ``layers``: the model layer ids of the L_att layers;
-        ``length``: the real length when the pattern is padded beyond it."""
+        ``length``: the real length when the pattern is padded beyond it; ``keep`` [S] the
+        positions counted (None: all; module docstring)."""
         if pattern.ndim != 4 or pattern.shape[-1] != pattern.shape[-2]:
             raise ValueError(f"pattern must be [L_att, H, S, S], got {tuple(pattern.shape)}")
         n_layers, n_heads, s, _ = pattern.shape
@@ -95,22 +101,31 @@ class AttentionStats(Accumulator):
         j = torch.arange(s, device=dev)[None, :]
         vis = (j <= i) if causal else torch.ones(s, s, dtype=torch.bool, device=dev)
         n_vis = vis.sum(1).to(torch.float64)  # [S]
-        self.state["n_queries"] += s
-        self._add("uniform_sum", (1.0 / n_vis).sum()[None])
-        self._add("entropy_uniform_sum", n_vis.log().sum()[None])
+        q = slice(None) if keep is None else keep[:s].to(dev)  # the queries counted
+        self.state["n_queries"] += s if keep is None else int(q.sum())
+        self._add("uniform_sum", (1.0 / n_vis)[q].sum()[None])
+        self._add("entropy_uniform_sum", n_vis.log()[q].sum()[None])
         # The diagonal and key 0 are visible to every query, causal or not.
-        diag = p.diagonal(dim1=-2, dim2=-1)  # [L*H, S]
+        diag = p.diagonal(dim1=-2, dim2=-1)[:, q]  # [L*H, queries]
         self._add("self_sum", diag.sum(-1).view(n_layers, n_heads))
         # Per query, the self weight over the uniform one (1 / keys visible): early queries, whose
         # uniform weight is large, no longer dominate the pooled self-bias.
-        self._add("self_ratio_sum", (diag.to(torch.float64) * n_vis).sum(-1).view(n_layers, n_heads))
-        self._add("sink_sum", p[:, :, 0].sum(-1).view(n_layers, n_heads))
+        self._add("self_ratio_sum", (diag.to(torch.float64) * n_vis[q]).sum(-1).view(n_layers, n_heads))
+        self._add("sink_sum", p[:, q, 0].sum(-1).view(n_layers, n_heads))
         # Everything else reads the visible pairs only, gathered once by flat index (weight on
         # invisible keys never counts, and a causal pattern's upper half is never touched).
-        vis_idx = vis.reshape(-1).nonzero().squeeze(1)  # [pairs]
+        flat = p.reshape(rows, s * s)
+        if keep is None:
+            vis_idx = vis.reshape(-1).nonzero().squeeze(1)  # [pairs]
+            w = flat.index_select(1, vis_idx)  # [L*H, pairs]
+            row_w = w
+        else:  # a kept query's whole row, but only the pairs of two kept positions
+            rows_vis = vis & q[:, None]
+            row_w = flat.index_select(1, rows_vis.reshape(-1).nonzero().squeeze(1))
+            vis_idx = (rows_vis & q[None, :]).reshape(-1).nonzero().squeeze(1)
+            w = flat.index_select(1, vis_idx)
         off = (i - j + m - 1).reshape(-1).index_select(0, vis_idx)
-        w = p.reshape(rows, s * s).index_select(1, vis_idx)  # [L*H, pairs]
-        self._add("entropy_sum", -torch.special.xlogy(w, w).sum(-1).view(n_layers, n_heads))
+        self._add("entropy_sum", -torch.special.xlogy(row_w, row_w).sum(-1).view(n_layers, n_heads))
         # Position kernel: scatter every visible pair's weight into its offset bin.
         ksum = torch.zeros(rows, 2 * m - 1, device=dev).index_add_(1, off, w)
         self._add("kernel_sum", ksum.view(n_layers, n_heads, -1))
@@ -133,20 +148,18 @@ class AttentionStats(Accumulator):
         s = x.shape[1]
         n_layers = w.shape[0]
         # Blocks of layers, in float64: the correlation is a difference of sums that cancel
-        # when it is small. With fast_moments one sequence's sums are float32 (pairwise:
-        # ~1e-7 relative) and only the sums across sequences are float64. A block's cosine
-        # matrices [k, S, S] and weights [k, H, pairs] stay below ~2^24 values; few large ops
-        # rather than many small ones (each op of a multi-threaded CPU pool waits at a barrier).
-        wide = torch.float32 if self.config.fast_moments else torch.float64
+        # when it is small. A block's cosine matrices [k, S, S] and weights [k, H, pairs] stay
+        # below ~2^24 values; few large ops rather than many small ones (each op of a
+        # multi-threaded CPU pool waits at a barrier).
         step = max(1, (1 << 24) // max(s * s, w.shape[1] * w.shape[2]))
         sums: dict[str, list[torch.Tensor]] = {k: [] for k in _ASSOC}
         for lo in range(0, n_layers, step):
             ub = u[lo : lo + step]
             c = torch.bmm(ub, ub.transpose(1, 2)).view(ub.shape[0], s * s).index_select(1, vis_idx)
-            c = (c if pick is None else c.index_select(1, pick)).to(wide)  # [k, pairs]
-            a = w[lo : lo + step].to(wide)  # [k, H, pairs]
-            for key, v in zip(_ASSOC, (a.sum(-1), torch.linalg.vecdot(a, a), torch.bmm(a, c[:, :, None])[..., 0],
-                                       c.sum(-1), torch.linalg.vecdot(c, c)), strict=True):
+            c = c if pick is None else c.index_select(1, pick)  # [k, pairs]
+            a = w[lo : lo + step]  # [k, H, pairs]
+            block = _centred_sums(a, c, n_pairs) if self.config.fast_moments else _sums(a.double(), c.double())
+            for key, v in zip(_ASSOC, block, strict=True):
                 sums[key].append(v)
         for key, vs in sums.items():
             self._add(key, torch.cat(vs))
@@ -235,6 +248,30 @@ class AttentionStats(Accumulator):
             schema=KERNEL_SCHEMA,
         )
         return {"attention": summary, "attention_kernel": kernel}
+
+
+def _sums(a: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Sum a, a^2, a c (per head), c, c^2 over the pairs: a [k, H, pairs], c [k, pairs]."""
+    return (a.sum(-1), torch.linalg.vecdot(a, a), torch.bmm(a, c[:, :, None])[..., 0],
+            c.sum(-1), torch.linalg.vecdot(c, c))
+
+
+def _centred_sums(a: torch.Tensor, c: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
+    """``_sums`` in float64 from float32 sums of centred values (``fast_moments``).
+
+    Plain float32 sums lose the correlation: it is a small difference of large sums (a
+    weight ~1/n times a cosine ~0.3 against their ~1e-5 covariance). Shifted by the block's
+    own means r, q, the float32 sums hold only the small centred parts, and the plain sums
+    are rebuilt exactly in float64 (sum ac = sum (a-r)(c-q) + r sum (c-q) + q sum (a-r) + n r q),
+    so the correlation keeps ~1e-7 of itself."""
+    r, q = a.mean(-1, keepdim=True), c.mean(-1, keepdim=True)
+    ac, cc = a - r, c - q
+    a1, aa, axc, c1, c2 = _sums(ac, cc)
+    r, q = r[..., 0].double(), q.double()  # [k, H], [k, 1]
+    a1, aa, axc, c1, c2 = a1.double(), aa.double(), axc.double(), c1.double(), c2.double()
+    qc = q[:, 0]
+    return (a1 + n * r, aa + 2 * r * a1 + n * r * r, axc + r * c1[:, None] + q * a1 + n * r * q,
+            c1 + n * qc, c2 + 2 * qc * c1 + n * qc * qc)
 
 
 def _padded(state: dict[str, np.ndarray], m: int) -> dict[str, np.ndarray]:

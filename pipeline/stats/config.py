@@ -8,6 +8,7 @@ adds counts binned on different edges.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,9 @@ FAMILIES = ("encoding", "logit_lens", "decoding", "attention", "geometry")
 # where the bins are single integers, up to EXACT_INTEGERS.
 INTEGER_KINDS = ("rank", "nucleus")
 EXACT_INTEGERS = 256
+# The default statistics directory: embwalk.store.layout.STATS_DIR (not imported: pyarrow would
+# load with every --help)
+STATS_DIR = "stats"
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,8 @@ def default_bins() -> dict[str, Bins]:
         "kl": Bins.log(1e-8, 1e3, 220),
         "dot": Bins.linear(-200.0, 200.0, 800),
         "nucleus": Bins.integers(EXACT_INTEGERS, 24, zero=False),
+        "ratio": Bins.linear(0.0, 1.0, 200),
+        "angle": Bins.linear(0.0, 180.0, 360),
     }
 
 
@@ -116,7 +122,17 @@ class StatsConfig:
       ``most_frequent_types`` from the token table); a
       set chosen per shard would not merge exactly.
     - ``cov_layers``: layers whose d x d second-moment matrix is kept (None = all).
-    - ``assoc_include_self``: count the i == j pair in the association-bias correlation.
+    - ``assoc_include_self``: count the i == j pair in the association-bias correlation
+      (off by default: its cosine is 1 whatever the weight, which pulls the correlation up).
+    - ``exclude_positions``: sequence positions (0 = a sequence's first token) left out of
+      every family: their tokens' rows, the attention queries there and every pair with one
+      of them (keys keep their weight in each query's row: rows still sum to 1).
+    - ``exclude_massive``: also leave out every token whose vector has a massive activation
+      at any residual layer the shard holds (largest |x_k| over ``MASSIVE_RATIO`` x the
+      vector's median |x_k|; Sun et al. 2024), the same way.
+    - ``out``: the statistics directory under the store's root (``stats``; a variant such as
+      ``stats-nopos0`` keeps a second set of results beside the first). Where, not what:
+      not part of the fingerprint.
     - ``chunk_tokens``: tokens per [chunk, vocab] logits block (memory only, not meaning).
     - ``fast_moments``: geometry sums and second moments, and one sequence's association-bias
       sums, formed in float32 (second moments centred) and added in float64: ~2x faster,
@@ -129,9 +145,12 @@ class StatsConfig:
     nucleus_p: float = 0.9
     self_sim_types: tuple[int, ...] = ()
     cov_layers: tuple[int, ...] | None = None
-    assoc_include_self: bool = True
+    assoc_include_self: bool = False
     chunk_tokens: int = 256
     fast_moments: bool = False
+    exclude_positions: tuple[int, ...] = ()
+    exclude_massive: bool = False
+    out: str = STATS_DIR
 
     def __post_init__(self) -> None:
         unknown = set(self.families) - set(FAMILIES)
@@ -152,6 +171,11 @@ class StatsConfig:
         object.__setattr__(self, "self_sim_types", types)
         if self.cov_layers is not None:
             object.__setattr__(self, "cov_layers", tuple(int(v) for v in self.cov_layers))
+        positions = tuple(sorted({int(p) for p in self.exclude_positions}))
+        if positions and positions[0] < 0:
+            raise ValueError(f"exclude_positions must be positions >= 0, got {list(self.exclude_positions)}")
+        object.__setattr__(self, "exclude_positions", positions)
+        check_out(self.out)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form (stored with every partial)."""
@@ -164,12 +188,15 @@ class StatsConfig:
             "assoc_include_self": self.assoc_include_self,
             "chunk_tokens": self.chunk_tokens,
             "fast_moments": self.fast_moments,
+            "exclude_positions": list(self.exclude_positions),
+            "exclude_massive": self.exclude_massive,
+            "out": self.out,
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> StatsConfig:
         d = dict(d)
-        for key in ("families", "self_sim_types", "cov_layers"):
+        for key in ("families", "self_sim_types", "cov_layers", "exclude_positions"):
             if d.get(key) is not None:
                 d[key] = tuple(d[key])
         return cls(**d)
@@ -177,8 +204,24 @@ class StatsConfig:
     def fingerprint(self) -> dict[str, Any]:
         """The part of the config that partials must share to be merged."""
         d = self.to_dict()
-        del d["families"], d["chunk_tokens"], d["fast_moments"]
+        del d["families"], d["chunk_tokens"], d["fast_moments"], d["out"]
         return d
+
+    @property
+    def excludes(self) -> bool:
+        """Some tokens are left out of the statistics (``exclude_positions``, ``exclude_massive``)."""
+        return bool(self.exclude_positions) or self.exclude_massive
+
+
+_OUT = re.compile(rf"{STATS_DIR}([-_.][A-Za-z0-9_.-]+)?")
+
+
+def check_out(out: str) -> None:
+    """A statistics directory is ``stats`` or ``stats-NAME``: a plain name under the store's root
+    (never a path that could land in, or over, the store's data)."""
+    if not isinstance(out, str) or not _OUT.fullmatch(out) or ".." in out:
+        raise ValueError(f"the statistics directory must be {STATS_DIR!r} or {STATS_DIR}-NAME "
+                         f"(letters, digits, - _ .), got {out!r}")
 
 
 def most_frequent_types(token_ids: Iterable[int] | np.ndarray, k: int) -> tuple[int, ...]:
@@ -206,9 +249,12 @@ class StatsOptions:
     cov_layers: list[int] | None = None  # layers with a covariance spectrum (None = all)
     cov_every: int | None = None  # or: every k-th residual layer and the last (the d x d product is the cost)
     nucleus_p: float = 0.9
-    assoc_include_self: bool = True
+    assoc_include_self: bool = False  # count i == j pairs (cosine 1) in the association-bias correlation
     chunk_tokens: int = 256
     fast_moments: bool = False  # geometry sums in float32 (centred): ~2x faster, ~1e-7 relative (stats=fast)
+    exclude_positions: list[int] = field(default_factory=list)  # sequence positions left out, e.g. [0] or [0,1,2,3]
+    exclude_massive: bool = False  # leave out tokens with a massive activation (max |x_k| > 100x the median)
+    out: str = "stats"  # results directory under the store: stats, or stats-NAME for a variant
     bins: dict | None = None
     device: str = "auto"  # where statistics are computed: cpu | cuda | cuda:N | auto
     resume: bool = True  # skip shards whose partials match this config and store
@@ -236,7 +282,8 @@ class StatsOptions:
                 families=tuple(self.families), bins=dict(self.bins or {}), nucleus_p=self.nucleus_p,
                 self_sim_types=types, cov_layers=cov,
                 assoc_include_self=self.assoc_include_self, chunk_tokens=self.chunk_tokens,
-                fast_moments=self.fast_moments,
+                fast_moments=self.fast_moments, exclude_positions=tuple(self.exclude_positions),
+                exclude_massive=self.exclude_massive, out=self.out,
             )
         except ValueError as exc:
             raise EmbwalkError(f"bad stats option: {exc}") from exc

@@ -93,7 +93,7 @@ class DecodingWalk(Accumulator):
     def update_from(self, inputs: SequenceInputs) -> None:
         final = inputs.final
         self.update(final, inputs.next_ids.to(final.device), inputs.head.unembed,
-                    inputs.doc_ids.to(final.device), None, inputs.head.bias)
+                    inputs.doc_ids.to(final.device), None, inputs.head.bias, inputs.keep)
 
     def update(
         self,
@@ -103,10 +103,12 @@ class DecodingWalk(Accumulator):
         doc_ids: torch.Tensor,
         seq_ids: torch.Tensor | None = None,
         bias: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
     ) -> None:
         """``final`` [n, d] context vectors (after the final norm) of whole sequences in
         order; ``next_ids`` [n] (-1 = none); ``unembed`` W [V, d]; ``doc_ids`` [n];
-        ``seq_ids`` [n] when the call holds several sequences; ``bias`` [V]."""
+        ``seq_ids`` [n] when the call holds several sequences; ``bias`` [V]; ``keep`` [n]
+        the tokens counted (None: all; a step c_t -> c_t+1 counts when both are kept)."""
         if final is None or final.ndim != 2:
             raise ValueError("the decoding walk needs final [n_tok, d] (after the final norm)")
         n, dev = final.shape[0], final.device
@@ -116,7 +118,8 @@ class DecodingWalk(Accumulator):
         w = f32(unembed).to(dev)
         b = None if bias is None else f32(bias).to(dev)
         self._init()
-        valid = nxt >= 0
+        kept = torch.ones(n, dtype=torch.bool, device=dev) if keep is None else keep.to(dev)
+        valid = (nxt >= 0) & kept
         safe = nxt.clamp_min(0)
         w_next = w[safe]
         cols: dict[str, list[torch.Tensor]] = {k: [] for k in ("rank", "prob", "logprob",
@@ -131,9 +134,9 @@ class DecodingWalk(Accumulator):
         values["dot_unembed"] = (c * w_next).sum(-1)
         values["cos_unembed"] = values["dot_unembed"] / (c.norm(dim=-1) * w_next.norm(dim=-1))
         for k, v in values.items():
-            keep = valid if k in _NEXT_TOKEN else None
-            self._add_binned(k, v[:, None], _STATS[k], keep)
-        pairs = same_sequence_pairs(seq_ids, n, dev)
+            rows = valid if k in _NEXT_TOKEN else (None if keep is None else kept)
+            self._add_binned(k, v[:, None], _STATS[k], rows)
+        pairs = same_sequence_pairs(seq_ids, n, dev) & kept[1:] & kept[:-1]
         step = cosine(c[:-1], c[1:])[pairs]
         self._add_binned("cos_step", step[:, None], "cos")
         # Path log-probability per document: reduce on device, then queue the small table.

@@ -8,6 +8,13 @@ For x_l the residual vector of a token at layer l, per layer:
 - ``cos_next``  cos(x_l, x_{l+1})                       layers 0..L-1
 - ``cos_last``  cos(x_l, x_L)                           layers 0..L-1
 
+and the trajectory as a path (its length and how it bends, per token):
+
+- ``path_length``  sum of |x_{k+1} - x_k| for k < l    layers 1..L (at L: the whole walk)
+- ``straightness`` |x_l - x_0| / path_length            layers 1..L (1 = a straight line)
+- ``turn_angle``   angle in degrees between the steps into and out of l, the discrete
+                   curvature: 0 = straight on, 180 = back      layers 1..L-1
+
 Tokens are independent, so a call may hold any tokens of any sequences.
 """
 
@@ -22,6 +29,14 @@ from embwalk.stats.base import Accumulator
 from embwalk.stats.inputs import SequenceInputs
 from embwalk.stats.ops import cosine, f32
 
+
+def angle_degrees(a: torch.Tensor, b: torch.Tensor, na: torch.Tensor, nb: torch.Tensor) -> torch.Tensor:
+    """The angle between a and b (last axis) in degrees, accurate near 0 and 180 too:
+    2 atan2(|a' - b'|, |a' + b'|) of the unit vectors (Kahan), where acos(cos) loses half the
+    digits (an angle of 0.01 degrees has a cosine 1 - 1.5e-8, below float32's resolution)."""
+    ua, ub = a / na[..., None], b / nb[..., None]
+    return torch.rad2deg(2.0 * torch.atan2((ua - ub).norm(dim=-1), (ua + ub).norm(dim=-1)))
+
 # stat -> (bin kind, first layer, layers fewer than L+1)
 _STATS = {
     "norm": ("norm", 0, 0),
@@ -29,6 +44,9 @@ _STATS = {
     "step_cos": ("cos", 1, 2),
     "cos_next": ("cos", 0, 1),
     "cos_last": ("cos", 0, 1),
+    "path_length": ("step", 1, 1),
+    "straightness": ("ratio", 1, 1),
+    "turn_angle": ("angle", 1, 2),
 }
 
 
@@ -41,7 +59,7 @@ class EncodingWalk(Accumulator):
     min_resid_layers = 2
 
     def update_from(self, inputs: SequenceInputs) -> None:
-        self.update(inputs.resid)
+        self.update(inputs.rows(inputs.resid))
 
     def update(self, resid: torch.Tensor) -> None:
         """``resid`` [n_tok, L+1, d]: residual stream, layer 0 = embeddings."""
@@ -64,6 +82,13 @@ class EncodingWalk(Accumulator):
             "cos_next": cosine(x[:, :-1], x[:, 1:], norms[:, :-1], norms[:, 1:]).clamp(-1.0, 1.0),
             "cos_last": cosine(x[:, :-1], x[:, -1:], norms[:, :-1], norms[:, -1:]).clamp(-1.0, 1.0),
         }
+        length = step_len.double().cumsum(1).float()  # float64 running sum: L steps of any size
+        values["path_length"] = length
+        # the chord |x_l - x_0| a layer at a time: one more [n, L, d] difference would double the memory
+        chords = [(x[:, layer] - x[:, 0]).norm(dim=-1) for layer in range(1, n_layers)]
+        chord = torch.stack(chords, 1) if chords else norms[:, 1:]
+        values["straightness"] = (chord / length).clamp(0.0, 1.0)
+        values["turn_angle"] = angle_degrees(steps[:, 1:], steps[:, :-1], step_len[:, 1:], step_len[:, :-1])
         for name, v in values.items():
             self._add_binned(name, v, _STATS[name][0])
 

@@ -27,9 +27,8 @@ import torch
 
 from embwalk.stats.base import Accumulator
 from embwalk.stats.inputs import SequenceInputs
-from embwalk.stats.ops import as_ids, cosine, f32, group_index, unit
+from embwalk.stats.ops import as_ids, cosine, f32, group_index, massive_activations, unit
 
-MASSIVE_RATIO = 100.0
 _FLUSH_TOKENS = 2048  # fast_moments: tokens of float32 products summed before a float64 add
 
 LAYER_SCHEMA = pa.schema(
@@ -73,7 +72,7 @@ class Geometry(Accumulator):
         self._centre: torch.Tensor | None = None  # pending centred second moments, see _second_moments
 
     def update_from(self, inputs: SequenceInputs) -> None:
-        self.update(inputs.resid, inputs.token_ids)
+        self.update(inputs.rows(inputs.resid), inputs.rows(inputs.token_ids))
 
     def update(
         self,
@@ -116,12 +115,7 @@ class Geometry(Accumulator):
     def _massive(self, x: torch.Tensor) -> None:
         """Tokens whose largest |x_k| at a layer exceeds MASSIVE_RATIO x the vector's median |x_k|."""
         n_layers, d = x.shape[1], x.shape[2]
-        dim = torch.empty(x.shape[:2], dtype=torch.long, device=x.device)
-        flagged = torch.empty(x.shape[:2], dtype=torch.bool, device=x.device)
-        for layer in range(n_layers):  # a layer at a time: |x| and the median's copy stay [n, d]
-            mag = x[:, layer].abs()
-            top, dim[:, layer] = mag.max(dim=-1)
-            flagged[:, layer] = top > MASSIVE_RATIO * mag.median(dim=-1).values
+        flagged, dim = massive_activations(x)
         self._add("massive_n", flagged.sum(0))
         where = (dim + torch.arange(n_layers, device=x.device) * d)[flagged]
         self._add("massive_dim", torch.bincount(where, minlength=n_layers * d).view(n_layers, d))

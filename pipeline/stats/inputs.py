@@ -75,6 +75,9 @@ class SequenceInputs:
     ``pattern`` [len(pattern_layers), H, n, n] are float32 and contiguous, or None when the
     shard lacks them; ``token_ids``, ``doc_ids``, ``next_ids`` [n] (next: -1 = none).
     ``final`` and ``assoc_inputs`` are derived on first use, once per sequence.
+    ``keep`` [n] bool marks the tokens the statistics count (None: all of them;
+    ``StatsConfig.exclude_positions`` / ``exclude_massive``): a family of independent
+    tokens reads ``rows(...)``, one of pairs or sequences (attention, decoding) the mask.
     """
 
     token_ids: torch.Tensor
@@ -87,6 +90,11 @@ class SequenceInputs:
     resid_layers: Sequence[int] = ()
     pattern_layers: Sequence[int] | None = None
     assoc_index: Sequence[int] | None = None  # positions along resid's layer axis of each pattern layer's input
+    keep: torch.Tensor | None = None
+
+    def rows(self, t: torch.Tensor) -> torch.Tensor:
+        """``t``'s rows (first axis: tokens) of the tokens kept."""
+        return t if self.keep is None else t[self.keep.to(t.device)]
 
     @property
     def n(self) -> int:

@@ -83,7 +83,7 @@ def compute_store_stats(
     root = store.root
     if not has_activations(store):
         say(f"{root} holds no activations: merging the statistics computed during extraction")
-        return merge_store_stats(root)
+        return merge_store_stats(root, out=options.out)
     resid = store.manifest["arrays"].get("resid")
     config = options.stats_config(counts=corpus_token_counts(store), n_resid=len(resid["layers"]) if resid else None)
     head = model_head(store, loaded)
@@ -97,12 +97,12 @@ def compute_store_stats(
     wall = time.perf_counter() - started
     timings = _timings(infos, wall, max(1, min(default_workers(cluster, device, len(todo)), len(todo))))
     timings["cluster"] = cluster.kind  # summary.json and the job's report say where the shards ran
-    summary = merge_store_stats(root, timings)
+    summary = merge_store_stats(root, timings, out=config.out)
     return summary
 
 
 def _up_to_date(store: Store, index: int, config: StatsConfig, options: StatsOptions) -> bool:
-    meta = read_shard_meta(store.root, index)
+    meta = read_shard_meta(store.root, index, config.out)
     if meta is None:
         return False
     wanted = set(options.families) - set(meta.get("skipped", {}))

@@ -55,7 +55,7 @@ class LogitLens(Accumulator):
 
     def update_from(self, inputs: SequenceInputs) -> None:
         head = inputs.head
-        self.update(inputs.resid, inputs.next_ids, head.unembed, head.final_norm, head.bias)
+        self.update(inputs.rows(inputs.resid), inputs.rows(inputs.next_ids), head.unembed, head.final_norm, head.bias)
 
     def update(
         self,

@@ -52,3 +52,23 @@ def as_ids(ids: torch.Tensor, n: int, device: torch.device, what: str) -> torch.
     if ids.shape != (n,):
         raise ValueError(f"{what} must have shape ({n},), got {tuple(ids.shape)}")
     return ids
+
+
+# Sun et al. 2024 ("Massive activations in large language models"): an activation is massive
+# when its magnitude is ~100x the median; here the median |x_k| of the same vector, which keeps
+# every count a sum over tokens (they compare with the layer's median over a batch).
+MASSIVE_RATIO = 100.0
+
+
+def massive_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` [n, L, d] -> (flagged [n, L]: the vector's largest |x_k| exceeds MASSIVE_RATIO x its
+    median |x_k|; dim [n, L]: the dimension holding that largest |x_k|), a layer at a time so
+    that |x| and the median's copy stay [n, d]."""
+    n_layers = x.shape[1]
+    dim = torch.empty(x.shape[:2], dtype=torch.long, device=x.device)
+    flagged = torch.empty(x.shape[:2], dtype=torch.bool, device=x.device)
+    for layer in range(n_layers):
+        mag = x[:, layer].abs()
+        top, dim[:, layer] = mag.max(dim=-1)
+        flagged[:, layer] = top > MASSIVE_RATIO * mag.median(dim=-1).values
+    return flagged, dim

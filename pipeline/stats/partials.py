@@ -40,24 +40,24 @@ PARTIALS_DIR = "partials"
 META = "meta.json"
 SAMPLE = "sample.npz"
 SUMMARY = "summary.json"
-PARTIALS = f"{store_layout.STATS_DIR}/{PARTIALS_DIR}"  # relative to the store's root
+STATS = store_layout.STATS_DIR  # the default statistics directory; StatsConfig.out names others
 
 StoreLike = StoreFS | str | Path  # a path, a URL or an opened store
 
 
-def stats_dir(root: str | Path) -> Path:
-    """``STORE/stats`` of a store on a local or shared filesystem."""
-    return Path(root) / store_layout.STATS_DIR
+def stats_dir(root: str | Path, out: str = STATS) -> Path:
+    """``STORE/stats`` (or the variant ``out``) of a store on a local or shared filesystem."""
+    return Path(root) / out
 
 
-def shard_rel(index: int) -> str:
+def shard_rel(index: int, out: str = STATS) -> str:
     """Shard ``index``'s partials directory, relative to the store's root."""
-    return f"{PARTIALS}/{store_layout.shard_name(index)}"
+    return f"{out}/{PARTIALS_DIR}/{store_layout.shard_name(index)}"
 
 
-def shard_dir(root: str | Path, index: int) -> Path:
+def shard_dir(root: str | Path, index: int, out: str = STATS) -> Path:
     """Shard ``index``'s partials directory of a store on a local or shared filesystem."""
-    return Path(root) / shard_rel(index)
+    return Path(root) / shard_rel(index, out)
 
 
 def identity_hash(manifest: dict) -> str:
@@ -76,7 +76,7 @@ def write_shard_partials(store: StoreLike, shard_index: int, ws: WalkStats,
     """
     fs = open_fs(store)
     manifest = read_manifest(fs)
-    out = shard_rel(shard_index)
+    out = shard_rel(shard_index, ws.config.out)
     fs.makedirs(out)
     partials = ws.partials()
     for family, acc in partials.items():
@@ -94,6 +94,7 @@ def write_shard_partials(store: StoreLike, shard_index: int, ws: WalkStats,
         "skipped": ws.skipped,
         "n_tokens": ws.n_tokens,
         "n_sequences": ws.n_sequences,
+        "n_excluded": ws.n_excluded,
         "resid_layers": ws.resid_layers,
         "pattern_layers": ws.pattern_layers,
         "pattern_heads": ws.pattern_heads,
@@ -118,42 +119,42 @@ def _remove_stale(fs: StoreFS, rel: str, keep: dict) -> None:
             fs.remove(f"{rel}/{name}")
 
 
-def read_shard_meta(store: StoreLike, index: int) -> dict | None:
+def read_shard_meta(store: StoreLike, index: int, out: str = STATS) -> dict | None:
     fs = open_fs(store)
-    rel = f"{shard_rel(index)}/{META}"
+    rel = f"{shard_rel(index, out)}/{META}"
     if not fs.is_file(rel):
         return None
     return json.loads(fs.read_bytes(rel))
 
 
-def load_sample(store: StoreLike) -> dict[str, np.ndarray] | None:
+def load_sample(store: StoreLike, out: str = STATS) -> dict[str, np.ndarray] | None:
     """The sample sequence's vectors kept by the statistics (None when no shard kept one)."""
     fs = open_fs(store)
-    for shard in fs.list(PARTIALS, "shard-*"):
-        rel = f"{PARTIALS}/{shard}/{SAMPLE}"
+    partials = f"{out}/{PARTIALS_DIR}"
+    for shard in fs.list(partials, "shard-*"):
+        rel = f"{partials}/{shard}/{SAMPLE}"
         if fs.is_file(rel):
             with np.load(io.BytesIO(fs.read_bytes(rel)), allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
     return None
 
 
-def read_summary(store: StoreLike) -> dict | None:
-    """``stats/summary.json`` of the last merge (None before the first)."""
+def read_summary(store: StoreLike, out: str = STATS) -> dict | None:
+    """``stats/summary.json`` (or ``out``'s) of the last merge (None before the first)."""
     fs = open_fs(store)
-    rel = f"{store_layout.STATS_DIR}/{SUMMARY}"
+    rel = f"{out}/{SUMMARY}"
     return json.loads(fs.read_bytes(rel)) if fs.is_file(rel) else None
 
 
-def read_tables(store: StoreLike) -> dict[str, pa.Table]:
-    """The merged tables ``stats/<table>.parquet`` by name."""
+def read_tables(store: StoreLike, out: str = STATS) -> dict[str, pa.Table]:
+    """The merged tables ``stats/<table>.parquet`` (or ``out``'s) by name."""
     fs = open_fs(store)
-    out = store_layout.STATS_DIR
     return {name.removesuffix(".parquet"): _read_table(fs, f"{out}/{name}") for name in fs.list(out, "*.parquet")}
 
 
-def merge_store_stats(store: StoreLike, timings: dict[str, Any] | None = None) -> dict:
+def merge_store_stats(store: StoreLike, timings: dict[str, Any] | None = None, out: str = STATS) -> dict:
     """Merge the partials of every committed shard into ``stats/<table>.parquet`` and
-    ``stats/summary.json``; returns the summary. Raises StoreError when no committed
+    ``stats/summary.json`` (``out``: a variant directory); returns the summary. Raises StoreError when no committed
     shard has partials, StatsMergeError when partials disagree (config, layout)."""
     fs = open_fs(store)
     where = fs.describe()
@@ -163,7 +164,7 @@ def merge_store_stats(store: StoreLike, timings: dict[str, Any] | None = None) -
     by_family: dict[str, list[Accumulator]] = {}
     metas: dict[int, dict] = {}
     for index in committed:
-        meta = read_shard_meta(fs, index)
+        meta = read_shard_meta(fs, index, out)
         if meta is None:
             continue
         if meta.get("store_identity") != ident:
@@ -173,11 +174,11 @@ def merge_store_stats(store: StoreLike, timings: dict[str, Any] | None = None) -
             )
         metas[index] = meta
         for family in meta["families"]:
-            rel = f"{shard_rel(index)}/{family}.parquet"
+            rel = f"{shard_rel(index, out)}/{family}.parquet"
             if fs.is_file(rel):
                 by_family.setdefault(family, []).append(Accumulator.from_arrow(_read_table(fs, rel)))
     if not metas:
-        raise StoreError(f"no statistics partials for any committed shard of {where}: run python -m jobs.stats")
+        raise StoreError(f"no statistics partials in {out}/ for any committed shard of {where}: run embwalk stats")
     layouts = {json.dumps([m["resid_layers"], m["pattern_layers"]]) for m in metas.values()}
     if len(layouts) > 1:
         raise StoreError(f"statistics partials of {where} disagree in their layers: rerun the stats job")
@@ -188,7 +189,6 @@ def merge_store_stats(store: StoreLike, timings: dict[str, Any] | None = None) -
         merged[family] = merge_all(parts)
         for name, table in merged[family].result().items():
             tables[name] = _relabel_axes(ACCUMULATORS[family], table, first)
-    out = store_layout.STATS_DIR
     for name, table in tables.items():
         _write_table(fs, f"{out}/{name}.parquet", table)
     _remove_stale(fs, out, tables)
@@ -233,6 +233,7 @@ def _summary(fs: StoreFS, manifest: dict, committed: list[int], metas: dict[int,
                    "missing": [i for i in committed if i not in metas]},
         "n_tokens": int(sum(m["n_tokens"] for m in metas.values())),
         "n_sequences": int(sum(m["n_sequences"] for m in metas.values())),
+        "n_excluded": int(sum(m.get("n_excluded", 0) for m in metas.values())),
         "families": {f: len(acc.shard_ids) for f, acc in merged.items()},
         "skipped": first.get("skipped", {}),
         "routes": sorted({m.get("route", "unknown") for m in metas.values()}),

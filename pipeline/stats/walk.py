@@ -30,11 +30,13 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from embwalk.errors import EmbwalkError
 from embwalk.stats.base import Accumulator
 from embwalk.stats.config import StatsConfig
 from embwalk.stats.families import ACCUMULATORS
 from embwalk.stats.head import ModelHead
 from embwalk.stats.inputs import ARRAYS, Offer, SequenceInputs, next_token_ids
+from embwalk.stats.ops import massive_activations
 from embwalk.store import layout as store_layout
 
 # The sequence whose vectors a shard keeps for the report's trajectory and similarity map,
@@ -89,7 +91,10 @@ class WalkStats:
         self.assoc_index = None
         if self.offer.layer_inputs:
             self.assoc_index = [self.resid_layers.index(layer) for layer in self.pattern_layers]
+        if config.exclude_massive and self.offer.resid_layers is None:
+            raise EmbwalkError("stats.exclude_massive needs the residual stream (resid) to find massive activations")
         self.n_tokens = 0
+        self.n_excluded = 0  # tokens left out by exclude_positions / exclude_massive
         self.n_sequences = 0
         self.seconds: dict[str, float] = dict.fromkeys(self.families, 0.0)  # CPU timings (asynchronous on GPUs)
         self.sample: dict[str, np.ndarray] | None = None
@@ -139,9 +144,12 @@ class WalkStats:
         if resid is not None:
             tok = tok.to(resid.device)
             docs = docs.to(resid.device)
+        keep = self._kept(n, resid, tok.device)
+        if keep is not None:
+            self.n_excluded += int(n - keep.sum())
         inputs = SequenceInputs(
             tok, docs, next_token_ids(tok, docs), self.head, resid, final, pattern,
-            self.resid_layers, self.pattern_layers, self.assoc_index,
+            self.resid_layers, self.pattern_layers, self.assoc_index, keep,
         )
         for family, acc in self.accumulators.items():
             t0 = time.perf_counter()
@@ -157,6 +165,19 @@ class WalkStats:
             }
         self.n_tokens += n
         self.n_sequences += 1
+
+    def _kept(self, n: int, resid: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+        """The tokens of an ``n``-token sequence the statistics count (None: all): positions in
+        ``config.exclude_positions`` and, with ``exclude_massive``, tokens with a massive
+        activation at any residual layer held."""
+        if not self.config.excludes:
+            return None
+        keep = torch.ones(n, dtype=torch.bool, device=device)
+        positions = [p for p in self.config.exclude_positions if p < n]
+        keep[positions] = False
+        if self.config.exclude_massive:
+            keep &= ~massive_activations(resid)[0].any(dim=1).to(device)
+        return keep
 
     def partials(self) -> dict[str, Accumulator]:
         return dict(self.accumulators)

@@ -104,9 +104,20 @@ def ref_encoding(resid: np.ndarray) -> dict[str, list[np.ndarray]]:
         "step_cos": [[] for _ in range(max(last - 1, 0))],
         "cos_next": [[] for _ in range(last)],
         "cos_last": [[] for _ in range(last)],
+        "path_length": [[] for _ in range(last)],
+        "straightness": [[] for _ in range(last)],
+        "turn_angle": [[] for _ in range(max(last - 1, 0))],
     }
     for t in range(n):
         x = resid[t]
+        length = 0.0
+        for layer in range(1, n_layers):
+            length += np.linalg.norm(x[layer] - x[layer - 1])
+            out["path_length"][layer - 1].append(length)
+            out["straightness"][layer - 1].append(np.linalg.norm(x[layer] - x[0]) / length)
+        for layer in range(1, last):
+            c = cos(x[layer + 1] - x[layer], x[layer] - x[layer - 1])
+            out["turn_angle"][layer - 1].append(math.degrees(math.acos(min(1.0, max(-1.0, c)))))
         for layer in range(n_layers):
             out["norm"][layer].append(np.linalg.norm(x[layer]))
         for layer in range(last):

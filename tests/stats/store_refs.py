@@ -33,8 +33,21 @@ def load(store_path) -> dict:
     return out
 
 
-def stats_table(store_path, name: str):
-    return pq.read_table(f"{store_path}/stats/{name}.parquet")
+def stats_table(store_path, name: str, out: str = "stats"):
+    return pq.read_table(f"{store_path}/{out}/{name}.parquet")
+
+
+def subset(d: dict, keep: np.ndarray) -> dict:
+    """The rows of ``keep`` of every per-token array (next ids stay those of the whole store)."""
+    return {k: (v[keep] if k in ("seq", "doc", "tok", "next", "resid", "final") else v) for k, v in d.items()}
+
+
+def positions(d: dict) -> np.ndarray:
+    """Each row's position in its sequence."""
+    seq = d["seq"]
+    starts = np.r_[0, np.flatnonzero(seq[1:] != seq[:-1]) + 1]
+    first = np.repeat(starts, np.diff(np.r_[starts, len(seq)]))
+    return np.arange(len(seq)) - first
 
 
 def encoding(d: dict) -> dict[str, list[np.ndarray]]:
@@ -70,8 +83,11 @@ def lens(d: dict, w: np.ndarray, norm_w: np.ndarray, eps: float) -> dict[str, li
     return out
 
 
-def decoding(d: dict, w: np.ndarray, p_nucleus: float = 0.9) -> tuple[dict[str, np.ndarray], dict[int, float]]:
-    c, nxt = d["final"], d["next"]
+def decoding(d: dict, w: np.ndarray, p_nucleus: float = 0.9,
+             keep: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], dict[int, float]]:
+    """``keep`` [rows]: the tokens counted (a step c_t -> c_t+1 counts when both are)."""
+    keep = np.ones(len(d["seq"]), bool) if keep is None else keep
+    c, nxt = d["final"], np.where(keep, d["next"], -1)
     s = _scores(c @ w.T, nxt)
     probs = -np.sort(-np.exp(s["logp"]), axis=-1)
     nucleus = (np.cumsum(probs, -1) - probs < p_nucleus).sum(-1)
@@ -80,20 +96,24 @@ def decoding(d: dict, w: np.ndarray, p_nucleus: float = 0.9) -> tuple[dict[str, 
     ch = c[has]
     dot = (ch * wn).sum(-1)
     seq = d["seq"]
-    pairs = seq[1:] == seq[:-1]
+    pairs = (seq[1:] == seq[:-1]) & keep[1:] & keep[:-1]
     cs = (c[:-1] * c[1:]).sum(-1) / np.linalg.norm(c[:-1], axis=-1) / np.linalg.norm(c[1:], axis=-1)
     docs: dict[int, float] = {}
     for doc, lp in zip(d["doc"][has], s["logprob"], strict=True):
         docs[int(doc)] = docs.get(int(doc), 0.0) + lp
-    out = {"rank": s["rank"], "prob": s["prob"], "logprob": s["logprob"], "entropy": s["entropy"],
-           "nucleus": nucleus.astype(float), "dot_unembed": dot,
+    out = {"rank": s["rank"], "prob": s["prob"], "logprob": s["logprob"], "entropy": s["entropy"][keep],
+           "nucleus": nucleus[keep].astype(float), "dot_unembed": dot,
            "cos_unembed": dot / np.linalg.norm(ch, axis=-1) / np.linalg.norm(wn, axis=-1), "cos_step": cs[pairs]}
     return out, docs
 
 
-def attention(d: dict, causal: bool, layers: list[int]) -> dict:
+def attention(d: dict, causal: bool, layers: list[int], include_self: bool = False,
+              keep: np.ndarray | None = None) -> dict:
     """Pooled over every query of every sequence: per (layer, head) self weight, sink, entropy,
-    association correlation (inputs: resid at residual index = layer), and the kernel."""
+    association correlation (inputs: resid at residual index = layer; i == j pairs only with
+    ``include_self``), and the kernel. ``keep`` [rows]: the tokens counted, as queries and in
+    pairs (a kept query's entropy still reads its whole row)."""
+    keep = np.ones(len(d["seq"]), bool) if keep is None else keep
     sw, sink, ent, base = [], [], [], []
     pairs_a: dict[int, list] = {}
     pairs_c: dict[int, list] = {}
@@ -101,22 +121,27 @@ def attention(d: dict, causal: bool, layers: list[int]) -> dict:
     for s, pat in d["pattern"].items():
         rows = np.flatnonzero(d["seq"] == s)
         n = len(rows)
+        kept = keep[rows]
         p = pat[:, :, :n, :n]
         x = d["resid"][rows][:, layers]  # [n, L_att, d]
         u = x / np.linalg.norm(x, axis=-1, keepdims=True)
         for i in range(n):
+            if not kept[i]:
+                continue
             keys = np.arange(i + 1) if causal else np.arange(n)
             base.append(1.0 / len(keys))
             sw.append(p[:, :, i, i])
             sink.append(p[:, :, i, 0])
             a = p[:, :, i, keys]
             ent.append(-(np.where(a > 0, a * np.log(np.where(a > 0, a, 1)), 0)).sum(-1))
-            for j in keys:
+            for j in keys[kept[keys]]:
                 for li in range(len(layers)):
                     for h in range(p.shape[1]):
                         kernel.setdefault((li, h, i - j), []).append(p[li, h, i, j])
-                    pairs_c.setdefault(li, []).append(u[i, li] @ u[j, li])
-                pairs_a.setdefault(-1, []).append(p[:, :, i, j])
+                    if include_self or i != j:
+                        pairs_c.setdefault(li, []).append(u[i, li] @ u[j, li])
+                if include_self or i != j:
+                    pairs_a.setdefault(-1, []).append(p[:, :, i, j])
     a = np.stack(pairs_a[-1], -1)  # [L, H, pairs]
     corr = np.zeros(a.shape[:2])
     for li in range(a.shape[0]):

@@ -53,7 +53,7 @@ def check(acc: AttentionStats, seqs: list, causal: bool, include_self: bool = Tr
 @pytest.mark.parametrize("causal", [True, False])
 def test_attention_matches_reference(causal):
     p, x = data(0, 14, causal)
-    acc = AttentionStats()
+    acc = AttentionStats(StatsConfig(assoc_include_self=True))  # the default leaves i == j out
     acc.update(p, causal, x)
     t = check(acc, [(p, x)], causal)
     # the association correlation (one sequence: the plain Pearson r over its pairs)
@@ -164,3 +164,89 @@ def test_headline_sink_rate_is_the_share_of_heads_over_the_threshold():
     assert SINK_EPSILON == 0.3
     assert out["attention_sink_rate"] == round(3 / 6, 6)
     assert out["attention_sink_rate_by_layer"] == [round(2 / 3, 6), round(1 / 3, 6)]
+
+
+def adversarial(seed: int, s: int = 384, n_layers: int = 2):
+    """Causal attention that leans weakly on similarity over anisotropic inputs (every cosine
+    near 1, as in real residual streams): the correlation is a small difference of large sums.
+    Norms span three orders of magnitude: position 0 carries a massive activation (~2.4e4
+    against ~30)."""
+    g = rng(seed)
+    x = 10.0 + g.normal(size=(n_layers, s, D))
+    x[:, 0, 0] = 2.4e4
+    u = x / np.linalg.norm(x, axis=-1, keepdims=True)
+    sim = np.einsum("lid,ljd->lij", u, u)
+    logits = sim[:, None] + 0.5 * g.normal(size=(n_layers, H, s, s))
+    logits = np.where(np.tril(np.ones((s, s), bool)), logits, -np.inf)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    return torch.tensor(p, dtype=torch.float32), torch.tensor(x, dtype=torch.float32)
+
+
+def pooled_corr(seqs, keep_of=lambda s: np.ones(s, bool)) -> np.ndarray:
+    """float64 Pearson r of weight and cosine over the visible off-diagonal pairs of kept positions."""
+    out = None
+    per_seq = []
+    for p, x in seqs:
+        p, x = np64(p), np64(x)
+        s = p.shape[-1]
+        keep = keep_of(s)
+        i, j = np.tril_indices(s, -1)
+        both = keep[i] & keep[j]
+        i, j = i[both], j[both]
+        u = x / np.linalg.norm(x, axis=-1, keepdims=True)
+        per_seq.append((p[:, :, i, j], np.einsum("lpd,lpd->lp", u[:, i], u[:, j])))
+    a = np.concatenate([a for a, _ in per_seq], -1)
+    c = np.concatenate([c for _, c in per_seq], -1)
+    out = np.zeros(a.shape[:2])
+    for layer in range(a.shape[0]):
+        for h in range(a.shape[1]):
+            out[layer, h] = np.corrcoef(a[layer, h], c[layer])[0, 1]
+    return out
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["float64", "fast-moments"])
+def test_association_correlation_is_accurate_on_adversarial_inputs(fast):
+    """docs/statistics.md: assoc_corr within 2e-7 absolute of float64, with fast_moments too
+    (plain float32 sums of one sequence's pairs are off by ~4e-6 here, ~1e-4 on SmolLM2)."""
+    seqs = [adversarial(10), adversarial(11, 256)]
+    acc = AttentionStats(StatsConfig(fast_moments=fast))
+    for p, x in seqs:
+        acc.update(p, True, x)
+    got = np.reshape(acc.result()["attention"]["assoc_corr"].to_numpy(), (2, H))
+    want = pooled_corr(seqs)
+    assert np.abs(want).max() < 0.1  # weak: the hard case for a difference of sums
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-7)
+
+
+def test_excluded_positions_leave_queries_and_pairs_but_keep_their_weight_in_rows():
+    """keep: an excluded position is neither a query nor in a pair; each kept row's entropy and
+    the sink mass still read the whole row (key 0's weight included)."""
+    p, x = data(5, 12, True)
+    keep = torch.ones(12, dtype=torch.bool)
+    keep[[0, 5]] = False
+    acc = AttentionStats()
+    acc.update(p, True, x, keep=keep)
+    t = acc.result()
+    a = t["attention"].to_pydict()
+    p64 = np64(p)
+    kept = [i for i in range(12) if keep[i]]
+    assert set(a["n_queries"]) == {len(kept)}
+    rows = p64[:, :, kept]  # [L, H, queries, keys]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ent = -np.nansum(np.where(rows > 0, rows * np.log(rows), 0), -1).mean(-1)
+    assert_rel(a["entropy"], ent.ravel(), what="entropy")
+    assert_rel(a["sink_mass"], rows[..., 0].mean(-1).ravel(), what="sink")
+    assert_rel(a["self_weight"], np.stack([p64[:, :, i, i] for i in kept], -1).mean(-1).ravel(), what="self")
+    assert_rel(a["uniform_baseline"], np.full(2 * H, np.mean([1 / (i + 1) for i in kept])), what="baseline")
+    k = t["attention_kernel"].to_pydict()
+    for layer, head, off, count, mean in zip(k["layer"], k["head"], k["offset"], k["count"], k["mean_weight"],
+                                              strict=True):
+        pairs = [(i, i - off) for i in kept if i - off in kept]
+        assert count == len(pairs)
+        assert_rel(mean, np.mean([p64[layer, head, i, j] for i, j in pairs]), what=f"kernel {off}")
+    assert 5 not in k["offset"] or all(c == len([i for i in kept if i - 5 in kept])
+                                       for o, c in zip(k["offset"], k["count"], strict=True) if o == 5)
+    np.testing.assert_allclose(
+        np.reshape(a["assoc_corr"], (2, H)),
+        pooled_corr([(p, x)], lambda s: keep.numpy()), rtol=1e-5)

@@ -7,7 +7,8 @@ from embwalk.stats import EncodingWalk, StatsConfig
 
 from .helpers import check_moments, np64, ref_encoding, rng, summary_rows, walk
 
-KIND = {"norm": "norm", "step": "step", "step_cos": "cos", "cos_next": "cos", "cos_last": "cos"}
+KIND = {"norm": "norm", "step": "step", "step_cos": "cos", "cos_next": "cos", "cos_last": "cos",
+        "path_length": "step", "straightness": "ratio", "turn_angle": "angle"}
 
 
 def test_encoding_matches_reference():
@@ -22,7 +23,8 @@ def test_encoding_matches_reference():
                                              strict=True) if st == s) for s in KIND}
     assert layers["norm"] == [0, 1, 2, 3, 4, 5]
     assert layers["step"] == layers["cos_next"] == layers["cos_last"] == [0, 1, 2, 3, 4]
-    assert layers["step_cos"] == [1, 2, 3, 4]
+    assert layers["step_cos"] == layers["turn_angle"] == [1, 2, 3, 4]
+    assert layers["path_length"] == layers["straightness"] == [1, 2, 3, 4, 5]
 
 
 def test_encoding_quartiles_dense():
@@ -92,3 +94,34 @@ def test_cosines_are_accurate_when_norms_differ_by_orders_of_magnitude():
         # an absolute bound on means of cosines (|cos| <= 1): the old polarization formula was off by ~1e-4
         np.testing.assert_allclose(rows["mean"], want, rtol=0, atol=2e-7, err_msg=stat)
     check_moments(table, "norm", ref["norm"])
+
+
+def test_trajectory_length_straightness_and_turns_on_adversarial_walks():
+    """Path length, straightness and turn angles against float64 on the same adversarial walk
+    (norms 2.7 .. 24,000); and turns of a nearly straight walk, which acos(cos) in float32
+    would report as 0: the angle is 2 atan2(|a'-b'|, |a'+b'|) of the unit steps."""
+    resid = adversarial_walk(rng(8))
+    acc = EncodingWalk()
+    acc.update(resid)
+    table = acc.result()["encoding"]
+    ref = ref_encoding(np64(resid))
+    check_moments(table, "path_length", ref["path_length"], rtol=1e-6)
+    for stat, atol in (("straightness", 1e-6), ("turn_angle", 2e-5)):
+        rows = summary_rows(table, stat, "layer")
+        np.testing.assert_allclose(rows["mean"], [np.mean(v) for v in ref[stat]], rtol=0, atol=atol, err_msg=stat)
+    # nearly straight: every step along one direction, bent by ~0.03 degrees
+    g = rng(9)
+    direction = g.normal(size=64)
+    direction /= np.linalg.norm(direction)
+    bends = g.normal(size=(32, 6, 64)) * 4e-5
+    straight = np.cumsum(direction * 1.0 + bends, axis=1)
+    acc = EncodingWalk()
+    acc.update(torch.tensor(straight, dtype=torch.float32))
+    got = summary_rows(acc.result()["encoding"], "turn_angle", "layer")["mean"]
+    x = np64(torch.tensor(straight, dtype=torch.float32))
+    s = np.diff(x, axis=1)
+    u = s / np.linalg.norm(s, axis=-1, keepdims=True)
+    want = np.degrees(2 * np.arctan2(np.linalg.norm(u[:, 1:] - u[:, :-1], axis=-1),
+                                     np.linalg.norm(u[:, 1:] + u[:, :-1], axis=-1))).mean(0)
+    assert (want > 1e-3).all() and (want < 0.1).all()
+    np.testing.assert_allclose(got, want, rtol=0.05)

@@ -131,7 +131,7 @@ def test_similarity_map():
 def test_massive_activations_counted_per_layer_with_their_dimensions():
     """Sun et al. 2024's massive activations: a vector whose largest |x_k| exceeds 100x its
     median |x_k|; counted per layer, with the dimension that holds most of them, against numpy."""
-    from embwalk.stats.geometry import MASSIVE_RATIO
+    from embwalk.stats.ops import MASSIVE_RATIO
 
     g = rng(11)
     x = g.normal(size=(40, 4, 32))
