@@ -9,6 +9,7 @@ _WHERE = {
     "embwalk.corpus.config": ["CorpusConfig"],
     "embwalk.corpus.documents": ["Document", "read_documents"],
     "embwalk.corpus.sequences": ["TokenizedCorpus", "tokenize_corpus", "vocabulary_strings"],
+    "embwalk.corpus.shuffle": ["TokenShuffle"],
 }
 __all__ = sorted(name for names in _WHERE.values() for name in names)
 __getattr__, __dir__ = lazy_attributes(__name__, _WHERE)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from embwalk.corpus.builtin import BUILTIN_CORPORA
 from embwalk.errors import CorpusError
@@ -13,6 +13,7 @@ TXT_UNITS = ("file", "line", "paragraph")
 INVALID_UTF8 = ("error", "replace")
 MODES = ("pack", "document")
 DEFAULT_BUILTIN = "stdlib_docstrings"
+SHUFFLE_OPTIONS = ("shuffle_tokens", "shuffle_seed")  # the order tokens are fed in, not which tokens
 
 
 @dataclass
@@ -33,6 +34,10 @@ class CorpusConfig:
     mode: str = "pack"  # pack: fixed seq_len sequences | document: one doc per sequence
     seq_len: int = 256
     max_tokens: int | None = None  # stop after this many stored tokens
+    # A control (docs/controls.md): feed each document's tokens within a sequence in a seeded random
+    # order, special tokens (BOS, EOS/SEP) in place. Part of the store's identity: never mixed on resume.
+    shuffle_tokens: bool = False  # control: feed each document's tokens in a seeded random order (docs/controls.md)
+    shuffle_seed: int = 0  # seed of the shuffle (ignored, and not part of the identity, without shuffle_tokens)
 
     def __post_init__(self) -> None:
         if self.path is not None and self.builtin is None:
@@ -72,6 +77,21 @@ class CorpusConfig:
             _int_at_least("max_documents", self.max_documents, 1)
         if self.max_tokens is not None:
             _int_at_least("max_tokens", self.max_tokens, 1)
+        if not isinstance(self.shuffle_tokens, bool):
+            raise CorpusError(f"corpus.shuffle_tokens must be true or false, got {self.shuffle_tokens!r}")
+        _int_at_least("shuffle_seed", self.shuffle_seed, 0)
+        if self.shuffle_seed >= 2**64:  # the shuffle's hash takes 64 bits of it (pipeline/corpus/shuffle.py)
+            raise CorpusError(f"corpus.shuffle_seed must be below 2**64, got {self.shuffle_seed}")
+
+    def token_options(self) -> dict:
+        """The options that decide the token rows: every option but the shuffle's, which decides
+        only the order they are fed in. Staged tokens are keyed by these, and so is the store's
+        ``corpus`` identity, which the shuffle joins as its own key only when on: stores written
+        before the shuffle existed keep their identity."""
+        options = asdict(self)
+        for name in SHUFFLE_OPTIONS:
+            del options[name]
+        return options
 
 
 def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:

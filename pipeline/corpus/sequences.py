@@ -65,6 +65,9 @@ class ShardTokens:
     positions: np.ndarray  # int32 [n], within the sequence
     doc_positions: np.ndarray  # int32 [n], within the document
     seq_offsets: np.ndarray  # int64 [n_seqs + 1], corpus rows: sequence seq0 + i is rows [i]:[i + 1]
+    # int32 [n] in a shuffled window (pipeline/corpus/shuffle.py): the position in the unshuffled
+    # sequence of the token fed at each row; None when the tokens are fed in corpus order
+    source_positions: np.ndarray | None = None
 
     @classmethod
     def of(cls, corpus: TokenizedCorpus, seqs: tuple[int, int]) -> ShardTokens:

@@ -270,7 +270,9 @@ def merge_token_counts(pieces) -> tuple[np.ndarray, np.ndarray]:
 
 
 def staging_identity(cfg: CorpusConfig, tokenizer) -> dict:
-    options = asdict(cfg)  # the cuts too: a part stops tokenizing at them
+    # the cuts too (a part stops tokenizing at them); not the shuffle: it reorders rows a worker
+    # reads, never what is staged, and leaving it out keeps earlier stagings valid
+    options = cfg.token_options()
     vocab = json.dumps(sorted(tokenizer.get_vocab().items())).encode() if hasattr(tokenizer, "get_vocab") else b""
     return {"corpus": options, "tokenizer": _name(tokenizer), "tokenizer.vocab_crc": zlib.crc32(vocab),
             "tokenizer.special": [tokenizer.eos_token_id, getattr(tokenizer, "sep_token_id", None)]}

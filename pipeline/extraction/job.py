@@ -20,6 +20,7 @@ import torch
 
 from embwalk.corpus import vocabulary_strings
 from embwalk.corpus.sequences import ShardTokens
+from embwalk.corpus.shuffle import TokenShuffle
 from embwalk.corpus.staged import StagedCorpus, stage_corpus
 from embwalk.errors import EmbwalkError, SiteError
 from embwalk.extraction.config import ExtractConfig
@@ -49,6 +50,7 @@ class PreparedJob:
     specs: list[store_layout.ArraySpec]
     manifest: dict
     stats: object | None = None  # embwalk.stats.base.StatsConfig of in-pass statistics
+    shuffle: TokenShuffle | None = None  # corpus.shuffle_tokens: the order each shard's tokens are fed in
 
     @property
     def dtype(self) -> torch.dtype:
@@ -70,7 +72,9 @@ class PreparedJob:
     def tokens_for(self, shard: Shard) -> ShardTokens:
         """A shard's corpus rows, read from the store's staging area (what a worker reads)."""
         rows = self.corpus.read_rows(open_fs(self.config.store.path), *shard.seq_rows)
-        return ShardTokens.from_rows(rows, shard.seq_rows[0], shard.seqs[0], self.corpus.mode, self.corpus.seq_len)
+        win = ShardTokens.from_rows(rows, shard.seq_rows[0], shard.seqs[0], self.corpus.mode, self.corpus.seq_len)
+        # the shuffled-input control: permuted here, on the worker, per shard; the window holds whole sequences
+        return win if self.shuffle is None else self.shuffle.apply(win)
 
 
 def prepare(cfg: ExtractConfig, model, parts_mapper=None) -> PreparedJob:
@@ -93,7 +97,8 @@ def prepare(cfg: ExtractConfig, model, parts_mapper=None) -> PreparedJob:
     heads = _heads(cfg.capture.heads, model.n_heads)
     layout = CaptureLayout.from_sites(sites, heads)
     if cfg.capture.stats is not None:  # asked for and not computable from this capture: refused before any work
-        check_capture(cfg.capture.stats.families, layout, model.n_layers, model.family.causal)  # decoders: LM head
+        check_capture(cfg.capture.stats.families, layout, model.n_layers, model.family.causal,  # decoders: LM head
+                      cfg.capture.stats.exclude_massive)
     shard_tokens = shard_tokens_for(
         cfg.store.shard_tokens, cfg.store.chunk_tokens, cfg.corpus.seq_len, cfg.corpus.mode
     )
@@ -124,8 +129,11 @@ def prepare(cfg: ExtractConfig, model, parts_mapper=None) -> PreparedJob:
         heads=tuple(heads) if heads is not None else tuple(range(model.n_heads)),
         dtype=cfg.store.dtype,
     )
-    manifest = _manifest(cfg, model, corpus, plan, [s.name for s in sites])
-    return PreparedJob(cfg, corpus, plan, layout, [s.name for s in sites], specs, manifest, stats)
+    shuffle = None
+    if cfg.corpus.shuffle_tokens:  # the special tokens it holds in place come from the driver's tokenizer
+        shuffle = TokenShuffle.for_tokenizer(cfg.corpus.shuffle_seed, model.tokenizer)
+    manifest = _manifest(cfg, model, corpus, plan, [s.name for s in sites], shuffle)
+    return PreparedJob(cfg, corpus, plan, layout, [s.name for s in sites], specs, manifest, stats, shuffle)
 
 
 def _heads(heads: list[int] | None, n_heads: int) -> list[int] | None:
@@ -137,7 +145,8 @@ def _heads(heads: list[int] | None, n_heads: int) -> list[int] | None:
     return sorted({int(h) for h in heads})
 
 
-def _manifest(cfg: ExtractConfig, spec, corpus: StagedCorpus, plan: Plan, sites: list[str]) -> dict:
+def _manifest(cfg: ExtractConfig, spec, corpus: StagedCorpus, plan: Plan, sites: list[str],
+              shuffle: TokenShuffle | None = None) -> dict:
     tokenizer = spec.tokenizer
     model = spec.describe()
     identity = {
@@ -145,7 +154,7 @@ def _manifest(cfg: ExtractConfig, spec, corpus: StagedCorpus, plan: Plan, sites:
         "model.weights_fingerprint": model["weights_fingerprint"],
         "model.dtype": model["dtype"],
         "tokenizer.vocab_size": len(tokenizer),
-        "corpus": asdict(cfg.corpus),
+        "corpus": cfg.corpus.token_options(),  # the shuffle apart, below: unshuffled identities stay as they were
         "corpus.token_checksum": corpus.checksum,
         "corpus.n_tokens": plan.n_tokens,
         "capture.sites": sites,
@@ -157,6 +166,10 @@ def _manifest(cfg: ExtractConfig, spec, corpus: StagedCorpus, plan: Plan, sites:
         "store.chunk_tokens": cfg.store.chunk_tokens,
         "store.compressor": cfg.store.compressor,
     }
+    extra = {}
+    if shuffle is not None:  # only when on: a store without it keeps the identity it always had
+        identity.update(shuffle.identity())
+        extra["shuffle"] = shuffle.describe()  # TokenShuffle.from_manifest reads it back
     return {
         "format": store_layout.FORMAT,
         "format_version": store_layout.FORMAT_VERSION,
@@ -182,6 +195,7 @@ def _manifest(cfg: ExtractConfig, spec, corpus: StagedCorpus, plan: Plan, sites:
         "shard_tokens": plan.shard_tokens,
         "shards": [s.to_dict() for s in plan.shards],  # written as plan.parquet where not derivable
         "identity": identity,
+        **extra,
         "versions": _versions(),
     }
 

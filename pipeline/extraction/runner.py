@@ -29,6 +29,7 @@ import pyarrow as pa
 import torch
 
 from embwalk.corpus.sequences import ShardTokens
+from embwalk.corpus.shuffle import SOURCE_POS
 from embwalk.extraction.allocator import keep_freed_memory
 from embwalk.models.capture import CaptureLayout, Capturer
 from embwalk.models.loading import LoadedModel
@@ -267,7 +268,7 @@ class ShardRunner:
         rows = win.rows(r0, r1)
         token_ids = win.token_ids[rows]
         seq_ids = win.seq0 + np.searchsorted(win.seq_offsets, np.arange(r0, r1), side="right") - 1
-        return pa.table(
+        table = pa.table(
             {
                 "row": pa.array(np.arange(r0, r1, dtype=np.int64)),
                 "doc_id": pa.array(win.doc_ids[rows].astype(np.int64)),
@@ -279,6 +280,11 @@ class ShardRunner:
             },
             schema=store_layout.TOKEN_SCHEMA,
         )
+        if win.source_positions is None:
+            return table
+        # a shuffled store (pipeline/corpus/shuffle.py): where each fed token stood in its sequence,
+        # an extra last column, so unshuffled stores keep TOKEN_SCHEMA exactly
+        return table.append_column(pa.field(SOURCE_POS, pa.int32()), pa.array(win.source_positions[rows]))
 
 
 def _owned(starts: list[int], lengths: list[int], shard: Shard) -> int:

@@ -42,7 +42,8 @@ def required_sites(families: Sequence[str]) -> list[str]:
     return [site for name, sites in SITES.items() if name in read for site in sites]
 
 
-def check_capture(families: Sequence[str], layout, n_layers: int, has_unembed: bool) -> None:
+def check_capture(families: Sequence[str], layout, n_layers: int, has_unembed: bool,
+                  exclude_massive: bool = False) -> None:
     """Refuse, before any work, statistics the capture cannot feed: each family asked for must
     be computable from the captured sites (and ``decoding`` from a captured ``final``, never a
     final norm re-applied to the last block), naming the sites to add."""
@@ -54,6 +55,8 @@ def check_capture(families: Sequence[str], layout, n_layers: int, has_unembed: b
         lacking = [site for site in required_sites([family]) if site not in held]
         add = f": add {', '.join(lacking)} to capture.sites" if lacking else ""
         problems.append(f"{family} {why}{add}")
+    if exclude_massive and not layout.residual:  # massive activations are found in the residual stream
+        problems.append(f"exclude_massive needs resid: add {', '.join(SITES['resid'])} to capture.sites")
     if problems:
         raise EmbwalkError("capture.stats cannot compute " + "; ".join(problems)
                            + " (or leave the family out of capture.stats.families)")

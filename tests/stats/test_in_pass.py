@@ -28,10 +28,12 @@ def read_tables(root) -> dict:
     return {p.stem: pq.read_table(p) for p in sorted((root / "stats").glob("*.parquet"))}
 
 
-@pytest.mark.parametrize("fast", [False, True], ids=["float64-moments", "fast-moments"])
-def test_in_pass_equals_two_step(tmp_path, smollm2, monkeypatch, fast):
+@pytest.mark.parametrize("fast, extra", [(False, {}), (True, {}),
+                                         (False, {"exclude_positions": [0, 2], "exclude_massive": True})],
+                         ids=["float64-moments", "fast-moments", "exclusions"])
+def test_in_pass_equals_two_step(tmp_path, smollm2, monkeypatch, fast, extra):
     loaded = tiny("llama", smollm2.tokenizer)
-    stats = {"self_sim_top_k": 6, "fast_moments": fast, "resume": False}
+    stats = {"self_sim_top_k": 6, "fast_moments": fast, "resume": False, **extra}
     opts = StatsOptions(**stats)
     # one torch thread in both routes (the stats job's default): a float32 reduction split
     # over another number of threads rounds differently in the last bit
@@ -81,19 +83,22 @@ def test_stats_only_stores_no_arrays_and_the_same_statistics(tmp_path, smollm2):
 
 
 @pytest.mark.parametrize(
-    "sites, families, fragments",
+    "sites, stats, fragments",
     [
-        (["resid_pre.0", "resid_post"], ["encoding", "attention"],
+        (["resid_pre.0", "resid_post"], {"families": ["encoding", "attention"]},
          ["attention needs attention patterns", "add attn_pattern to capture.sites"]),
-        (["resid_pre.0", "resid_post"], ["decoding"], ["decoding needs final", "add final to capture.sites"]),
-        (["resid_post.1"], ["encoding"], ["encoding needs resid with >= 2 layers"]),
+        (["resid_pre.0", "resid_post"], {"families": ["decoding"]},
+         ["decoding needs final", "add final to capture.sites"]),
+        (["resid_post.1"], {"families": ["encoding"]}, ["encoding needs resid with >= 2 layers"]),
+        (["final"], {"families": ["decoding"], "exclude_massive": True},
+         ["exclude_massive needs resid", "add resid_pre.0, resid_post to capture.sites"]),
     ],
-    ids=["attention-without-patterns", "decoding-without-final", "encoding-one-layer"],
+    ids=["attention-without-patterns", "decoding-without-final", "encoding-one-layer", "massive-without-resid"],
 )
-def test_a_family_the_capture_cannot_feed_is_refused_before_any_work(tmp_path, smollm2, sites, families, fragments):
+def test_a_family_the_capture_cannot_feed_is_refused_before_any_work(tmp_path, smollm2, sites, stats, fragments):
     loaded = tiny("llama", smollm2.tokenizer)
     with pytest.raises(EmbwalkError) as info:
-        build_store(tmp_path, loaded, sites=sites, stats={"families": families}, store_arrays=False)
+        build_store(tmp_path, loaded, sites=sites, stats=stats, store_arrays=False)
     for fragment in fragments:
         assert fragment in str(info.value), str(info.value)
     assert not list(tmp_path.rglob("commits/*")) and not list(tmp_path.rglob("tokens/*.parquet"))
