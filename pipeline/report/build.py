@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -10,29 +11,42 @@ from embwalk.report import figures as F
 from embwalk.report.data import load_document, load_report_data
 from embwalk.report.html import write_page
 from embwalk.report.options import ReportOptions
+from embwalk.report.summary import compare_rows, headline_rows, survive_caption
 from embwalk.report.vocab import load_vocabulary
+from embwalk.stats.partials import STATS
 
 log = logging.getLogger(__name__)
 
 REPORT_DIR = "report"
+SUMMARY_FILE = "summary.json"
+
+
+def report_dir(root: Path, stats: str = STATS) -> Path:
+    """The default place of a report: STORE/report, or STORE/report-<stats> for another statistics directory."""
+    return root / (REPORT_DIR if stats == STATS else f"{REPORT_DIR}-{stats}")
 
 
 def build_report(store: str | Path, options: ReportOptions | None = None, loaded=None) -> Path:
-    """Write the figures and ``index.html`` for the store's statistics; returns the page's path."""
+    """Write the figures and ``index.html`` for the store's statistics (``options.stats``, and
+    ``options.compare`` beside them); returns the page's path."""
     opts = options or ReportOptions()
-    data = load_report_data(store)
-    out = Path(opts.out).expanduser() if opts.out else data.root / REPORT_DIR
+    opts.validate()
+    data = load_report_data(store, opts.stats)
+    cmp = load_report_data(store, opts.compare) if opts.compare else None
+    out = Path(opts.out).expanduser() if opts.out else report_dir(data.root, opts.stats)
     out.mkdir(parents=True, exist_ok=True)
     doc = load_document(data, opts.doc, opts.max_tokens)
     vocab = load_vocabulary(data.store, loaded) if opts.labels and doc is not None else None
+    if doc is not None and not doc.tokens and vocab is not None:  # the sample keeps ids only
+        doc.tokens = [vocab.tokens[int(i)] if int(i) < len(vocab.tokens) else f"<{int(i)}>" for i in doc.token_ids]
     # figure: (what it needs, for the reason shown when it is missing; how it is drawn)
     makers = {
-        "encoding": ("encoding", lambda: F.fig_encoding(data, out)),
-        "logit_lens": ("logit_lens", lambda: F.fig_logit_lens(data, out)),
+        "encoding": ("encoding", lambda: F.fig_encoding(data, out, cmp)),
+        "logit_lens": ("logit_lens", lambda: F.fig_logit_lens(data, out, cmp)),
         "position_kernels": ("attention", lambda: F.fig_kernels(data, out, opts.max_offset)),
         "self_bias": ("attention", lambda: F.fig_self_bias(data, out)),
-        "sink": ("attention", lambda: F.fig_sink(data, out)),
-        "geometry": ("geometry", lambda: F.fig_geometry(data, out)),
+        "sink": ("attention", lambda: F.fig_sink(data, out, cmp)),
+        "geometry": ("geometry", lambda: F.fig_geometry(data, out, cmp)),
         "trajectory": ("the store's resid (or a sample kept by the statistics)",
                        lambda: F.fig_trajectory(doc, vocab, out, opts.walks)),
         "similarity": ("the same", lambda: F.fig_similarity(doc, out)),
@@ -53,9 +67,26 @@ def build_report(store: str | Path, options: ReportOptions | None = None, loaded
         ("store", str(data.root.resolve())),
         ("model", f"{m['model']['id']} ({m['model']['n_layers']} layers, d_model {m['model']['d_model']})"),
         ("corpus", f"{s['n_tokens']} tokens, {s['n_sequences']} sequences ({m['mode']} mode, seq_len {m['seq_len']})"),
-        ("statistics", ", ".join(f"{f} ({n} shards)" for f, n in sorted(s["families"].items()))),
-        ("written", time.strftime("%Y-%m-%d %H:%M:%S")),
+        ("statistics", f"{data.label}: " + ", ".join(f"{f} ({n} shards)" for f, n in sorted(s["families"].items()))),
     ]
+    if cmp is not None:
+        facts.append(("compared with", f"{cmp.label}: " + ", ".join(
+            f"{f} ({n} shards)" for f, n in sorted(cmp.summary["families"].items()))))
+    facts.append(("written", time.strftime("%Y-%m-%d %H:%M:%S")))
+    mine = headline_rows(data)
+    table = compare_rows(mine, headline_rows(cmp), opts.survive_factor) if cmp is not None else mine
+    links = [(f"{d.name}/{SUMMARY_FILE}", _href(d.root / d.name / SUMMARY_FILE, out)) for d in (data, cmp) if d]
     page = out / "index.html"
-    write_page(page, f"embwalk report: {Path(data.root).name}", facts, figures, missing, s)
+    title = f"embwalk report: {Path(data.root).name}" + (f" ({data.name})" if data.name != STATS else "")
+    write_page(page, title, facts, figures, missing, table,
+               columns=(data.label, cmp.label) if cmp is not None else (data.label,),
+               survive_rule=survive_caption(opts.survive_factor) if cmp is not None else None, links=links)
     return page
+
+
+def _href(target: Path, page_dir: Path) -> str:
+    """A link from the page's directory to ``target``: relative where it can be."""
+    try:
+        return Path(os.path.relpath(target.resolve(), page_dir.resolve())).as_posix()
+    except ValueError:  # another drive
+        return target.resolve().as_uri()

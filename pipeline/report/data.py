@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from embwalk.errors import StoreError
 from embwalk.stats.from_store import check_store
-from embwalk.stats.partials import load_sample, read_summary, read_tables, stats_dir
+from embwalk.stats.partials import STATS, load_sample, read_summary, read_tables, stats_dir
 from embwalk.store.reader import Store
 
 
@@ -29,13 +29,33 @@ class Document:
 
 @dataclass
 class ReportData:
+    """One statistics directory of a store (``STORE/<name>/``): its summary and merged tables."""
+
     store: Store
     summary: dict
     tables: dict[str, pa.Table] = field(default_factory=dict)
+    name: str = STATS  # the statistics directory under the store's root
 
     @property
     def root(self) -> Path:
         return self.store.root
+
+    @property
+    def exclusions(self) -> str:
+        """The options that left tokens out of these statistics, as text ("" when the summary's
+        config predates them): ``exclude_positions=[0], exclude_massive=true``."""
+        cfg = self.summary.get("config", {})
+        parts = []
+        if "exclude_positions" in cfg:
+            parts.append(f"exclude_positions={list(cfg.get('exclude_positions') or [])}")
+        if "exclude_massive" in cfg:
+            parts.append(f"exclude_massive={str(bool(cfg.get('exclude_massive'))).lower()}")
+        return ", ".join(parts)
+
+    @property
+    def label(self) -> str:
+        """How a legend names this run: the directory and its exclusion options."""
+        return f"{self.name} ({self.exclusions})" if self.exclusions else self.name
 
     def rows(self, table: str, **where) -> dict[str, np.ndarray]:
         """Columns of ``table`` as numpy arrays, rows filtered by equality on ``where``."""
@@ -49,12 +69,60 @@ class ReportData:
         return {c: v[keep] for c, v in cols.items()}
 
 
-def load_report_data(path: str | Path) -> ReportData:
+    def quantile_side(self, table: str, stat: str, q: float) -> dict[int, int]:
+        """Where the binned quantile ``q`` of ``stat`` lies, per layer of the ``table``'s
+        histogram (``<table>_hist``): -1 in the underflow bin (the value is below the first edge;
+        the summary's number is then only an upper bound: the first edge, or the group's largest
+        value when that is below it), +1 in the overflow bin (a lower bound), 0 inside the bins
+        (a value, to within one bin). Layers without a histogram are left out."""
+        return quantile_sides(self.rows(f"{table}_hist", stat=stat), q)
+
+    def hist_edge(self, table: str, stat: str, side: int = -1) -> float | None:
+        """The first (side -1) or last (+1) finite bin edge of ``stat``'s histogram."""
+        h = self.rows(f"{table}_hist", stat=stat)
+        if not h:
+            return None
+        edges = h["hi"][h["bin"] == 0] if side < 0 else h["lo"][h["bin"] == h["bin"].max()]
+        return float(edges[0]) if len(edges) else None
+
+
+def quantile_sides(h: dict[str, np.ndarray], q: float) -> dict[int, int]:
+    """Per layer (one group, 0, for tables without layers) of one stat's histogram rows (stat,
+    layer, bin, lo, hi, count; bin 0 is the underflow bin with lo = -inf, the last bin the
+    overflow bin with hi = +inf): -1 when the quantile ``q`` falls in the underflow bin, +1 in
+    the overflow bin, 0 otherwise.
+
+    The rule of ``embwalk.stats.hist.quantile``: the quantile lies in the first bin whose
+    cumulative count reaches q * n.
+    """
+    if not h:
+        return {}
+    out = {}
+    groups = h["layer"] if "layer" in h else np.zeros(len(h["bin"]), np.int64)  # decoding: one group
+    for layer in np.unique(groups):
+        sel = groups == layer
+        order = np.argsort(h["bin"][sel])
+        count = h["count"][sel][order].astype(np.float64)
+        lo, hi = h["lo"][sel][order], h["hi"][sel][order]
+        total = count.sum()
+        if total == 0:
+            continue
+        target = q * total
+        under = count[np.isneginf(lo)].sum()
+        over = count[np.isposinf(hi)].sum()
+        out[int(layer)] = -1 if under >= target else (1 if total - over < target else 0)
+    return out
+
+
+def load_report_data(path: str | Path, stats: str = STATS) -> ReportData:
+    """The summary and merged tables of the statistics directory ``STORE/<stats>/``."""
     store = check_store(path)
-    summary = read_summary(store.root)
+    summary = read_summary(store.root, out=stats)
     if summary is None:
-        raise StoreError(f"no statistics in {stats_dir(store.root)}: run python -m jobs.stats store={store.root} first")
-    return ReportData(store, summary, read_tables(store.root))
+        hint = "" if stats == STATS else f" stats.out={stats}"
+        raise StoreError(f"no statistics in {stats_dir(store.root, out=stats)}: "
+                         f"run python -m jobs.stats store={store.root}{hint} first")
+    return ReportData(store, summary, read_tables(store.root, out=stats), stats)
 
 
 def load_document(data: ReportData, doc_id: int | None = None, max_tokens: int = 64,
@@ -84,7 +152,7 @@ def load_document(data: ReportData, doc_id: int | None = None, max_tokens: int =
         return Document(int(want), int(seq[0]), tokens.column("token_id").to_numpy()[rows].astype(np.int64),
                         [str(t) for t in tokens.column("token").to_numpy(zero_copy_only=False)[rows]],
                         resid, list(store.manifest["arrays"]["resid"]["layers"]), "store")
-    sample = load_sample(store.root)
+    sample = load_sample(store.root, out=data.name)
     if sample is None:
         return None
     docs = sample["doc_ids"]

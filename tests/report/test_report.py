@@ -46,6 +46,9 @@ def test_every_figure_and_one_page(stats_store, loaded, tmp_path):
         assert data.startswith(PNG) and len(data) > 5000, name
     html = page.read_text()
     assert "Not shown" not in html and "negative self-bias" in html and "Median rank falls" in html
+    assert "<table class='summary'>" in html and "survives" not in html  # one run: one value column
+    assert ">stats/summary.json</a>" in html
+    assert "<pre>" not in html  # the summary's JSON is a link, not a dump
 
 
 def test_default_location_and_missing_statistics(tmp_path, loaded):
@@ -79,3 +82,26 @@ def test_a_store_without_activations_merges_and_draws_from_the_sample(stats_stor
     page = build_report(store, ReportOptions(labels=False))
     assert images(page) == ALL
     assert "vectors from the sample" in page.read_text()
+
+
+def test_compare_mode_and_another_statistics_directory(stats_store, loaded, tmp_path):
+    """``report.compare``: a second statistics directory of the store (here with position 0 left
+    out) beside the first, in the summary table and dashed in the layer-wise figures;
+    ``report.stats``: which directory the report reads."""
+    store = tmp_path / "store"
+    shutil.copytree(stats_store, store)
+    shutil.rmtree(store / "report", ignore_errors=True)
+    compute_store_stats(store, StatsOptions(self_sim_top_k=4, exclude_positions=[0], out="stats-nopos0"),
+                        ClusterConfig(workers=1, progress=False), loaded=loaded)
+    page = build_report(store, ReportOptions(compare="stats-nopos0", labels=False))
+    assert page == store / "report" / "index.html" and images(page) == ALL
+    html = page.read_text()
+    assert "<th>stats-nopos0 (exclude_positions=[0], exclude_massive=false)</th><th>survives</th>" in html
+    assert "within 2x" in html and re.search(r"<td class='(yes|no)'>(yes|no)</td>", html)
+    assert "href='../stats/summary.json'" in html and "href='../stats-nopos0/summary.json'" in html
+    assert "Dashed: the medians of stats-nopos0 (exclude_positions=[0]" in html
+    alone = build_report(store, ReportOptions(stats="stats-nopos0", labels=False))
+    assert alone == store / "report-stats-nopos0" / "index.html"
+    assert "statistics</th><td>stats-nopos0 (exclude_positions=[0]" in alone.read_text()
+    with pytest.raises(StoreError, match="stats.out=stats-none"):
+        build_report(store, ReportOptions(compare="stats-none", labels=False))
