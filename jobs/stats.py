@@ -34,12 +34,16 @@ def stats(config: dict) -> int:
 def format_summary(summary: dict) -> str:
     sh = summary["shards"]
     lines = [
-        f"statistics: {summary['store']}/stats ({', '.join(sorted(summary['families']))})",
+        f"statistics: {summary['store']}/{summary.get('out', 'stats')} ({', '.join(sorted(summary['families']))})",
         f"  {summary['n_tokens']} tokens in {summary['n_sequences']} sequences, "
         f"{sh['with_stats']}/{sh['total']} shards ({sh['committed']} committed)",
     ]
     for family, why in summary.get("skipped", {}).items():
         lines.append(f"  skipped {family}: {why}")
+    if summary.get("final_from") not in (None, "captured"):
+        lines.append(f"  decoding read {summary['final_from']}")
+    if summary.get("n_excluded"):
+        lines.append(f"  left out: {summary['n_excluded']} tokens (stats.exclude_positions / exclude_massive)")
     t = summary.get("timings") or {}
     if t.get("tokens"):
         workers = f"{t['workers']} Ray worker(s)" if t.get("cluster") == "ray" else f"{t['workers']} worker(s)"
@@ -60,7 +64,7 @@ def format_summary(summary: dict) -> str:
                 slow = min(fam, key=fam.get) if fam else "?"
                 lines.append(f"  statistics are {read / comp:.1f}x slower than reading the store (slowest: {slow}; "
                              "docs/statistics.md#cost)")
-    lines.append(f"  summary: {summary['store']}/stats/summary.json")
+    lines.append(f"  summary: {summary['store']}/{summary.get('out', 'stats')}/summary.json")
     return "\n".join(lines)
 
 

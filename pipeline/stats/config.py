@@ -128,8 +128,9 @@ class StatsConfig:
       every family: their tokens' rows, the attention queries there and every pair with one
       of them (keys keep their weight in each query's row: rows still sum to 1).
     - ``exclude_massive``: also leave out every token whose vector has a massive activation
-      at any residual layer the shard holds (largest |x_k| over ``MASSIVE_RATIO`` x the
+      at any residual layer the shard holds (largest |x_k| over ``massive_ratio`` x the
       vector's median |x_k|; Sun et al. 2024), the same way.
+    - ``massive_ratio``: that factor (100), also the geometry family's ``massive_*`` counts.
     - ``out``: the statistics directory under the store's root (``stats``; a variant such as
       ``stats-nopos0`` keeps a second set of results beside the first). Where, not what:
       not part of the fingerprint.
@@ -150,6 +151,7 @@ class StatsConfig:
     fast_moments: bool = False
     exclude_positions: tuple[int, ...] = ()
     exclude_massive: bool = False
+    massive_ratio: float = 100.0
     out: str = STATS_DIR
 
     def __post_init__(self) -> None:
@@ -176,6 +178,8 @@ class StatsConfig:
             raise ValueError(f"exclude_positions must be positions >= 0, got {list(self.exclude_positions)}")
         object.__setattr__(self, "exclude_positions", positions)
         check_out(self.out)
+        if not self.massive_ratio > 1.0:
+            raise ValueError(f"massive_ratio must be > 1, got {self.massive_ratio}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form (stored with every partial)."""
@@ -190,6 +194,7 @@ class StatsConfig:
             "fast_moments": self.fast_moments,
             "exclude_positions": list(self.exclude_positions),
             "exclude_massive": self.exclude_massive,
+            "massive_ratio": self.massive_ratio,
             "out": self.out,
         }
 
@@ -253,7 +258,8 @@ class StatsOptions:
     chunk_tokens: int = 256
     fast_moments: bool = False  # geometry sums in float32 (centred): ~2x faster, ~1e-7 relative (stats=fast)
     exclude_positions: list[int] = field(default_factory=list)  # sequence positions left out, e.g. [0] or [0,1,2,3]
-    exclude_massive: bool = False  # leave out tokens with a massive activation (max |x_k| > 100x the median)
+    exclude_massive: bool = False  # leave out tokens with a massive activation (max |x_k| > massive_ratio x median)
+    massive_ratio: float = 100.0  # what counts as massive: largest |x_k| over this many times the vector's median |x_k|
     out: str = "stats"  # results directory under the store: stats, or stats-NAME for a variant
     bins: dict | None = None
     device: str = "auto"  # where statistics are computed: cpu | cuda | cuda:N | auto
@@ -283,7 +289,7 @@ class StatsOptions:
                 self_sim_types=types, cov_layers=cov,
                 assoc_include_self=self.assoc_include_self, chunk_tokens=self.chunk_tokens,
                 fast_moments=self.fast_moments, exclude_positions=tuple(self.exclude_positions),
-                exclude_massive=self.exclude_massive, out=self.out,
+                exclude_massive=self.exclude_massive, massive_ratio=self.massive_ratio, out=self.out,
             )
         except ValueError as exc:
             raise EmbwalkError(f"bad stats option: {exc}") from exc

@@ -13,7 +13,7 @@ All from additive sums, so shards merge exactly:
 - covariance spectrum from sum x and sum x x^T (float64), effective dimension
   exp(entropy of the normalised eigenvalues) and participation ratio
 - massive activations (Sun et al. 2024): a token's vector at a layer has one when
-  its largest |x_k| exceeds MASSIVE_RATIO times the median |x_k| of the same vector
+  its largest |x_k| exceeds `massive_ratio` (100) times the median |x_k| of the same vector
   (they compare with the layer's median magnitude; the vector's own median keeps the
   counts additive); per layer the number of such tokens, and which dimensions hold
   their largest activation
@@ -113,9 +113,9 @@ class Geometry(Accumulator):
         self._massive(x)
 
     def _massive(self, x: torch.Tensor) -> None:
-        """Tokens whose largest |x_k| at a layer exceeds MASSIVE_RATIO x the vector's median |x_k|."""
+        """Tokens whose largest |x_k| at a layer exceeds config.massive_ratio x the vector's median |x_k|."""
         n_layers, d = x.shape[1], x.shape[2]
-        flagged, dim = massive_activations(x)
+        flagged, dim = massive_activations(x, self.config.massive_ratio)
         self._add("massive_n", flagged.sum(0))
         where = (dim + torch.arange(n_layers, device=x.device) * d)[flagged]
         self._add("massive_dim", torch.bincount(where, minlength=n_layers * d).view(n_layers, d))

@@ -60,8 +60,8 @@ def as_ids(ids: torch.Tensor, n: int, device: torch.device, what: str) -> torch.
 MASSIVE_RATIO = 100.0
 
 
-def massive_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x`` [n, L, d] -> (flagged [n, L]: the vector's largest |x_k| exceeds MASSIVE_RATIO x its
+def massive_activations(x: torch.Tensor, ratio: float = MASSIVE_RATIO) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` [n, L, d] -> (flagged [n, L]: the vector's largest |x_k| exceeds ``ratio`` x its
     median |x_k|; dim [n, L]: the dimension holding that largest |x_k|), a layer at a time so
     that |x| and the median's copy stay [n, d]."""
     n_layers = x.shape[1]
@@ -70,5 +70,5 @@ def massive_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     for layer in range(n_layers):
         mag = x[:, layer].abs()
         top, dim[:, layer] = mag.max(dim=-1)
-        flagged[:, layer] = top > MASSIVE_RATIO * mag.median(dim=-1).values
+        flagged[:, layer] = top > ratio * mag.median(dim=-1).values
     return flagged, dim

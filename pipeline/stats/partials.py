@@ -192,7 +192,7 @@ def merge_store_stats(store: StoreLike, timings: dict[str, Any] | None = None, o
     for name, table in tables.items():
         _write_table(fs, f"{out}/{name}.parquet", table)
     _remove_stale(fs, out, tables)
-    summary = _summary(fs, manifest, committed, metas, merged, tables, timings)
+    summary = _summary(fs, manifest, committed, metas, merged, tables, timings) | {"out": out}
     write_json(fs, f"{out}/{SUMMARY}", summary)
     return summary
 
@@ -236,6 +236,10 @@ def _summary(fs: StoreFS, manifest: dict, committed: list[int], metas: dict[int,
         "n_excluded": int(sum(m.get("n_excluded", 0) for m in metas.values())),
         "families": {f: len(acc.shard_ids) for f, acc in merged.items()},
         "skipped": first.get("skipped", {}),
+        # never silently replaced: where the decoding walk's context vectors came from
+        "final_from": None if "decoding" not in merged else (
+            "captured" if "final" in manifest.get("arrays", {}) or not manifest.get("arrays")
+            else "final_norm(resid of the last block): the store has no final"),
         "routes": sorted({m.get("route", "unknown") for m in metas.values()}),
         "resid_layers": first["resid_layers"],
         "pattern_layers": first["pattern_layers"],

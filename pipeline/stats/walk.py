@@ -176,7 +176,7 @@ class WalkStats:
         positions = [p for p in self.config.exclude_positions if p < n]
         keep[positions] = False
         if self.config.exclude_massive:
-            keep &= ~massive_activations(resid)[0].any(dim=1).to(device)
+            keep &= ~massive_activations(resid, self.config.massive_ratio)[0].any(dim=1).to(device)
         return keep
 
     def partials(self) -> dict[str, Accumulator]:

@@ -101,3 +101,32 @@ def test_massive_tokens_are_left_out_like_the_positions_they_sit_at():
     everything.update_sequence(resid, None, tok, docs)
     n = everything.accumulators["encoding"].result()["encoding"].to_pydict()["count"][0]
     assert n == resid.shape[0] == by_rule.accumulators["encoding"].result()["encoding"]["count"][0].as_py() + 3
+
+
+def test_the_summary_says_when_decoding_read_a_final_derived_from_resid(tmp_path, tiny_llama):
+    """Nothing silently replaced: a store without final has its decoding walk computed from
+    final_norm(resid of the last block), and summary.json says so."""
+    from .stores import build_store
+
+    store = build_store(tmp_path, tiny_llama, sites=["resid_pre.0", "resid_post"])
+    summary = compute_store_stats(store, StatsOptions(families=["decoding"]), QUIET, loaded=tiny_llama)
+    assert summary["final_from"].startswith("final_norm(resid of the last block)")
+    summary = compute_store_stats(store, StatsOptions(families=["encoding"]), QUIET, loaded=tiny_llama)
+    assert summary["final_from"] is None
+
+
+def test_the_massive_ratio_decides_what_counts_as_massive():
+    """stats.massive_ratio moves the threshold for the exclusion and the geometry counts alike:
+    the test's activations are 1000x the median, so a ratio of 2000 finds none."""
+    head = ModelHead(n_layers=3, d_model=32, causal=True)
+    resid, massive = massive_sequence(1)
+    tok, docs = torch.arange(resid.shape[0]) % 5, torch.zeros(resid.shape[0], dtype=torch.long)
+    for ratio, found in ((100.0, len(massive)), (2000.0, 0)):
+        ws = WalkStats(StatsConfig(families=("geometry",), exclude_massive=True, massive_ratio=ratio),
+                       head, "shard-000000")
+        ws.update_sequence(resid, None, tok, docs)
+        assert ws.n_excluded == found
+        everything = WalkStats(StatsConfig(families=("geometry",), massive_ratio=ratio), head, "shard-000000")
+        everything.update_sequence(resid, None, tok, docs)
+        geo = everything.accumulators["geometry"].result()["geometry"].to_pydict()
+        assert sum(geo["massive_tokens"]) == found
