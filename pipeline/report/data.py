@@ -49,7 +49,10 @@ class ReportData:
         if "exclude_positions" in cfg:
             parts.append(f"exclude_positions={list(cfg.get('exclude_positions') or [])}")
         if "exclude_massive" in cfg:
-            parts.append(f"exclude_massive={str(bool(cfg.get('exclude_massive'))).lower()}")
+            massive = f"exclude_massive={str(bool(cfg.get('exclude_massive'))).lower()}"
+            if cfg.get("exclude_massive") and cfg.get("massive_ratio"):
+                massive += f" (over {cfg['massive_ratio']:g}x the median)"
+            parts.append(massive)
         return ", ".join(parts)
 
     @property

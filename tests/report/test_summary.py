@@ -77,7 +77,7 @@ def test_a_median_in_the_underflow_bin_is_drawn_as_a_bound(tmp_path, monkeypatch
     kl = F.quantiles(data, "logit_lens", "kl")
     assert kl.exact[-1] and kl.values["median"][-1] == 0  # all zero: exact, whatever the bins
     drawn = {}
-    monkeypatch.setattr(F, "_save", lambda fig, out, name: drawn.setdefault(name, fig))
+    monkeypatch.setattr("embwalk.report.figures.walk.save", lambda fig, out, name: drawn.setdefault(name, fig))
     fig = F.fig_logit_lens(data, tmp_path)
     ax = next(a for a in drawn["logit_lens"].axes if a.get_title() == "probability of the actual next token")
     median = next(line for line in ax.get_lines() if line.get_label() == "p_l(next) median")
