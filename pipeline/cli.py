@@ -15,10 +15,12 @@ from embwalk.config import describe_options, option_groups
 
 JOBS = {
     "extract": "run a model over a corpus and store every layer's activations (and attention where asked)",
+    "generate": "continue prompts with the model and store every token's activations and each step's choice",
     "stats": "walk statistics of a stored run, per shard in parallel, merged into STORE/stats/",
     "report": "figures and one HTML page from a store's statistics",
     "query": "select token rows of a store, print them or export their vectors",
     "verify": "check every committed shard of a store against its commit record and checksums",
+    "tuned_lens": "train a tuned lens (per-layer affine translators) from a store, evaluate it on held-out sequences",
 }
 EXIT_USER_ERROR = 2
 

@@ -65,3 +65,18 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     bad = subprocess.run([env / "bin" / "python", "-m", "embwalk", "extract", "model=smollm"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("embwalk: error: unknown model option 'smollm'")
+
+
+def test_every_package_of_the_tree_is_in_the_wheel():
+    """pyproject.toml lists packages by name: a new subpackage left out would be missing from the
+    wheel while the editable install still finds it."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    roots = {"pipeline": "embwalk", "jobs": "embwalk.jobs", "conf": "embwalk.conf"}
+    found = set()
+    for folder, package in roots.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder)
+            found.add(".".join([package, *rel.parts]))
+    assert found <= listed, sorted(found - listed)

@@ -68,6 +68,9 @@ class ShardTokens:
     # int32 [n] in a shuffled window (pipeline/corpus/shuffle.py): the position in the unshuffled
     # sequence of the token fed at each row; None when the tokens are fed in corpus order
     source_positions: np.ndarray | None = None
+    # more token-table columns over the window's rows ([n] or [n, k] arrays; a generation
+    # window's prompt_id, sample, step and each step's record: pipeline/generation/)
+    columns: dict[str, np.ndarray] | None = None
 
     @classmethod
     def of(cls, corpus: TokenizedCorpus, seqs: tuple[int, int]) -> ShardTokens:

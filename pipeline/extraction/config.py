@@ -14,6 +14,7 @@ from embwalk.config import from_dict
 from embwalk.corpus.config import CorpusConfig
 from embwalk.errors import EmbwalkError
 from embwalk.executors.config import ClusterConfig
+from embwalk.generation.config import DecodeConfig
 from embwalk.models.config import ModelConfig
 from embwalk.stats.config import StatsOptions
 from embwalk.store.config import StoreConfig
@@ -48,6 +49,13 @@ class ExtractConfig:
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    # Generation (embwalk generate): how the model decodes its prompts; None: an extraction.
+    # Typed Any for Hydra, like capture.stats; a DecodeConfig once built.
+    decode: Any = None
+
+    def __post_init__(self) -> None:
+        if self.decode is not None and not isinstance(self.decode, DecodeConfig):
+            self.decode = from_dict(DecodeConfig, self.decode, "decode")
 
     @classmethod
     def from_dict(cls, data: dict) -> ExtractConfig:
@@ -61,3 +69,7 @@ class ExtractConfig:
         self.capture.validate()
         self.store.validate()
         self.cluster.validate()
+        if self.decode is not None:
+            self.decode.validate()
+            if self.corpus.shuffle_tokens:
+                raise EmbwalkError("corpus.shuffle_tokens does not apply to generation prompts yet")

@@ -25,6 +25,7 @@ from embwalk.corpus.staged import StagedCorpus, stage_corpus
 from embwalk.errors import EmbwalkError, SiteError
 from embwalk.extraction.config import ExtractConfig
 from embwalk.extraction.runner import ShardRunner
+from embwalk.generation.plan import GenerationPlan
 from embwalk.models.capture import CaptureLayout
 from embwalk.models.loading import LoadedModel
 from embwalk.models.sites import parse_sites
@@ -51,6 +52,7 @@ class PreparedJob:
     manifest: dict
     stats: object | None = None  # embwalk.stats.base.StatsConfig of in-pass statistics
     shuffle: TokenShuffle | None = None  # corpus.shuffle_tokens: the order each shard's tokens are fed in
+    generation: GenerationPlan | None = None  # embwalk generate: the continuations the store holds
 
     @property
     def dtype(self) -> torch.dtype:
@@ -63,14 +65,24 @@ class PreparedJob:
         if self.stats is not None:
             observers.append(InPassStats.for_model(self.stats, loaded, self.layout, writer.fs))
         cfg = self.config
+        forward = None
+        if self.generation is not None:
+            from embwalk.generation.forward import GenerationForward
+
+            forward = GenerationForward(loaded, cfg.decode, self.generation)
         return ShardRunner(
             loaded, self.layout, self.tokens_for, writer, vocabulary_strings(loaded.tokenizer),
-            dtype=self.dtype, batch_size=cfg.cluster.batch_size, seq_len=cfg.corpus.seq_len,
-            max_pending=max_pending, store_arrays=cfg.capture.store_arrays, observers=observers,
+            dtype=self.dtype, batch_size=cfg.cluster.batch_size, seq_len=self.manifest["seq_len"],
+            max_pending=max_pending, store_arrays=cfg.capture.store_arrays, observers=observers, forward=forward,
         )
 
     def tokens_for(self, shard: Shard) -> ShardTokens:
         """A shard's corpus rows, read from the store's staging area (what a worker reads)."""
+        if self.generation is not None:  # its prompts, and rows for what will be generated
+            a, b = self.generation.corpus_rows(shard)
+            rows = self.corpus.read_rows(open_fs(self.config.store.path), a, b)
+            prompts = ShardTokens.from_rows(rows, a, a // self.corpus.seq_len, "pack", self.corpus.seq_len)
+            return self.generation.window(prompts, shard)
         rows = self.corpus.read_rows(open_fs(self.config.store.path), *shard.seq_rows)
         win = ShardTokens.from_rows(rows, shard.seq_rows[0], shard.seqs[0], self.corpus.mode, self.corpus.seq_len)
         # the shuffled-input control: permuted here, on the worker, per shard; the window holds whole sequences
@@ -88,11 +100,12 @@ def prepare(cfg: ExtractConfig, model, parts_mapper=None) -> PreparedJob:
     open_fs(cfg.store.path)  # an unknown protocol or a missing fsspec backend fails here, before any work
     if cfg.capture.stats is not None:  # partials go through StoreFS, but statistics on a URL store are untested
         require_local(cfg.store.path, "statistics computed in the pass (capture.stats)")
-    if model.max_positions and cfg.corpus.seq_len > model.max_positions:
-        raise EmbwalkError(
-            f"corpus.seq_len={cfg.corpus.seq_len} is above the model's limit of "
-            f"{model.max_positions} positions ({model.model_id})"
-        )
+    new_tokens = cfg.decode.max_new_tokens if cfg.decode is not None else 0
+    if model.max_positions and cfg.corpus.seq_len + new_tokens > model.max_positions:
+        what = f"corpus.seq_len={cfg.corpus.seq_len}" + (f" + decode.max_new_tokens={new_tokens}" if new_tokens else "")
+        raise EmbwalkError(f"{what} is above the model's limit of {model.max_positions} positions ({model.model_id})")
+    if cfg.decode is not None and not model.family.causal:
+        raise EmbwalkError(f"embwalk generate needs a causal language model; {model.model_id} is not one")
     sites = parse_sites(list(cfg.capture.sites), model.n_layers)
     heads = _heads(cfg.capture.heads, model.n_heads)
     layout = CaptureLayout.from_sites(sites, heads)
@@ -111,7 +124,12 @@ def prepare(cfg: ExtractConfig, model, parts_mapper=None) -> PreparedJob:
         if not existed:  # bad input (an empty or binary file ...): leave no store behind
             fs.remove("")
         raise
-    plan = plan_staged(corpus, fs, shard_tokens)
+    generation = None
+    if cfg.decode is not None:
+        generation = GenerationPlan.for_corpus(corpus, cfg.decode)
+        plan = generation.plan(cfg.store.shard_tokens, cfg.store.chunk_tokens)
+    else:
+        plan = plan_staged(corpus, fs, shard_tokens)
     stats = None
     if cfg.capture.stats is not None:  # self-similarity types: the corpus's most frequent tokens, from counts
         ids, n = corpus.token_counts(fs, counts)
@@ -119,9 +137,9 @@ def prepare(cfg: ExtractConfig, model, parts_mapper=None) -> PreparedJob:
     specs = [] if not cfg.capture.store_arrays else store_layout.array_specs(
         n_tokens=plan.n_tokens,
         n_sequences=plan.n_sequences,
-        seq_len=cfg.corpus.seq_len,
+        seq_len=cfg.corpus.seq_len if generation is None else generation.seq_len,
         d_model=model.d_model,
-        shard_tokens=shard_tokens,
+        shard_tokens=plan.shard_tokens,
         chunk_tokens=cfg.store.chunk_tokens,
         per_token_layers=layout.array_layers(),
         final=layout.final,
@@ -132,8 +150,9 @@ def prepare(cfg: ExtractConfig, model, parts_mapper=None) -> PreparedJob:
     shuffle = None
     if cfg.corpus.shuffle_tokens:  # the special tokens it holds in place come from the driver's tokenizer
         shuffle = TokenShuffle.for_tokenizer(cfg.corpus.shuffle_seed, model.tokenizer)
-    manifest = _manifest(cfg, model, corpus, plan, [s.name for s in sites], shuffle)
-    return PreparedJob(cfg, corpus, plan, layout, [s.name for s in sites], specs, manifest, stats, shuffle)
+    manifest = _manifest(cfg, model, corpus, plan, [s.name for s in sites], shuffle, generation)
+    return PreparedJob(cfg, corpus, plan, layout, [s.name for s in sites], specs, manifest, stats, shuffle,
+                       generation)
 
 
 def _heads(heads: list[int] | None, n_heads: int) -> list[int] | None:
@@ -146,7 +165,7 @@ def _heads(heads: list[int] | None, n_heads: int) -> list[int] | None:
 
 
 def _manifest(cfg: ExtractConfig, spec, corpus: StagedCorpus, plan: Plan, sites: list[str],
-              shuffle: TokenShuffle | None = None) -> dict:
+              shuffle: TokenShuffle | None = None, generation: GenerationPlan | None = None) -> dict:
     tokenizer = spec.tokenizer
     model = spec.describe()
     identity = {
@@ -170,6 +189,9 @@ def _manifest(cfg: ExtractConfig, spec, corpus: StagedCorpus, plan: Plan, sites:
     if shuffle is not None:  # only when on: a store without it keeps the identity it always had
         identity.update(shuffle.identity())
         extra["shuffle"] = shuffle.describe()  # TokenShuffle.from_manifest reads it back
+    if generation is not None:  # what was generated, and how: part of what the arrays hold
+        identity["decode"] = asdict(cfg.decode)
+        extra["generation"] = {**generation.describe(), "decode": asdict(cfg.decode)}
     return {
         "format": store_layout.FORMAT,
         "format_version": store_layout.FORMAT_VERSION,
@@ -186,7 +208,7 @@ def _manifest(cfg: ExtractConfig, spec, corpus: StagedCorpus, plan: Plan, sites:
         },
         "sites": sites,
         "dtype": cfg.store.dtype,
-        "seq_len": cfg.corpus.seq_len,
+        "seq_len": cfg.corpus.seq_len if generation is None else generation.seq_len,
         "mode": cfg.corpus.mode,
         "causal": spec.family.causal,
         "n_tokens": plan.n_tokens,

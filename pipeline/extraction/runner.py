@@ -67,14 +67,18 @@ class ShardRunner:
         max_pending: int = 2,
         store_arrays: bool = True,
         observers: Sequence[ShardObserver] = (),
+        forward: Callable[..., dict[str, torch.Tensor]] | None = None,
     ):
         """``layout`` says what the hooks capture; ``observers`` see every shard
         (``ShardObserver``: e.g. the in-pass walk statistics); ``store_arrays=False``
-        stores none of the captured arrays."""
+        stores none of the captured arrays. ``forward`` replaces the one forward pass per
+        batch (``forward(capturer, ids, mask, out, batch, starts, win)`` fills the capture
+        buffers and the window's rows: a generation, pipeline/generation/forward.py)."""
         keep_freed_memory()  # batches reuse activation memory instead of faulting it in again
         self.loaded, self.tokens_for, self.writer = loaded, tokens_for, writer
         self.layout, self.dtype, self.batch_size = layout, dtype, batch_size
-        self.capturer = Capturer(loaded, layout, dtype)
+        self.forward = forward
+        self.capturer = Capturer(loaded, layout, dtype, run_to_end=forward is not None)
         self.seq_len = seq_len
         self.vocabulary = pa.array(vocabulary, type=pa.string())
         self.pad_id = _pad_id(loaded.tokenizer)
@@ -118,7 +122,10 @@ class ShardRunner:
             lengths = [win.sequence_rows(s)[1] - a for s, a in zip(batch, starts, strict=True)]
             ids, mask = self._inputs(win, starts, lengths)
             out = self._direct_views(batch, starts, lengths, bufs, shard)
-            got = self.capturer.run(ids, mask, out)
+            if self.forward is None:
+                got = self.capturer.run(ids, mask, out)
+            else:
+                got = self.forward(self.capturer, ids, mask, out, batch, starts, win)
             if out is None:
                 self._scatter(got, starts, lengths, bufs, shard)
             for obs, state in observed:
@@ -280,11 +287,23 @@ class ShardRunner:
             },
             schema=store_layout.TOKEN_SCHEMA,
         )
-        if win.source_positions is None:
-            return table
-        # a shuffled store (pipeline/corpus/shuffle.py): where each fed token stood in its sequence,
-        # an extra last column, so unshuffled stores keep TOKEN_SCHEMA exactly
-        return table.append_column(pa.field(SOURCE_POS, pa.int32()), pa.array(win.source_positions[rows]))
+        if win.source_positions is not None:
+            # a shuffled store (pipeline/corpus/shuffle.py): where each fed token stood in its sequence,
+            # an extra last column, so unshuffled stores keep TOKEN_SCHEMA exactly
+            table = table.append_column(pa.field(SOURCE_POS, pa.int32()), pa.array(win.source_positions[rows]))
+        for name, values in (win.columns or {}).items():  # a generation's (pipeline/generation/)
+            table = table.append_column(name, _arrow(values[rows]))
+        return table
+
+
+def _arrow(values: np.ndarray) -> pa.Array:
+    """A column from a numpy array: masked entries become nulls, a 2-d array a fixed-size list per row."""
+    mask = np.ma.getmaskarray(values) if np.ma.isMaskedArray(values) else None
+    data = np.ma.getdata(values)
+    if data.ndim == 2:
+        row_mask = None if mask is None else pa.array(mask.all(axis=1))
+        return pa.FixedSizeListArray.from_arrays(pa.array(data.ravel()), data.shape[1], mask=row_mask)
+    return pa.array(data, mask=mask)
 
 
 def _owned(starts: list[int], lengths: list[int], shard: Shard) -> int:

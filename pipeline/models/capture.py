@@ -12,6 +12,8 @@ after block k is needed, the hook of block k stops the forward pass.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -69,7 +71,8 @@ class CaptureLayout:
 class Capturer:
     """Hooks a loaded model once; ``run`` fills buffers for one batch."""
 
-    def __init__(self, loaded: LoadedModel, layout: CaptureLayout, dtype: torch.dtype):
+    def __init__(self, loaded: LoadedModel, layout: CaptureLayout, dtype: torch.dtype, run_to_end: bool = False):
+        """``run_to_end``: never stop the forward pass early (generation needs the logits)."""
         self.loaded, self.layout, self.dtype = loaded, layout, dtype
         self.trunk = loaded.trunk
         family, n_layers = loaded.family, loaded.n_layers
@@ -81,7 +84,7 @@ class Capturer:
         self._previous_attn: str | None = None
 
         slots = {r: s for s, r in enumerate(layout.residual)}
-        stop_after = None if layout.final else layout.last_block(n_layers)
+        stop_after = None if layout.final or run_to_end else layout.last_block(n_layers)
         final_is_last_block = layout.final and family.final_norm is None
         if 0 in slots:
             self._handles.append(
@@ -202,6 +205,16 @@ class Capturer:
         except StopForward:
             pass
         return self._out
+
+    @contextmanager
+    def writing_to(self, out: dict[str, torch.Tensor]) -> Iterator[None]:
+        """Hooks write into ``out`` during any forward the caller runs (a decoding step of the
+        whole model, with its KV cache: pipeline/generation/forward.py)."""
+        self._out = out
+        try:
+            yield
+        finally:
+            self._out = {}
 
     def __enter__(self) -> Capturer:
         return self

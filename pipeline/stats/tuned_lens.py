@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from embwalk.errors import EmbwalkError, StoreError
+from embwalk.errors import EmbwalkError, StoreError, first_line
 
 if TYPE_CHECKING:  # torch and the store reader are imported where used: the options stay light
     import torch
@@ -117,7 +117,7 @@ class TunedLens:
 
 def load_tuned_lens(path: str | Path) -> TunedLens:
     """A tuned lens saved by ``TunedLens.save`` (safetensors: no pickle, nothing executed)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -126,8 +126,8 @@ def load_tuned_lens(path: str | Path) -> TunedLens:
                 raise EmbwalkError(f"not an embwalk tuned lens ({FORMAT}): {path}")
             weights = {int(layer): (f.get_tensor(f"layer.{layer}.weight"), f.get_tensor(f"layer.{layer}.bias"))
                        for layer in meta["layers"]}
-    except (OSError, ValueError, json.JSONDecodeError) as exc:  # missing file, not safetensors
-        raise EmbwalkError(f"cannot read tuned lens {path}: {exc}") from exc
+    except (OSError, ValueError, SafetensorError) as exc:  # missing, not safetensors, bad metadata
+        raise EmbwalkError(f"cannot read tuned lens {path}: {first_line(exc)}") from exc
     return TunedLens(weights, meta)
 
 
@@ -147,8 +147,10 @@ class _Rows:
         default = [x for x in stored if x != n_layers]
         self.layers = sorted(set(options.layers)) if options.layers is not None else default
         missing = [x for x in self.layers if x not in stored]
-        if missing or not self.layers:
-            raise EmbwalkError(f"tuned_lens.layers {missing or '[]'} not in the store's resid layers {stored}")
+        if missing:
+            raise EmbwalkError(f"tuned_lens.layers {missing} are not among the store's resid layers {stored}")
+        if not self.layers:
+            raise EmbwalkError(f"no residual layer to translate (the store's resid layers: {stored})")
         self.has_final = "final" in m["arrays"]
         if not self.has_final and stored[-1] != n_layers:
             raise StoreError(f"store {store.location} holds neither final nor the last block's resid "
@@ -161,15 +163,14 @@ class _Rows:
         committed = set(store.committed)
         self.shards = {s["index"]: s["rows"] for s in m["shards"] if s["index"] in committed}
         self.counts = {"train_tokens": 0, "heldout_tokens": 0, "train_sequences": 0, "heldout_sequences": 0}
-        self._first: dict[int, tuple[int, int]] = {}  # each shard's first (seq_id, token_id)
+        self._first: dict[int, tuple[int, int, int]] = {}  # each shard's first (seq_id, doc_id, token_id)
         last = None  # the previous shard's last seq_id: a sequence running on is counted once
         for i in sorted(self.shards):
-            t = store.read_tokens(i, ["seq_id", "token_id"])
-            seq, tok = t.column(0).to_numpy(), t.column(1).to_numpy()
+            seq, doc, tok = self._tokens(i)
             if not len(seq):
                 continue
             out = held_out(seq, self.holdout)
-            self._first[i] = (int(seq[0]), int(tok[0]))
+            self._first[i] = (int(seq[0]), int(doc[0]), int(tok[0]))
             for side, mask in (("heldout", out), ("train", ~out)):
                 ids = np.unique(seq[mask])
                 self.counts[f"{side}_tokens"] += int(mask.sum())
@@ -182,12 +183,16 @@ class _Rows:
                                    f"tuned_lens.holdout={self.holdout} over {len(self.shards)} committed shard(s): "
                                    "the store is too small for this split")
 
+    def _tokens(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        t = self.store.read_tokens(index, ["seq_id", "doc_id", "token_id"])
+        return tuple(t.column(c).to_numpy() for c in range(3))
+
     def read(self, index: int, heldout: bool) -> dict[str, np.ndarray]:
         """Rows of one side of the split in shard ``index``: ``x`` [n, layers, d] (stored dtype),
-        ``target`` [n, d], and for the held-out side ``next`` [n] (-1: the sequence ends)."""
+        ``target`` [n, d], and for the held-out side ``next`` [n]: the next token of the same
+        sequence and document, -1 where there is none (as the logit lens's statistics count it)."""
         start, stop = self.shards[index]
-        t = self.store.read_tokens(index, ["seq_id", "token_id"])
-        seq, tok = t.column(0).to_numpy(), t.column(1).to_numpy()
+        seq, doc, tok = self._tokens(index)
         keep = held_out(seq, self.holdout) == heldout
         out: dict[str, np.ndarray] = {}
         if not keep.any():
@@ -196,18 +201,18 @@ class _Rows:
         idx = [self.stored.index(x) for x in (self.eval_layers if heldout else self.layers)]
         # a plain slice, then numpy: zarr's orthogonal selection over layers is ~100x slower here
         block = self.resid[start:stop, idx[0]:idx[-1] + 1]
-        out["x"] = block[rows][:, [i - idx[0] for i in idx]]
+        out["x"] = block[np.ix_(rows, [i - idx[0] for i in idx])]
         if self.final is not None:
             out["target"] = self.final[start:stop][rows]
         else:
             out["target"] = self.resid[start:stop, len(self.stored) - 1][rows]
         if heldout:
             nxt = np.full(len(seq), -1, np.int64)
-            same = seq[1:] == seq[:-1]
+            same = (seq[1:] == seq[:-1]) & (doc[1:] == doc[:-1])
             nxt[:-1][same] = tok[1:][same]
             follow = self._first.get(index + 1)
-            if follow is not None and self.shards.get(index + 1, (None,))[0] == stop and follow[0] == seq[-1]:
-                nxt[-1] = follow[1]  # the sequence runs on into the next shard
+            if follow and self.shards[index + 1][0] == stop and follow[:2] == (seq[-1], doc[-1]):
+                nxt[-1] = follow[2]  # the sequence runs on into the next shard
             out["next"] = nxt[rows]
         return out
 
@@ -389,18 +394,18 @@ def run_tuned_lens(path: str | Path, options: TunedLensOptions | None = None, lo
         "model_family": m["model"].get("family"), "n_layers": m["model"]["n_layers"],
         "d_model": m["model"]["d_model"], "layers": rows.layers, "target": rows.target,
         "translator": "h + h @ weight.T + bias", "options": asdict(options),
-        "split": {"rule": SPLIT_RULE, "holdout": options.holdout, "hash": "splitmix64",
-                  **{k: v for k, v in rows.counts.items()}},
-        "store": str(store.location), "train_seconds": round(seconds, 3),
-        "final_loss": losses[-1] if losses else math.nan,
+        "split": {"rule": SPLIT_RULE, "holdout": options.holdout, **rows.counts},
+        "store": str(store.location), "train_seconds": round(seconds, 3), "final_loss": losses[-1],
+        "run_id": uuid.uuid4().hex,  # the same in both files: a reader can tell they belong together
     }
     lens = TunedLens(weights, meta)
     table = evaluate(rows, decoder, lens.to(device))
     out = Path(store.root) / layout.STATS_DIR
     out.mkdir(exist_ok=True)
+    (out / TABLE).unlink(missing_ok=True)  # killed between the two writes: no table rather than a stale one
     lens.save(out / WEIGHTS)
     arrow = pa.table(table).replace_schema_metadata({"embwalk": json.dumps({k: meta[k] for k in (
-        "format", "model_id", "weights_fingerprint", "layers", "target", "split")})})
+        "format", "model_id", "weights_fingerprint", "layers", "target", "split", "run_id")})})
     atomic_write(out / TABLE, lambda tmp: pq.write_table(arrow, str(tmp)))
     return {"store": str(store.location), "weights": str(out / WEIGHTS), "table": str(out / TABLE),
             "train_seconds": seconds, "steps": options.steps, "device": str(device), **rows.counts,

@@ -24,6 +24,7 @@ import transformers as T
 import zarr
 
 from embwalk.corpus import CorpusConfig
+from embwalk.errors import EmbwalkError
 from embwalk.executors.config import ClusterConfig
 from embwalk.executors.local import extract_local
 from embwalk.extraction.config import CaptureConfig, ExtractConfig
@@ -62,14 +63,16 @@ def word_model(root: Path, arch: str = "llama") -> Path:
     return out
 
 
-def word_store(root: Path, model: Path, n_lines: int = 300, sites: list[str] | None = None) -> Path:
-    """Document mode (lines of 4..20 words, 160-row shards): sequences run across shard bounds."""
+def word_store(root: Path, model: Path, n_lines: int = 300, sites: list[str] | None = None,
+               mode: str = "document") -> Path:
+    """Lines of 4..20 words, 160-row shards: in document mode sequences run across shard bounds,
+    in pack mode documents end inside sequences."""
     g = random.Random(0)
     lines = [" ".join(g.choice(WORDS) for _ in range(g.randint(4, 20))) + " ." for _ in range(n_lines)]
     (root / "corpus.txt").write_text("\n".join(lines) + "\n")
     cfg = ExtractConfig(
         model=ModelConfig(name=str(model), device="cpu"),
-        corpus=CorpusConfig(path=str(root / "corpus.txt"), txt_unit="line", mode="document", seq_len=24),
+        corpus=CorpusConfig(path=str(root / "corpus.txt"), txt_unit="line", mode=mode, seq_len=24),
         capture=CaptureConfig(sites=sites or ["resid_pre.0", "resid_post", "final"]),
         store=StoreConfig(path=str(root / "store"), shard_tokens=160, chunk_tokens=32),
         cluster=ClusterConfig(batch_size=16, progress=False),
@@ -140,15 +143,15 @@ def reference_scores(store: Path, model: Path, weights: Path, holdout: float) ->
     """Held-out KL(p_final || lens), next-token log-prob and top-1 per layer, in float64 numpy."""
     manifest = json.loads((store / "manifest.json").read_text())
     tokens = pq.read_table(sorted((store / "tokens").glob("*.parquet"))).to_pydict()
-    rows, seq, tok = (np.array(tokens[c]) for c in ("row", "seq_id", "token_id"))
+    rows, seq, doc, tok = (np.array(tokens[c]) for c in ("row", "seq_id", "doc_id", "token_id"))
     order = np.argsort(rows)
-    rows, seq, tok = rows[order], seq[order], tok[order]
+    rows, seq, doc, tok = rows[order], seq[order], doc[order], tok[order]
     assert (np.diff(rows) == 1).all()
-    nxt = np.where(np.r_[seq[1:] == seq[:-1], False], np.r_[tok[1:], -1], -1)
+    same = np.r_[(seq[1:] == seq[:-1]) & (doc[1:] == doc[:-1]), False]
+    nxt = np.where(same, np.r_[tok[1:], -1], -1)
     out = np.array([splitmix64_held_out(int(s), holdout) for s in seq])
     layers = manifest["arrays"]["resid"]["layers"]
     resid = zarr.open_array(store / "activations.zarr" / "resid", mode="r")[:].astype(np.float64)[rows[out]]
-    final = zarr.open_array(store / "activations.zarr" / "final", mode="r")[:].astype(np.float64)[rows[out]]
     nxt = nxt[out]
     params, _ = safetensors_file(next(model.glob("*.safetensors")))
     w, g = params["lm_head.weight"].astype(np.float64), params["model.norm.weight"].astype(np.float64)
@@ -162,7 +165,11 @@ def reference_scores(store: Path, model: Path, weights: Path, holdout: float) ->
     def lens(h):
         return log_softmax((h / np.sqrt((h * h).mean(-1, keepdims=True) + eps) * g) @ w.T)
 
-    logp = log_softmax(final @ w.T)
+    if "final" in manifest["arrays"]:
+        final = zarr.open_array(store / "activations.zarr" / "final", mode="r")[:].astype(np.float64)[rows[out]]
+        logp = log_softmax(final @ w.T)
+    else:
+        logp = lens(resid[:, layers.index(manifest["model"]["n_layers"])])
     has = nxt >= 0
     res: dict[str, list] = {}
     for layer in json.loads(meta["layers"]) + [manifest["model"]["n_layers"]]:
@@ -249,6 +256,10 @@ def test_round_trip_and_reruns(trained, loaded, tmp_path):
     assert lens.metadata["d_model"] == 32 and lens.metadata["options"]["holdout"] == HOLDOUT
     for layer in lens.layers:
         np.testing.assert_array_equal(lens.weights[layer][0].numpy(), raw[f"layer.{layer}.weight"])
+    table_meta = json.loads(pq.read_schema(trained["store"] / "stats" / "tuned_lens.parquet").metadata[b"embwalk"])
+    assert table_meta["run_id"] == lens.metadata["run_id"] and table_meta["split"] == lens.metadata["split"]
+    with pytest.raises(EmbwalkError, match="cannot read tuned lens"):
+        load_tuned_lens(trained["store"] / "manifest.json")
     h = torch.randn(5, 32)
     a, b = raw["layer.1.weight"], raw["layer.1.bias"]
     np.testing.assert_allclose(lens.translate(1, h).numpy(), h.numpy() + h.numpy() @ a.T + b, rtol=1e-5, atol=1e-5)
@@ -259,6 +270,21 @@ def test_round_trip_and_reruns(trained, loaded, tmp_path):
             for o in (options, options, TunedLensOptions(**{**options.__dict__, "seed": 1}))]
     assert all(torch.equal(runs[0][k][i], runs[1][k][i]) for k in (1, 2) for i in (0, 1))
     assert not torch.equal(runs[0][1][0], runs[2][1][0])
+
+
+def test_without_final_the_target_is_the_last_blocks_resid(model_dir, loaded, tmp_path):
+    """p_final = softmax(unembed(final_norm(resid.3))): the logit lens at the last layer is the target
+    itself. Packed, so documents end inside sequences: their last token has no next token."""
+    store = word_store(tmp_path, model_dir, n_lines=80, sites=["resid_pre.0", "resid_post"], mode="pack")
+    summary = run_tuned_lens(store, TunedLensOptions(steps=3, batch_tokens=128, holdout=0.3, device="cpu"),
+                             loaded=loaded)
+    assert load_tuned_lens(summary["weights"]).metadata["target"] == "resid.3"
+    t = summary["per_layer"]
+    assert t["kl_logit_lens"][-1] == 0 and (t["kl_logit_lens"][:-1] > 0.1).all()
+    ref = reference_scores(store, model_dir, Path(summary["weights"]), 0.3)
+    assert t["n_next"][0] == ref["n_next"] < ref["n_tokens"] - 80 * 0.2  # about one per document
+    for key in ("kl_logit_lens", "kl_tuned_lens", "logprob_tuned_lens"):
+        np.testing.assert_allclose(t[key], ref[key], rtol=2e-5, atol=1e-6, err_msg=key)
 
 
 @pytest.mark.parametrize("case, fragment", [
