@@ -11,6 +11,7 @@ into the store's staging area by whatever CPUs the executor has
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import sys
 from dataclasses import asdict, dataclass
@@ -63,7 +64,8 @@ class PreparedJob:
         statistics, if any, observe its shards."""
         observers = []
         if self.stats is not None:
-            observers.append(InPassStats.for_model(self.stats, loaded, self.layout, writer.fs))
+            columns = store_layout.GENERATION_COLUMNS.names if self.generation is not None else ()
+            observers.append(InPassStats.for_model(self.stats, loaded, self.layout, writer.fs, columns))
         cfg = self.config
         forward = None
         if self.generation is not None:
@@ -109,9 +111,13 @@ def prepare(cfg: ExtractConfig, model, parts_mapper=None) -> PreparedJob:
     sites = parse_sites(list(cfg.capture.sites), model.n_layers)
     heads = _heads(cfg.capture.heads, model.n_heads)
     layout = CaptureLayout.from_sites(sites, heads)
+    generating = cfg.decode is not None
+    families = None
     if cfg.capture.stats is not None:  # asked for and not computable from this capture: refused before any work
-        check_capture(cfg.capture.stats.families, layout, model.n_layers, model.family.causal,  # decoders: LM head
-                      cfg.capture.stats.exclude_massive)
+        families = check_capture(cfg.capture.stats.families_for(generating), layout, model.n_layers,
+                                 model.family.causal, cfg.capture.stats.exclude_massive,  # decoders: LM head
+                                 store_layout.GENERATION_COLUMNS.names if generating else (),
+                                 default=cfg.capture.stats.families is None)
     shard_tokens = shard_tokens_for(
         cfg.store.shard_tokens, cfg.store.chunk_tokens, cfg.corpus.seq_len, cfg.corpus.mode
     )
@@ -133,7 +139,8 @@ def prepare(cfg: ExtractConfig, model, parts_mapper=None) -> PreparedJob:
     stats = None
     if cfg.capture.stats is not None:  # self-similarity types: the corpus's most frequent tokens, from counts
         ids, n = corpus.token_counts(fs, counts)
-        stats = cfg.capture.stats.stats_config(counts=(ids, n), n_resid=len(layout.residual))
+        stats = cfg.capture.stats.stats_config(counts=(ids, n), n_resid=len(layout.residual), generation=generating)
+        stats = dataclasses.replace(stats, families=families)  # the default set: what this capture feeds
     specs = [] if not cfg.capture.store_arrays else store_layout.array_specs(
         n_tokens=plan.n_tokens,
         n_sequences=plan.n_sequences,

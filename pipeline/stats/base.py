@@ -76,6 +76,10 @@ class Accumulator:
     - ``needs_unembed``: the model's unembedding (LM head)
     - ``uses_layer_inputs``: resid at each pattern layer's input, when the shard has it
       (optional: without it that part of the family is left out)
+    - ``uses_resid``: the residual stream where the shard has it (optional; its ``layer``
+      columns are then positions along resid's layer axis, as with ``needs_resid``)
+    - ``needs_columns``: token-table columns beyond the token ids (a generation store's step
+      records, ``store.layout.GENERATION_COLUMNS``), read into ``SequenceInputs.columns``
     """
 
     family: ClassVar[str] = ""
@@ -87,6 +91,8 @@ class Accumulator:
     needs_pattern: ClassVar[bool] = False
     needs_unembed: ClassVar[bool] = False
     uses_layer_inputs: ClassVar[bool] = False
+    needs_columns: ClassVar[tuple[str, ...]] = ()
+    uses_resid: ClassVar[bool] = False  # reads resid where the shard has it (optional, unlike needs_resid)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -110,6 +116,8 @@ class Accumulator:
             return "needs attention patterns"
         if cls.needs_unembed and not offer.unembed:
             return "the model has no unembedding (LM head)"
+        if not set(cls.needs_columns) <= offer.columns:
+            return "needs a generation store (embwalk generate): its step records"
         return None
 
     @classmethod
@@ -117,7 +125,9 @@ class Accumulator:
         """The arrays (of ``ARRAYS``) the family reads from a shard that offers ``offer``;
         without an offer, every array it can use (what a capture for it should hold)."""
         read = set()
-        if cls.needs_resid or (cls.uses_layer_inputs and (offer is None or offer.layer_inputs)):
+        optional = (cls.uses_layer_inputs and (offer is None or offer.layer_inputs)) or (
+            cls.uses_resid and (offer is None or offer.resid_layers is not None))
+        if cls.needs_resid or optional:
             read.add("resid")
         if cls.needs_final_or_last_resid:
             read.add("final" if offer is None or offer.final else "resid")

@@ -17,7 +17,10 @@ import numpy as np
 
 from embwalk.errors import EmbwalkError
 
-FAMILIES = ("encoding", "logit_lens", "decoding", "attention", "geometry")
+FAMILIES = ("encoding", "logit_lens", "decoding", "attention", "geometry", "generation")
+# Families that read a generation store's step records (embwalk generate): in the defaults only there.
+GENERATION_FAMILIES = ("generation",)
+DEFAULT_FAMILIES = tuple(f for f in FAMILIES if f not in GENERATION_FAMILIES)
 # Integer-valued kinds (ranks, nucleus sizes): their quantiles are the sample's own (inverted CDF)
 # where the bins are single integers, up to EXACT_INTEGERS.
 INTEGER_KINDS = ("rank", "nucleus")
@@ -141,7 +144,7 @@ class StatsConfig:
       batched at that level (not part of the fingerprint).
     """
 
-    families: tuple[str, ...] = FAMILIES
+    families: tuple[str, ...] = DEFAULT_FAMILIES
     bins: Mapping[str, Bins] = field(default_factory=default_bins)
     nucleus_p: float = 0.9
     self_sim_types: tuple[int, ...] = ()
@@ -249,7 +252,7 @@ class StatsOptions:
 
     The Hydra ``stats`` group, and ``capture.stats`` for statistics computed in the pass."""
 
-    families: list[str] = field(default_factory=lambda: list(FAMILIES))
+    families: list[str] | None = None  # None: every family the store can feed (generation: on a generation store)
     self_sim_top_k: int = 100  # token types tracked for self-similarity: the corpus's most frequent
     cov_layers: list[int] | None = None  # layers with a covariance spectrum (None = all)
     cov_every: int | None = None  # or: every k-th residual layer and the last (the d x d product is the cost)
@@ -265,14 +268,21 @@ class StatsOptions:
     device: str = "auto"  # where statistics are computed: cpu | cuda | cuda:N | auto
     resume: bool = True  # skip shards whose partials match this config and store
 
+    def families_for(self, generation: bool = False) -> tuple[str, ...]:
+        """The families asked for; by default every one, the generation families on a generation store only."""
+        if self.families is not None:
+            return tuple(self.families)
+        return FAMILIES if generation else DEFAULT_FAMILIES
+
     def stats_config(
         self, token_ids: np.ndarray | None = None, n_resid: int | None = None,
-        counts: tuple[np.ndarray, np.ndarray] | None = None,
+        counts: tuple[np.ndarray, np.ndarray] | None = None, generation: bool = False,
     ) -> StatsConfig:
         """The StatsConfig for a corpus; self-similarity types are its top-K by frequency, from
         its ``token_ids`` or from ``counts`` (token ids, how often each occurs).
-        ``n_resid``: residual layers the statistics see (needed with ``cov_every``)."""
-        unknown = sorted(set(self.families) - set(FAMILIES))
+        ``n_resid``: residual layers the statistics see (needed with ``cov_every``);
+        ``generation``: the store holds generated continuations (embwalk generate)."""
+        unknown = sorted(set(self.families_for(generation)) - set(FAMILIES))
         if unknown:
             raise EmbwalkError(f"unknown stats.families {unknown}; known: {', '.join(FAMILIES)}")
         if counts is None:
@@ -285,7 +295,7 @@ class StatsOptions:
             cov = tuple(sorted(set(range(0, n_resid, self.cov_every)) | {n_resid - 1}))
         try:
             return StatsConfig(
-                families=tuple(self.families), bins=dict(self.bins or {}), nucleus_p=self.nucleus_p,
+                families=self.families_for(generation), bins=dict(self.bins or {}), nucleus_p=self.nucleus_p,
                 self_sim_types=types, cov_layers=cov,
                 assoc_include_self=self.assoc_include_self, chunk_tokens=self.chunk_tokens,
                 fast_moments=self.fast_moments, exclude_positions=tuple(self.exclude_positions),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import torch
 from embwalk.errors import StoreError
 from embwalk.stats.config import StatsConfig
 from embwalk.stats.head import ModelHead
-from embwalk.stats.inputs import ARRAYS
+from embwalk.stats.inputs import ARRAYS, column_numpy, column_tensor
 from embwalk.stats.partials import write_shard_partials
 from embwalk.stats.walk import WalkStats, shard_label
 from embwalk.store import layout as store_layout
@@ -74,19 +75,22 @@ def walk_stats_for(store: Store, config: StatsConfig, head: ModelHead, index: in
         resid_layers=lay["resid_layers"] or list(range(head.n_layers + 1)),
         pattern_layers=lay["pattern_layers"], pattern_heads=lay["pattern_heads"],
         has_resid=lay["resid_layers"] is not None, has_final=lay["has_final"],
+        columns=store_layout.GENERATION_COLUMNS.names if "generation" in store.manifest else (),
     )
 
 
-def owned_spans(store: Store, index: int) -> tuple[list[Span], dict[str, np.ndarray]]:
+def owned_spans(store: Store, index: int, columns: Sequence[str] = ()) -> tuple[list[Span], dict[str, np.ndarray]]:
     """The sequences whose first token lies in shard ``index``, with their token and doc ids
-    (rows of later shards included where a document-mode sequence runs past the shard)."""
+    and ``columns`` of the token table (masked where null: ``column_numpy``); rows of later
+    shards included where a document-mode sequence runs past the shard."""
     shards = {s["index"]: s for s in store.manifest["shards"]}
     committed = set(store.committed)
-    cols = ["row", "seq_id", "pos", "token_id", "doc_id"]
+    base = ["row", "seq_id", "pos", "token_id", "doc_id"]
+    cols = base + [c for c in columns if c not in base]
 
     def read(i: int) -> dict[str, np.ndarray]:
         t = store.read_tokens(i, cols)
-        return {c: t.column(c).to_numpy() for c in cols}
+        return {c: t.column(c).to_numpy() if c in base else column_numpy(t.column(c)) for c in cols}
 
     own = read(index)
     starts = np.flatnonzero(own["pos"] == 0)
@@ -105,12 +109,13 @@ def owned_spans(store: Store, index: int) -> tuple[list[Span], dict[str, np.ndar
         if not keep.all():
             break
         nxt += 1
-    data = {c: np.concatenate([p[c] for p in parts]) for c in cols}
+    data = {c: (np.concatenate if c in base else np.ma.concatenate)([p[c] for p in parts]) for c in cols}
     seq = data["seq_id"]
     edges = np.concatenate([[0], np.flatnonzero(np.diff(seq)) + 1, [len(seq)]])
     row0 = int(data["row"][0])
     spans = [Span(int(seq[a]), row0 + int(a), row0 + int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
-    return spans, {"token_id": data["token_id"], "doc_id": data["doc_id"], "row0": np.array([row0])}
+    extra = {c: data[c] for c in columns}
+    return spans, {"token_id": data["token_id"], "doc_id": data["doc_id"], "row0": np.array([row0]), **extra}
 
 
 def _blocks(spans: list[Span], rows: int = BLOCK_ROWS) -> list[list[Span]]:
@@ -135,8 +140,8 @@ def shard_stats(root: str | Path, index: int, config: StatsConfig, head: ModelHe
     device = torch.device(device)
     head = _on_device(head, device)
     store = Store(root)
-    spans, ids = owned_spans(store, index)
     ws = walk_stats_for(store, config, head, index)
+    spans, ids = owned_spans(store, index, ws.columns)
     need = ws.reads()
     arrays = {name: store.array(name) for name in need}
     read_seconds = 0.0
@@ -180,8 +185,10 @@ def shard_stats(root: str | Path, index: int, config: StatsConfig, head: ModelHe
             if "pattern" in got:
                 pattern = torch.from_numpy(got["pattern"][k][..., :n, :n]).to(device)
             t = slice(s.start - row0, s.stop - row0)
+            columns = {c: column_tensor(ids[c][t]) for c in ws.columns} if ws.columns else None
             ws.update_sequence(resid, final, torch.from_numpy(ids["token_id"][t].astype(np.int64)),
-                               torch.from_numpy(ids["doc_id"][t].astype(np.int64)), pattern, seq_id=s.seq_id)
+                               torch.from_numpy(ids["doc_id"][t].astype(np.int64)), pattern, seq_id=s.seq_id,
+                               columns=columns)
         compute_seconds += time.perf_counter() - t0
     thread.join()
     t0 = time.perf_counter()

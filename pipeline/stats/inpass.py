@@ -26,7 +26,7 @@ from embwalk.errors import EmbwalkError
 from embwalk.stats.config import StatsConfig
 from embwalk.stats.families import ACCUMULATORS
 from embwalk.stats.head import ModelHead
-from embwalk.stats.inputs import Offer
+from embwalk.stats.inputs import Offer, column_tensor
 from embwalk.stats.partials import write_shard_partials
 from embwalk.stats.walk import WalkStats, plan_families
 from embwalk.store.fs import StoreFS, open_fs
@@ -43,15 +43,19 @@ def required_sites(families: Sequence[str]) -> list[str]:
 
 
 def check_capture(families: Sequence[str], layout, n_layers: int, has_unembed: bool,
-                  exclude_massive: bool = False) -> None:
-    """Refuse, before any work, statistics the capture cannot feed: each family asked for must
-    be computable from the captured sites (and ``decoding`` from a captured ``final``, never a
-    final norm re-applied to the last block), naming the sites to add."""
+                  exclude_massive: bool = False, columns: Sequence[str] = (), default: bool = False) -> tuple[str, ...]:
+    """The families to compute in the pass. Refuse, before any work, statistics the capture cannot
+    feed: each family asked for must be computable from the captured sites (and ``decoding``
+    from a captured ``final``, never a final norm re-applied to the last block), naming the
+    sites to add. ``default``: nobody named ``families`` (the default set), so the ones the
+    capture cannot feed are left out instead."""
     offer = Offer(n_layers, tuple(layout.residual) or None, bool(layout.final),
-                  tuple(layout.pattern_layers) or None, has_unembed, final_from_resid=False)
+                  tuple(layout.pattern_layers) or None, has_unembed, final_from_resid=False,
+                  columns=frozenset(columns))
     held = {site for name in offer.arrays for site in SITES[name]}
     problems = []
-    for family, why in plan_families(families, offer)[1].items():
+    feedable, missing = plan_families(families, offer)
+    for family, why in ({} if default else missing).items():
         lacking = [site for site in required_sites([family]) if site not in held]
         add = f": add {', '.join(lacking)} to capture.sites" if lacking else ""
         problems.append(f"{family} {why}{add}")
@@ -60,6 +64,7 @@ def check_capture(families: Sequence[str], layout, n_layers: int, has_unembed: b
     if problems:
         raise EmbwalkError("capture.stats cannot compute " + "; ".join(problems)
                            + " (or leave the family out of capture.stats.families)")
+    return feedable
 
 
 class InPassStats:
@@ -70,21 +75,24 @@ class InPassStats:
     URL or StoreFS: the runner passes its writer's).
     """
 
-    def __init__(self, config: StatsConfig, head: ModelHead, layout, store: StoreFS | str | Path):
+    def __init__(self, config: StatsConfig, head: ModelHead, layout, store: StoreFS | str | Path,
+                 columns: Sequence[str] = ()):
         self.config, self.head, self.layout = config, head, layout
+        self.columns = tuple(columns)  # the token-table columns the rows have (a generation's)
         self.fs = open_fs(store)  # the job checked the capture feeds every family (check_capture)
 
     @classmethod
-    def for_model(cls, config: StatsConfig, loaded, layout, store: StoreFS | str | Path) -> InPassStats:
+    def for_model(cls, config: StatsConfig, loaded, layout, store: StoreFS | str | Path,
+                  columns: Sequence[str] = ()) -> InPassStats:
         """For a ``embwalk.models.loading.LoadedModel`` (its LM head and final norm)."""
-        return cls(config, ModelHead.from_loaded(loaded), layout, store)
+        return cls(config, ModelHead.from_loaded(loaded), layout, store, columns)
 
     def start_shard(self, shard) -> WalkStats:
         """The per-shard state: a ``WalkStats`` covering ``shard``."""
         return self._walk_stats(shard.index)
 
     def _walk_stats(self, index: int) -> WalkStats:
-        return WalkStats.for_layout(self.config, self.head, index, self.layout)
+        return WalkStats.for_layout(self.config, self.head, index, self.layout, self.columns)
 
     def on_batch(self, walk: WalkStats, got: dict[str, torch.Tensor], batch: list[int], starts: list[int],
                  lengths: list[int], shard, win) -> None:
@@ -102,6 +110,7 @@ class InPassStats:
                 torch.from_numpy(win.doc_ids[rows].astype(np.int64)),
                 got["pattern"][j, :, :, :n, :n] if "pattern" in got else None,
                 seq_id=s,
+                columns={c: column_tensor(win.columns[c][rows]) for c in walk.columns} if walk.columns else None,
             )
 
     def before_commit(self, walk: WalkStats, shard) -> None:

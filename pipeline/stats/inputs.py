@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
+import numpy as np
 import torch
 
 from embwalk.stats.head import ModelHead
@@ -37,6 +38,7 @@ class Offer:
     pattern_layers: tuple[int, ...] | None = None
     unembed: bool = False
     final_from_resid: bool = True  # final may be derived as final_norm(resid of the last block)
+    columns: frozenset[str] = frozenset()  # token-table columns beyond the token ids (a generation's)
 
     @property
     def last_resid(self) -> bool:
@@ -55,6 +57,31 @@ class Offer:
         """The ``ARRAYS`` the shard holds."""
         held = {"resid": self.resid_layers is not None, "final": self.final, "pattern": bool(self.pattern_layers)}
         return {name for name, ok in held.items() if ok}
+
+
+def column_tensor(values: np.ndarray) -> torch.Tensor:
+    """A token-table column as a tensor, the same from the pass (numpy, masked where null) and from
+    a store (Parquet nulls, ``column_numpy``): nulls are NaN in floats, -1 in integers, False in bools."""
+    data = np.ma.getdata(values)
+    if np.ma.isMaskedArray(values) and values.mask is not np.ma.nomask:
+        fill = np.nan if data.dtype.kind == "f" else (False if data.dtype.kind == "b" else -1)
+        data = np.where(np.ma.getmaskarray(values), fill, data)
+    return torch.from_numpy(np.ascontiguousarray(data))
+
+
+def column_numpy(column) -> np.ndarray:
+    """A Parquet column (pyarrow) as a numpy array masked where null: what ``column_tensor`` takes."""
+    import pyarrow as pa
+
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    mask = column.is_null().to_numpy(zero_copy_only=False)
+    if pa.types.is_fixed_size_list(column.type):
+        width = column.type.list_size
+        filled = column.fill_null(pa.scalar([0] * width, column.type))
+        data = filled.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
+        return np.ma.masked_array(data, np.repeat(mask[:, None], width, 1))
+    data = column.fill_null(False if pa.types.is_boolean(column.type) else 0).to_numpy(zero_copy_only=False)
+    return np.ma.masked_array(data, mask)
 
 
 def next_token_ids(token_ids: torch.Tensor, doc_ids: torch.Tensor) -> torch.Tensor:
@@ -91,6 +118,7 @@ class SequenceInputs:
     pattern_layers: Sequence[int] | None = None
     assoc_index: Sequence[int] | None = None  # positions along resid's layer axis of each pattern layer's input
     keep: torch.Tensor | None = None
+    columns: dict[str, torch.Tensor] | None = None  # the families' ``needs_columns``, per row
 
     def rows(self, t: torch.Tensor) -> torch.Tensor:
         """``t``'s rows (first axis: tokens) of the tokens kept."""

@@ -85,7 +85,8 @@ def compute_store_stats(
         say(f"{root} holds no activations: merging the statistics computed during extraction")
         return merge_store_stats(root, out=options.out)
     resid = store.manifest["arrays"].get("resid")
-    config = options.stats_config(counts=corpus_token_counts(store), n_resid=len(resid["layers"]) if resid else None)
+    config = options.stats_config(counts=corpus_token_counts(store), n_resid=len(resid["layers"]) if resid else None,
+                                  generation="generation" in store.manifest)
     head = model_head(store, loaded)
     device = str(resolve_device(options.device))
     todo = [i for i in store.committed if not (options.resume and _up_to_date(store, i, config, options))]
@@ -105,7 +106,7 @@ def _up_to_date(store: Store, index: int, config: StatsConfig, options: StatsOpt
     meta = read_shard_meta(store.root, index, config.out)
     if meta is None:
         return False
-    wanted = set(options.families) - set(meta.get("skipped", {}))
+    wanted = set(config.families) - set(meta.get("skipped", {}))
     return (
         meta.get("config") == config.fingerprint()
         and set(meta.get("families", [])) == wanted

@@ -204,7 +204,7 @@ def _read_table(fs: StoreFS, rel: str) -> pa.Table:
 def _relabel_axes(family: type[Accumulator], table: pa.Table, meta: dict) -> pa.Table:
     """A family's positions along resid's layer axis and the pattern's head axis (its declared
     inputs, pipeline/stats/base.py) -> the residual indices and head ids the store gives them."""
-    if family.needs_resid:
+    if family.needs_resid or family.uses_resid:
         table = _relabel(table, "layer", meta["resid_layers"])
     if family.needs_pattern and meta.get("pattern_heads") is not None:
         table = _relabel(table, "head", meta["pattern_heads"])

@@ -74,6 +74,7 @@ class WalkStats:
         pattern_heads: Sequence[int] | None = None,
         has_resid: bool = True,
         has_final: bool = True,
+        columns: Sequence[str] = (),
     ):
         self.config, self.head = config, head
         self.resid_layers = list(range(head.n_layers + 1) if resid_layers is None else resid_layers)
@@ -83,10 +84,13 @@ class WalkStats:
         self.offer = Offer(
             head.n_layers, tuple(self.resid_layers) if has_resid else None, has_final,
             tuple(self.pattern_layers) if self.pattern_layers else None, head.unembed is not None,
+            columns=frozenset(columns),
         )
         self.families, self.skipped = plan_families(config.families, self.offer)
         ids = [shard_ids] if isinstance(shard_ids, str) else list(shard_ids)
         self.accumulators: dict[str, Accumulator] = {f: ACCUMULATORS[f](config, ids) for f in self.families}
+        # the token-table columns the families read (update_sequence's ``columns``)
+        self.columns = sorted({c for acc in self.accumulators.values() for c in acc.needs_columns})
         # positions along resid's layer axis of each pattern layer's input (the association bias)
         self.assoc_index = None
         if self.offer.layer_inputs:
@@ -100,13 +104,15 @@ class WalkStats:
         self.sample: dict[str, np.ndarray] | None = None
 
     @classmethod
-    def for_layout(cls, config: StatsConfig, head: ModelHead, shard_index: int, layout) -> WalkStats:
-        """For an extraction shard: laid out like a ``embwalk.models.capture.CaptureLayout``."""
+    def for_layout(cls, config: StatsConfig, head: ModelHead, shard_index: int, layout,
+                   columns: Sequence[str] = ()) -> WalkStats:
+        """For an extraction shard: laid out like a ``embwalk.models.capture.CaptureLayout``;
+        ``columns``: the token-table columns its rows have beyond the token ids."""
         return cls(
             config, head, shard_label(shard_index),
             resid_layers=list(layout.residual) or None, pattern_layers=list(layout.pattern_layers) or None,
             pattern_heads=None if layout.heads is None else list(layout.heads),
-            has_resid=bool(layout.residual), has_final=bool(layout.final),
+            has_resid=bool(layout.residual), has_final=bool(layout.final), columns=columns,
         )
 
     def reads(self) -> list[str]:
@@ -122,6 +128,7 @@ class WalkStats:
         doc_ids: torch.Tensor,
         pattern: torch.Tensor | None = None,
         seq_id: int | None = None,
+        columns: dict[str, torch.Tensor] | None = None,
     ) -> None:
         """One whole sequence, unpadded, in position order.
 
@@ -130,7 +137,8 @@ class WalkStats:
         ``doc_ids`` [n]; ``pattern`` [len(pattern_layers), H, n, n] (query, key).
         Any float dtype (upcast to float32 here); values should be what the store
         holds: the in-pass caller rounds to the store dtype (module docstring).
-        ``seq_id`` lets the shard that owns ``config``'s sample sequence keep it.
+        ``seq_id`` lets the shard that owns ``config``'s sample sequence keep it; ``columns``
+        the sequence's rows of the token-table columns in ``self.columns`` (``column_tensor``).
         """
         tok = torch.as_tensor(token_ids).long()
         docs = torch.as_tensor(doc_ids).long()
@@ -150,6 +158,7 @@ class WalkStats:
         inputs = SequenceInputs(
             tok, docs, next_token_ids(tok, docs), self.head, resid, final, pattern,
             self.resid_layers, self.pattern_layers, self.assoc_index, keep,
+            None if columns is None else {k: v.to(tok.device) for k, v in columns.items()},
         )
         for family, acc in self.accumulators.items():
             t0 = time.perf_counter()

@@ -42,6 +42,26 @@ TOKEN_SCHEMA = pa.schema(
 )
 
 
+# The token-table columns a generation store adds (embwalk generate, pipeline/generation/), in
+# order after TOKEN_SCHEMA's: which continuation and step a row is, and each step's record
+# (null on prompt rows). docs/generation.md describes them.
+GENERATION_COLUMNS = pa.schema(
+    [
+        ("prompt_id", pa.int64()),
+        ("sample", pa.int32()),
+        ("step", pa.int32()),  # 0 = the first generated token; null on the prompt
+        ("generated", pa.bool_()),
+        ("prob", pa.float32()),  # of the chosen token under the model's distribution softmax(logits)
+        ("rank", pa.int32()),  # of the chosen token under it (0 = the top token)
+        ("entropy", pa.float32()),  # of that distribution, nats
+        ("sample_prob", pa.float32()),  # of the chosen token under the distribution it was drawn from
+        ("path_logprob", pa.float64()),  # sum of log prob over the steps so far
+        ("top_ids", pa.list_(pa.int32())),  # the most probable tokens (fixed-size lists)
+        ("top_probs", pa.list_(pa.float32())),
+    ]
+)
+
+
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}"
 

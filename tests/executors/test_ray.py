@@ -165,3 +165,23 @@ def test_killed_driver_resumes_and_equals_an_uninterrupted_run(ray_instance, tmp
     )
     extract_local(local, minilm)
     assert_same_contents(_contents(store), _contents(local.store.path))
+
+
+def test_generation_on_two_workers_equals_the_local_run(ray_instance, tmp_path, corpus, model):
+    """embwalk generate on Ray: the same shard runner, so the same store (sampling is seeded per
+    continuation, whichever worker runs it)."""
+    from embwalk.generation.config import DecodeConfig
+    from embwalk.jobs.generate import GenerateConfig
+
+    def gen(path, kind: str, workers: int = 1) -> GenerateConfig:
+        base = _config(path, corpus, workers=workers, kind=kind)
+        return GenerateConfig(
+            corpus=replace(base.corpus, seq_len=8, max_tokens=64), capture=base.capture,
+            store=replace(base.store, shard_tokens=24, chunk_tokens=4), cluster=base.cluster,
+            decode=DecodeConfig(strategy="sample", samples=2, max_new_tokens=4, seed=5),
+        )
+
+    extract_local(gen(tmp_path / "local-gen", "local"), model)
+    manifest = extract_ray(gen(tmp_path / "ray-gen", "ray", workers=2), model)
+    assert manifest["complete"] and len(manifest["shards"]) >= 4
+    assert_same_contents(_contents(tmp_path / "ray-gen"), _contents(tmp_path / "local-gen"))

@@ -84,11 +84,12 @@ def test_greedy_equals_generate_and_the_table_marks_every_row(tmp_path, tokenize
 @pytest.mark.parametrize("family", CAUSAL)
 def test_every_stored_vector_equals_a_teacher_forced_pass(tmp_path, tokenizer, family):
     """Vectors and attention rows of the prompt and of every generated token, from the KV-cached
-    decoding, against one forward pass over prompt + continuation (float32: the cache reorders no
-    sum, so they agree to ~1e-6 per vector)."""
+    decoding, against one forward pass over prompt + continuation. One continuation per batch,
+    as the reference: float32 products of other batch shapes round differently (~1e-5 on
+    SmolLM2), which is not the cache's doing (docs/generation.md)."""
     loaded = tiny_loaded(family, tokenizer)
     cfg = config(tmp_path, sites=("resid_pre.0", "resid_post", "final", "attn_pattern"), strategy="sample",
-                 samples=2, temperature=1.5)
+                 samples=2, temperature=1.5, batch=1)
     extract_local(cfg, loaded)
     store = Store(cfg.store.path)
     resid, final = store.array("resid")[:], store.array("final")[:]
@@ -191,7 +192,9 @@ def test_the_token_table_reads_back_with_nulls_on_prompt_rows(tmp_path, tokenize
 
 
 def test_smollm2_greedy_equals_generate_and_its_vectors_a_teacher_forced_pass(tmp_path, smollm2):
-    cfg = config(tmp_path, sites=("resid_pre.0", "resid_post", "final"))
+    """On the real model (massive activations of norm ~24,000 at position 0 included); one
+    continuation per batch, as the reference (the family test's docstring)."""
+    cfg = config(tmp_path, sites=("resid_pre.0", "resid_post", "final"), batch=1)
     cfg.decode.max_prompts = 2
     extract_local(cfg, smollm2)
     store = Store(cfg.store.path)

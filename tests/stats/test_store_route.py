@@ -155,3 +155,12 @@ def test_nucleus_from_topk_equals_full_sort():
     want = ((probs.cumsum(-1) - probs) < 0.9).sum(-1).clamp(1, 5000)
     for first_k in (1, 16, 256, 5000):
         assert torch.equal(nucleus_size(logp, 0.9, first_k), want)
+
+
+def test_an_extraction_store_skips_the_generation_family_unless_asked(pack_store, copy_store, tiny_llama):
+    store = copy_store(pack_store)
+    summary = compute_store_stats(store, StatsOptions(self_sim_top_k=4), QUIET, loaded=tiny_llama)
+    assert "generation" not in summary["families"] and "generation" not in summary["skipped"]
+    summary = compute_store_stats(store, StatsOptions(families=["encoding", "generation"]), QUIET,
+                                  loaded=tiny_llama)
+    assert summary["skipped"]["generation"].startswith("needs a generation store")
