@@ -24,7 +24,7 @@ from embwalk.executors.config import ClusterConfig
 from embwalk.executors.units import in_process, process_pool
 from embwalk.models.loading import resolve_device
 from embwalk.stats.config import StatsConfig, StatsOptions
-from embwalk.stats.from_store import ShardNotReady, check_store, has_activations, shard_stats
+from embwalk.stats.from_store import ShardNotReady, check_store, has_activations, shard_stats, walk_stats_for
 from embwalk.stats.head import ModelHead
 from embwalk.stats.partials import identity_hash, merge_store_stats, read_shard_meta
 from embwalk.store import layout as store_layout
@@ -88,6 +88,12 @@ def compute_store_stats(
     config = options.stats_config(counts=corpus_token_counts(store), n_resid=len(resid["layers"]) if resid else None,
                                   generation="generation" in store.manifest)
     head = model_head(store, loaded)
+    if options.families is not None:  # named, and not computable from this store: refused before any work
+        why_not = walk_stats_for(store, config, head, 0).skipped
+        if why_not:
+            raise EmbwalkError("stats.families cannot compute " + "; ".join(f"{f}: {w}" for f, w in why_not.items())
+                               + f" from {root} (leave it out of stats.families, or omit stats.families for "
+                               "every family the store can feed)")
     device = str(resolve_device(options.device))
     todo = [i for i in store.committed if not (options.resume and _up_to_date(store, i, config, options))]
     skipped = len(store.committed) - len(todo)

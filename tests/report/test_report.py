@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from embwalk.errors import StoreError
+from embwalk.errors import EmbwalkError, StoreError
 from embwalk.executors.config import ClusterConfig
 from embwalk.report import ReportOptions, build_report
 from embwalk.stats.config import StatsOptions
@@ -55,13 +55,17 @@ def test_default_location_and_missing_statistics(tmp_path, loaded):
     store = build_store(tmp_path, loaded, sites=["resid_pre.0", "resid_post", "final"])  # no attention
     with pytest.raises(StoreError, match="run python -m jobs.stats"):
         build_report(store)
-    compute_store_stats(store, StatsOptions(families=["encoding", "attention", "geometry"]),
+    with pytest.raises(EmbwalkError, match="stats.families cannot compute attention: needs attention patterns"):
+        compute_store_stats(store, StatsOptions(families=["encoding", "attention"]),
+                            ClusterConfig(workers=1, progress=False), loaded=loaded)
+    # the default families: every one the store can feed, the others listed with the reason
+    compute_store_stats(store, StatsOptions(families=None, self_sim_top_k=4),
                         ClusterConfig(workers=1, progress=False), loaded=loaded)
     page = build_report(store, ReportOptions(labels=False))
     assert page == store / "report" / "index.html"
-    assert images(page) == ["encoding", "geometry", "trajectory", "similarity"]
+    assert images(page) == ["encoding", "logit_lens", "geometry", "trajectory", "similarity", "decoding"]
     html = page.read_text()
-    assert "Not shown" in html and "needs attention patterns" in html and "needs logit_lens" in html
+    assert "Not shown" in html and "needs attention patterns" in html
     assert not (page.parent / "sink.png").exists()
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from embwalk.errors import StoreError
+from embwalk.errors import EmbwalkError, StoreError
 from embwalk.executors.config import ClusterConfig
 from embwalk.stats import ShardOverlapError, StatsConfig
 from embwalk.stats.config import StatsOptions
@@ -161,6 +161,7 @@ def test_an_extraction_store_skips_the_generation_family_unless_asked(pack_store
     store = copy_store(pack_store)
     summary = compute_store_stats(store, StatsOptions(self_sim_top_k=4), QUIET, loaded=tiny_llama)
     assert "generation" not in summary["families"] and "generation" not in summary["skipped"]
-    summary = compute_store_stats(store, StatsOptions(families=["encoding", "generation"]), QUIET,
-                                  loaded=tiny_llama)
-    assert summary["skipped"]["generation"].startswith("needs a generation store")
+    before = sorted(p.name for p in (store / "stats" / "partials").rglob("*"))
+    with pytest.raises(EmbwalkError, match="stats.families cannot compute generation: needs a generation store"):
+        compute_store_stats(store, StatsOptions(families=["encoding", "generation"]), QUIET, loaded=tiny_llama)
+    assert sorted(p.name for p in (store / "stats" / "partials").rglob("*")) == before  # nothing written
