@@ -89,11 +89,17 @@ class Decoder:
         else:
             q = torch.softmax(scores, dim=-1)
             chosen = torch.cat([torch.multinomial(q[j], 1, generator=g) for j, g in enumerate(generators)])
-        logp = torch.log_softmax(logits, dim=-1)
-        logq = torch.log_softmax(scores, dim=-1)
+        records = self.describe(logits, torch.log_softmax(logits, dim=-1), torch.log_softmax(scores, dim=-1), chosen)
+        return Step(chosen, {k: v.cpu().numpy() for k, v in records.items()})
+
+    def describe(self, logits: torch.Tensor, logp: torch.Tensor, logq: torch.Tensor,
+                 chosen: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The records of ``chosen`` [B] under the model's log-probabilities ``logp`` (from ``logits``)
+        and the log-probabilities ``logq`` it was chosen by (sampling: the warped distribution;
+        beam search: the processed log-probabilities its beam's score adds)."""
         pick = chosen[:, None]
         top = logp.topk(min(self.cfg.top_candidates, logp.shape[-1]), dim=-1)
-        records = {
+        return {
             "prob": logp.gather(-1, pick)[:, 0].exp(),
             "rank": (logits > logits.gather(-1, pick)).sum(-1),  # 0 = the top token; ties count in its favour
             "entropy": -(logp.exp() * logp).sum(-1),
@@ -102,4 +108,3 @@ class Decoder:
             "top_ids": top.indices,
             "top_probs": top.values.exp(),
         }
-        return Step(chosen, {k: v.cpu().numpy() for k, v in records.items()})

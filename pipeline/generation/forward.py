@@ -49,6 +49,9 @@ class GenerationForward:
         got = out if out is not None else capturer.scratch(len(batch), p + n)
         if "pattern" in got:
             got["pattern"].zero_()  # rows see only their past: the keys after it stay 0, as in an extraction
+        if self.decoder.cfg.strategy == "beam":
+            self._beam(capturer, ids, got, batch, starts, win)
+            return got
         model, device = self.loaded.model, self.loaded.device
         history = ids[:, :p].to(device)
         generators = self.decoder.generators(batch, device)
@@ -64,6 +67,50 @@ class GenerationForward:
                             **{self.cache_arg: _cache(res)})
         self._fill(win, starts, history[:, p:].cpu().numpy(), records)
         return got
+
+    def _beam(self, capturer: Capturer, ids: torch.Tensor, got: dict[str, torch.Tensor], batch: list[int],
+              starts: list[int], win: ShardTokens) -> None:
+        """Beam search over the batch's prompts, as ``generate(num_beams=K)`` searches: each step
+        ranks every beam's continuations by the beam's score plus the processed log-probabilities,
+        keeps the best K, and reorders the KV cache, the beams' captured rows and their records
+        by the beam each came from. Continuation ``sample`` k of a prompt is its k-th best beam."""
+        cfg, p, n = self.decoder.cfg, self.plan.prompt_len, self.plan.new_tokens
+        k, samples = int(cfg.num_beams), self.plan.samples
+        model, device = self.loaded.model, self.loaded.device
+        prompts = sorted({g // samples for g in batch})  # a prompt's continuations may share the batch
+        first = [next(j for j, g in enumerate(batch) if g // samples == q) for q in prompts]
+        history = ids[first, :p].to(device).repeat_interleave(k, dim=0)  # [prompts * K, P]
+        work = {name: torch.zeros(shape, dtype=capturer.dtype, device=device)
+                for name, shape in capturer.buffer_shapes(len(history), p + n).items()}
+        with capturer.writing_to(_rows(work, 0, p)):
+            res = model(input_ids=history, use_cache=True, **self.keep_last)
+        scores = torch.full((len(prompts), k), -1e9, device=device)
+        scores[:, 0] = 0.0  # the K copies of a prompt start as one beam
+        base = torch.arange(len(prompts), device=device)[:, None] * k
+        records: dict[str, torch.Tensor] = {}
+        for t in range(n):
+            logits = res.logits[:, -1].float()
+            logp = torch.log_softmax(logits, dim=-1)
+            processed = self.decoder.processors(history, logp.clone())  # as generate: processors on log-probs
+            vocab = logp.shape[-1]
+            scores, best = (scores[..., None] + processed.view(len(prompts), k, vocab)).view(len(prompts), -1).topk(k)
+            parent = (base + best // vocab).view(-1)
+            tokens = (best % vocab).view(-1)
+            step = self.decoder.describe(logits[parent], logp[parent], processed[parent], tokens)
+            records = {name: torch.cat([v[parent], step[name][:, None]], 1) if records else step[name][:, None]
+                       for name, v in (records or step).items()}
+            history = torch.cat([history[parent], tokens[:, None]], dim=1)
+            for buf in work.values():
+                buf.copy_(buf[parent])
+            cache = _cache(res)
+            cache.reorder_cache(parent)
+            with capturer.writing_to(_rows(work, p + t, p + t + 1)):
+                res = model(input_ids=tokens[:, None], use_cache=True, **self.keep_last, **{self.cache_arg: cache})
+        rows = [prompts.index(g // samples) * k + g % samples for g in batch]  # beams come best first
+        for name, buf in got.items():
+            buf.copy_(work[name][rows])
+        steps = [{name: v[rows, t].cpu().numpy() for name, v in records.items()} for t in range(n)]
+        self._fill(win, starts, history[rows, p:].cpu().numpy(), steps)
 
     def _fill(self, win: ShardTokens, starts: list[int], new: np.ndarray, records: list[dict]) -> None:
         """The generated tokens and each step's record, into the window's rows."""

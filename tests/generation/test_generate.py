@@ -167,8 +167,42 @@ def test_a_killed_run_resumes_to_an_identical_store(tmp_path, tokenizer):
     np.testing.assert_array_equal(after.array("resid")[:], resid)
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_beam_search_equals_generate_and_each_beam_keeps_its_own_vectors(tmp_path, tokenizer, family):
+    """The best beams, token for token as generate(num_beams=K) returns them, and every stored vector
+    that of the beam's own path (the cache and the captured rows follow each beam's parent)."""
+    loaded = tiny_loaded(family, tokenizer)
+    cfg = config(tmp_path, strategy="beam", num_beams=4, samples=3, repetition_penalty=1.2, batch=2)
+    extract_local(cfg, loaded)
+    store = Store(cfg.store.path)
+    resid = store.array("resid")[:]
+    seqs = sequences(store)
+    for prompt in range(6):
+        beams = [seqs[prompt * 3 + k] for k in range(3)]
+        want = loaded.model.generate(
+            torch.tensor(beams[0].token_id.to_numpy()[None, :P], dtype=torch.long),
+            generation_config=GenerationConfig(do_sample=False, num_beams=4, num_return_sequences=3,
+                                               max_new_tokens=N, eos_token_id=None, pad_token_id=0,
+                                               repetition_penalty=1.2, early_stopping=False),
+        ).numpy()
+        got = np.stack([b.token_id.to_numpy() for b in beams])
+        np.testing.assert_array_equal(got, want, err_msg=f"prompt {prompt}")
+        for rows in beams:
+            ids = torch.tensor(rows.token_id.to_numpy()[None], dtype=torch.long)
+            with torch.no_grad():
+                out = loaded.model(ids, output_hidden_states=True)
+            ref = np.stack([h[0].numpy() for h in out.hidden_states], 1)[:, :-1]
+            have = resid[rows.row.to_numpy()][:, :-1]
+            rel = np.linalg.norm(have - ref, axis=-1) / np.linalg.norm(ref, axis=-1)
+            assert rel.max() < 1e-5, (family, prompt, rel.max())
+            lp = np.log(rows.prob[P:].to_numpy(np.float64))
+            np.testing.assert_allclose(rows.path_logprob[P:], np.cumsum(lp), rtol=1e-5)
+        totals = [float(np.log(b.sample_prob[P:].to_numpy(np.float64)).sum()) for b in beams]
+        assert totals == sorted(totals, reverse=True)  # best beam first: the beam scores, in order
+
+
 @pytest.mark.parametrize("decode, message", [
-    ({"strategy": "beam"}, "beam search is not supported yet"),
+    ({"strategy": "beam", "num_beams": 2, "samples": 3}, "is more than decode.num_beams=2 beams"),
     ({"top_p": 0.0}, "decode.top_p=0.0 must be in (0, 1]"),
     ({"temperature": 0.7}, "set decode.strategy=sample"),
     ({"samples": 2}, "with greedy decoding"),
@@ -215,3 +249,20 @@ def test_smollm2_greedy_equals_generate_and_its_vectors_a_teacher_forced_pass(tm
         last = want[:, -1]
         rel_final = np.linalg.norm(final[rows.row.to_numpy()] - last, axis=-1) / np.linalg.norm(last, axis=-1)
         assert rel_final.max() < 1e-5, (s, rel_final.max())
+
+
+def test_smollm2_beam_search_equals_generate(tmp_path, smollm2):
+    cfg = config(tmp_path, strategy="beam", num_beams=3, samples=2)
+    cfg.decode.max_prompts = 2
+    extract_local(cfg, smollm2)
+    seqs = sequences(Store(cfg.store.path))
+    for prompt in range(2):
+        got = np.stack([seqs[prompt * 2 + k].token_id.to_numpy() for k in range(2)])
+        with torch.no_grad():
+            want = smollm2.model.generate(
+                torch.tensor(got[:1, :P], dtype=torch.long),
+                generation_config=GenerationConfig(do_sample=False, num_beams=3, num_return_sequences=2,
+                                                   max_new_tokens=N, eos_token_id=None, pad_token_id=0,
+                                                   early_stopping=False),
+            ).numpy()
+        np.testing.assert_array_equal(got, want, err_msg=f"prompt {prompt}")
