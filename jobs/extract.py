@@ -9,16 +9,22 @@ SCHEMA = ExtractConfig
 
 
 def extract(config: dict) -> int:
+    run_and_describe(ExtractConfig.from_dict(config))
+    return 0
+
+
+def run_and_describe(cfg: ExtractConfig, tokens_are: str = "") -> dict:
+    """Run (or resume) the job here or on the cluster, print the store's summary and this run's
+    rate; returns the manifest. ``tokens_are`` says what the tokens counted are."""
     from embwalk.executors.dispatch import extract as execute
     from embwalk.store.reader import Store
 
-    cfg = ExtractConfig.from_dict(config)
     manifest = execute(cfg)
     print(Store(cfg.store.path).summary())  # a local path or any fsspec URL
     seconds, tokens = manifest.get("run_seconds"), manifest.get("run_tokens")
     if seconds and tokens:
-        print(f"this run: {tokens} tokens in {seconds:.1f} s ({tokens / seconds:.0f} tokens/s)")
-    return 0
+        print(f"this run: {tokens} tokens in {seconds:.1f} s ({tokens / seconds:.0f} tokens/s{tokens_are})")
+    return manifest
 
 
 def main(argv: list[str] | None = None) -> None:

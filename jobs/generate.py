@@ -24,18 +24,12 @@ SCHEMA = GenerateConfig
 
 def generate(config: dict) -> int:
     from embwalk.config import from_dict
-    from embwalk.executors.dispatch import extract as execute
-    from embwalk.store.reader import Store
+    from embwalk.jobs.extract import run_and_describe
 
-    cfg = from_dict(GenerateConfig, config)
-    manifest = execute(cfg)
-    print(Store(cfg.store.path).summary())
+    manifest = run_and_describe(from_dict(GenerateConfig, config), ", prompts included")
     gen = manifest["generation"]
-    seconds, tokens = manifest.get("run_seconds"), manifest.get("run_tokens")
     print(f"generated: {gen['n_prompts']} prompts x {gen['samples']} continuation(s) of {gen['new_tokens']} tokens "
           f"({gen['decode']['strategy']})")
-    if seconds and tokens:
-        print(f"this run: {tokens} tokens in {seconds:.1f} s ({tokens / seconds:.0f} tokens/s, prompts included)")
     return 0
 
 

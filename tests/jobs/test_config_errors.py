@@ -57,3 +57,26 @@ def test_presets_hold_only_what_differs_and_compose_into_the_dataclasses():
     cfg = ExtractConfig.from_dict(seen)
     assert cfg.capture.store_arrays is False and cfg.capture.stats.cov_every == 3
     assert cfg.corpus.max_tokens is None and cfg.corpus.path == "x.txt"  # the builtin preset's cut is not carried
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["decode.strategy=bogus"], "decode.strategy='bogus'; choose one of greedy, sample, beam"),
+        (["decode.top_p=1.5"], "decode.top_p=1.5 must be in (0, 1]"),
+        (["decode.max_new_tokns=4"], "unknown decode option(s): max_new_tokns (did you mean max_new_tokens?)"),
+    ],
+)
+def test_generate_decode_errors_are_one_line(argv, fragment, capsys):
+    from embwalk.config import from_dict
+    from embwalk.jobs.generate import GenerateConfig
+
+    def check(config: dict) -> int:
+        from_dict(GenerateConfig, config).validate()
+        raise AssertionError("a bad config must not reach the job's work")
+
+    with pytest.raises(SystemExit) as info:
+        run_job("generate", GenerateConfig, check, argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("embwalk: error: ") and fragment in err[0], err
