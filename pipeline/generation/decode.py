@@ -59,6 +59,16 @@ def sequence_seed(seed: int, seq: int) -> int:
     return (z ^ (z >> 31)) >> 1
 
 
+def draw(q: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """One token per row of the distributions ``q`` [B, V], row j by inverting its CDF at a uniform
+    number from ``generators[j]``: a token of probability 0 is never drawn (the CDF does not rise
+    there). Rather than ``torch.multinomial`` per row, which costs ~10 ms per 49k-token row."""
+    u = torch.cat([torch.rand(1, generator=g, device=g.device) for g in generators]).to(q.device)
+    cdf = q.cumsum(dim=-1)
+    picked = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
+    return picked.clamp_max(q.shape[-1] - 1)
+
+
 @dataclass
 class Step:
     """One step of a batch: the chosen tokens [B] and their records (numpy, [B] or [B, k])."""
@@ -87,8 +97,7 @@ class Decoder:
         if generators is None:
             chosen = scores.argmax(dim=-1)
         else:
-            q = torch.softmax(scores, dim=-1)
-            chosen = torch.cat([torch.multinomial(q[j], 1, generator=g) for j, g in enumerate(generators)])
+            chosen = draw(torch.softmax(scores, dim=-1), generators)
         records = self.describe(logits, torch.log_softmax(logits, dim=-1), torch.log_softmax(scores, dim=-1), chosen)
         return Step(chosen, {k: v.cpu().numpy() for k, v in records.items()})
 
