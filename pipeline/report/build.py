@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
 from pathlib import Path
 
 from embwalk.report import figures as F
-from embwalk.report.data import load_document, load_report_data
+from embwalk.report.data import ReportData, has_generation, load_document, load_generation_data, load_report_data
 from embwalk.report.html import write_page
 from embwalk.report.options import ReportOptions
-from embwalk.report.summary import compare_rows, headline_rows, survive_caption
+from embwalk.report.summary import Row, compare_rows, headline_rows, survive_caption
 from embwalk.report.vocab import load_vocabulary
 from embwalk.stats.partials import STATS
 
@@ -28,11 +29,13 @@ def report_dir(root: Path, stats: str = STATS) -> Path:
 
 def build_report(store: str | Path, options: ReportOptions | None = None, loaded=None) -> Path:
     """Write the figures and ``index.html`` for the store's statistics (``options.stats``, and
-    ``options.compare`` beside them); returns the page's path."""
+    ``options.compare`` beside them; ``options.stores``: other generation stores beside this one
+    in strategies.png); returns the page's path."""
     opts = options or ReportOptions()
     opts.validate()
     data = load_report_data(store, opts.stats)
     cmp = load_report_data(store, opts.compare) if opts.compare else None
+    stores = strategy_stores(data, opts)  # [] without report.stores; fails in one line before drawing
     out = Path(opts.out).expanduser() if opts.out else report_dir(data.root, opts.stats)
     out.mkdir(parents=True, exist_ok=True)
     doc = load_document(data, opts.doc, opts.max_tokens)
@@ -40,7 +43,12 @@ def build_report(store: str | Path, options: ReportOptions | None = None, loaded
     if doc is not None and not doc.tokens and vocab is not None:  # the sample keeps ids only
         doc.tokens = [vocab.tokens[int(i)] if int(i) < len(vocab.tokens) else f"<{int(i)}>" for i in doc.token_ids]
     # figure: (what it needs, for the reason shown when it is missing; how it is drawn)
-    makers = {
+    makers = {}
+    if "generation" in data.store.manifest:  # a generation store (embwalk generate): its continuations first
+        makers["generation"] = ("generation", lambda: F.fig_generation(data, out))
+    if stores:
+        makers["strategies"] = ("generation", lambda: _strategies(stores, out))
+    makers |= {
         "encoding": ("encoding", lambda: F.fig_encoding(data, out, cmp)),
         "logit_lens": ("logit_lens", lambda: F.fig_logit_lens(data, out, cmp)),
         "position_kernels": ("attention", lambda: F.fig_kernels(data, out, opts.max_offset)),
@@ -52,6 +60,11 @@ def build_report(store: str | Path, options: ReportOptions | None = None, loaded
         "similarity": ("the same", lambda: F.fig_similarity(doc, out)),
         "decoding": ("decoding", lambda: F.fig_decoding(data, out)),
     }
+    if not stores:  # never a stale comparison from an earlier report.stores
+        for suffix in (".png", ".csv"):
+            (out / f"{F.STRATEGIES_FILE}{suffix}").unlink(missing_ok=True)
+    if "generation" not in makers:
+        (out / "generation.png").unlink(missing_ok=True)
     skipped = data.summary.get("skipped", {})  # family: why the statistics left it out
     figures, missing = [], {}
     for name, (needs, make) in makers.items():
@@ -67,14 +80,20 @@ def build_report(store: str | Path, options: ReportOptions | None = None, loaded
         ("store", str(data.root.resolve())),
         ("model", f"{m['model']['id']} ({m['model']['n_layers']} layers, d_model {m['model']['d_model']})"),
         ("corpus", f"{s['n_tokens']} tokens, {s['n_sequences']} sequences ({m['mode']} mode, seq_len {m['seq_len']})"),
-        ("statistics", f"{data.label}: " + ", ".join(f"{f} ({n} shards)" for f, n in sorted(s["families"].items()))),
     ]
+    if "generation" in m:
+        facts.append(("generation", f"{F.prompts_text(data)}; {F.decode_text(F.decode_options(data))}"))
+    facts.append(("statistics", f"{data.label}: " + ", ".join(
+        f"{f} ({n} shards)" for f, n in sorted(s["families"].items()))))
+    if len(stores) > 1:
+        facts.append(("compared stores", "; ".join(
+            f"{d.root.resolve()} ({F.decode_label(F.decode_options(d))})" for d in stores[1:])))
     if cmp is not None:
         facts.append(("compared with", f"{cmp.label}: " + ", ".join(
             f"{f} ({n} shards)" for f, n in sorted(cmp.summary["families"].items()))))
     facts.append(("written", time.strftime("%Y-%m-%d %H:%M:%S")))
-    mine = headline_rows(data)
-    table = compare_rows(mine, headline_rows(cmp), opts.survive_factor) if cmp is not None else mine
+    mine = _headline(data)
+    table = compare_rows(mine, _headline(cmp), opts.survive_factor) if cmp is not None else mine
     links = [(f"{d.name}/{SUMMARY_FILE}", _href(d.root / d.name / SUMMARY_FILE, out)) for d in (data, cmp) if d]
     page = out / "index.html"
     title = f"embwalk report: {Path(data.root).name}" + (f" ({data.name})" if data.name != STATS else "")
@@ -82,6 +101,39 @@ def build_report(store: str | Path, options: ReportOptions | None = None, loaded
                columns=(data.label, cmp.label) if cmp is not None else (data.label,),
                survive_rule=survive_caption(opts.survive_factor) if cmp is not None else None, links=links)
     return page
+
+
+def strategy_stores(data: ReportData, opts: ReportOptions) -> list[ReportData]:
+    """With ``report.stores``: this store and the others (each once, in the given order), every
+    one with its generation statistics in ``<report.stats>``; else []. A store without them is a
+    one-line StoreError naming it and the stats command that computes them."""
+    if not opts.stores:
+        return []
+    if not has_generation(data):
+        load_generation_data(data.root, opts.stats, role="report.stores compares generation stores: this store")
+    seen = {data.root.resolve()}
+    stores = [data]
+    for path in opts.stores:
+        other = load_generation_data(path, opts.stats)
+        if other.root.resolve() not in seen:
+            seen.add(other.root.resolve())
+            stores.append(other)
+    if len(stores) == 1:
+        log.warning("report.stores names only this store: the strategies figure shows it alone")
+    return stores
+
+
+def _strategies(stores: list[ReportData], out: Path) -> F.Figure:
+    """strategies.png, with the stores' numbers as a table under it."""
+    fig, rows = F.fig_strategies(stores, out)
+    return dataclasses.replace(fig, table=F.strategies_table(rows))
+
+
+def _headline(data: ReportData) -> list[Row]:
+    """The summary table's rows: the headline numbers, a generation store's before the last
+    (context) row of the skipped families."""
+    rows = headline_rows(data)
+    return rows[:-1] + F.generation_rows(data) + rows[-1:]
 
 
 def _href(target: Path, page_dir: Path) -> str:

@@ -124,7 +124,7 @@ def load_report_data(path: str | Path, stats: str = STATS) -> ReportData:
     if summary is None:
         hint = "" if stats == STATS else f" stats.out={stats}"
         raise StoreError(f"no statistics in {stats_dir(store.root, out=stats)}: "
-                         f"run python -m jobs.stats store={store.root}{hint} first")
+                         f"run embwalk stats store={store.root}{hint} first")
     return ReportData(store, summary, read_tables(store.root, out=stats), stats)
 
 
@@ -175,3 +175,35 @@ def _pick_doc(docs: np.ndarray, min_tokens: int) -> int:
         if counts[i] >= min_tokens:
             return int(ids[i])
     return int(ids[np.argmax(counts)])
+
+
+GENERATION_TABLES = ("generation", "generation_repetition", "generation_loops", "generation_self")
+
+
+def has_generation(data: ReportData) -> bool:
+    """The statistics hold the generation family's tables (with rows)."""
+    return all(t in data.tables and data.tables[t].num_rows > 0 for t in GENERATION_TABLES)
+
+
+def load_generation_data(path: str | Path, stats: str = STATS, role: str = "report.stores") -> ReportData:
+    """A generation store's statistics directory ``STORE/<stats>/`` holding the generation
+    family's tables, or a one-line StoreError naming the store (``role``: the option that named
+    it) and how to compute them."""
+    try:
+        store = check_store(path)
+    except StoreError as exc:
+        raise StoreError(f"{role}: {exc}") from exc
+    if "generation" not in store.manifest:
+        raise StoreError(f"{role}: {store.root} is not a generation store (no 'generation' in its manifest): "
+                         "write one with embwalk generate")
+    run = f"run embwalk stats store={store.root} stats.families=[generation]" + (
+        f" stats.out={stats}" if stats != STATS else "")
+    summary = read_summary(store.root, out=stats)
+    if summary is None:
+        raise StoreError(f"{role}: {store.root} has no statistics in {stats_dir(store.root, out=stats)}: {run}")
+    data = ReportData(store, summary, read_tables(store.root, out=stats), stats)
+    if not has_generation(data):
+        why = (summary.get("skipped") or {}).get("generation")
+        raise StoreError(f"{role}: {store.root} has no generation statistics in {stats_dir(store.root, out=stats)}"
+                         + (f" ({why})" if why else "") + f": {run}")
+    return data

@@ -60,6 +60,8 @@ def write_page(path: Path, title: str, facts: list[tuple[str, str]], figures: li
         parts += [f"<h2 id='{fig.name}'>{e(fig.title)}</h2>",
                   f"<p class='caption'>{e(fig.caption)}</p>",
                   f"<img src='{fig.name}.png' alt='{e(fig.title)}'>"]
+        if fig.table:
+            parts.append(fig.table)
     if missing:
         parts.append("<h2>Not shown</h2><ul>")
         parts += [f"<li class='missing'>{e(k)}: {e(v)}</li>" for k, v in missing.items()]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from embwalk.errors import EmbwalkError
 
@@ -20,6 +20,7 @@ class ReportOptions:
     walks: int = 4  # token walks drawn in the trajectory
     labels: bool = True  # label the trajectory with nearest vocabulary tokens (loads the model)
     max_offset: int = 256  # position kernels: offsets shown
+    stores: list[str] = field(default_factory=list)  # other generation stores to compare (strategies.png): [PATH,...]
 
     def validate(self) -> None:
         if not self.survive_factor > 1:
@@ -28,3 +29,5 @@ class ReportOptions:
             name = getattr(self, key)
             if name is not None and (not name or "/" in name or name in (".", "..")):
                 raise EmbwalkError(f"report.{key} names a statistics directory under the store, got {name!r}")
+        if isinstance(self.stores, str) or not all(isinstance(p, str) and p for p in self.stores or []):
+            raise EmbwalkError(f"report.stores is a list of store paths, report.stores=[PATH,...], got {self.stores!r}")

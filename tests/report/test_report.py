@@ -53,7 +53,7 @@ def test_every_figure_and_one_page(stats_store, loaded, tmp_path):
 
 def test_default_location_and_missing_statistics(tmp_path, loaded):
     store = build_store(tmp_path, loaded, sites=["resid_pre.0", "resid_post", "final"])  # no attention
-    with pytest.raises(StoreError, match="run python -m jobs.stats"):
+    with pytest.raises(StoreError, match="run embwalk stats store="):
         build_report(store)
     with pytest.raises(EmbwalkError, match="stats.families cannot compute attention: needs attention patterns"):
         compute_store_stats(store, StatsOptions(families=["encoding", "attention"]),

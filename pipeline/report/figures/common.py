@@ -25,6 +25,7 @@ class Figure:
     name: str  # file stem
     title: str
     caption: str  # how to read it, and what it shows on this run
+    table: str = ""  # HTML shown under the figure (the strategies' numbers), already escaped
 
 
 def save(fig, out: Path, name: str) -> None:
