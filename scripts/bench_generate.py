@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/bench_generate.py [--prompts 16] [--prompt-tokens 32] [--new-tokens 32]
         [--batch 8] [--strategy greedy|sample] [--reps 3] [--shard-tokens 4096] [--model smollm2-135m]
-        [--methods embwalk,...] [--no-split] [--prototype] [--profile] [--out docs/benchmarks.md]
+        [--methods embwalk,...] [--no-split] [--profile] [--out docs/benchmarks.md]
 
 Measures, on the same prompts (the built-in corpus's packed sequences of
 ``--prompt-tokens`` tokens) and the same batches, interleaved over ``--reps``
@@ -21,9 +21,6 @@ rounds after one warm-up round (the median is reported):
 - embwalk_nohooks: ``GenerationForward`` with nothing captured: the decoding loop's own cost
                    (vs bare: the extra forward step per continuation for the last token's
                    vectors, the per-step records, one seeded generator per continuation);
-- with ``--prototype``, embwalk_forward_proto: embwalk_forward with two changes to
-                   pipeline/generation/ patched in here (``ProtoForward``), and a check that
-                   it captures and records exactly the same.
 
 Tokens/s counts generated tokens only (prompts x new tokens), for every method.
 For each: peak RSS (the process's resident-set high-water mark during the method;
@@ -69,10 +66,7 @@ from embwalk.extraction.config import CaptureConfig  # noqa: E402
 from embwalk.extraction.job import PreparedJob, prepare  # noqa: E402
 from embwalk.extraction.runner import ShardRunner  # noqa: E402
 from embwalk.generation.config import DecodeConfig  # noqa: E402
-from embwalk.generation.decode import Decoder, Step  # noqa: E402
 from embwalk.generation.forward import GenerationForward  # noqa: E402
-from embwalk.generation.forward import _cache as forward_cache  # noqa: E402
-from embwalk.generation.forward import _rows as forward_rows  # noqa: E402
 from embwalk.jobs.generate import GenerateConfig  # noqa: E402
 from embwalk.models.capture import CaptureLayout, Capturer  # noqa: E402
 from embwalk.models.config import ModelConfig  # noqa: E402
@@ -176,68 +170,6 @@ def forward_only(loaded, job: PreparedJob, batches: list[Batch], sites: list[str
     finally:
         capturer.close()  # the hooks: no other method runs with them
     return tokens
-
-
-# -- a prototype: two changes to pipeline/generation/ measured here, not made there -----------
-
-
-class ProtoDecoder(Decoder):
-    """Decoder.step with the same results and less work where nothing processes the logits
-    (greedy, no repetition penalty): q = p, so one log-softmax over the vocabulary and no clone;
-    otherwise the original step."""
-
-    def step(self, logits, history, generators):
-        if generators is not None or len(self.processors):
-            return super().step(logits, history, generators)
-        logits = logits.float()
-        chosen = logits.argmax(dim=-1)
-        logp = torch.log_softmax(logits, dim=-1)
-        records = self.describe(logits, logp, logp, chosen)
-        return Step(chosen, {k: v.cpu().numpy() for k, v in records.items()})
-
-
-class ProtoForward(GenerationForward):
-    """GenerationForward whose extra last step (run only for the last token's vectors) runs the
-    transformer body alone: no LM head for logits nobody reads. And ProtoDecoder."""
-
-    def __init__(self, loaded, decode, plan):
-        super().__init__(loaded, decode, plan)
-        self.decoder = ProtoDecoder(decode)
-
-    @torch.inference_mode()
-    def __call__(self, capturer, ids, mask, out, batch, starts, win):
-        p, n = self.plan.prompt_len, self.plan.new_tokens
-        got = out if out is not None else capturer.scratch(len(batch), p + n)
-        if "pattern" in got:
-            got["pattern"].zero_()
-        model, device = self.loaded.model, self.loaded.device
-        history = ids[:, :p].to(device)
-        generators = self.decoder.generators(batch, device)
-        with capturer.writing_to(forward_rows(got, 0, p)):
-            res = model(input_ids=history, use_cache=True, **self.keep_last)
-        records = []
-        for t in range(n):
-            step = self.decoder.step(res.logits[:, -1], history, generators)
-            records.append(step.records)
-            history = torch.cat([history, step.tokens[:, None]], dim=1)
-            last = t == n - 1
-            with capturer.writing_to(forward_rows(got, p + t, p + t + 1)):
-                res = (self.loaded.trunk if last else model)(
-                    input_ids=step.tokens[:, None], use_cache=True, **({} if last else self.keep_last),
-                    **{self.cache_arg: forward_cache(res)})
-        self._fill(win, starts, history[:, p:].cpu().numpy(), records)
-        return got
-
-
-def prototype_check(loaded, job: PreparedJob, batches: list[Batch]) -> str:
-    """Does the prototype capture and record exactly what GenerationForward does?"""
-    want, got = [], []
-    forward_only(loaded, job, batches[:1], SITES, GenerationForward, want)
-    forward_only(loaded, job, batches[:1], SITES, ProtoForward, got)
-    (wb, wc), (gb, gc) = want[0], got[0]
-    same_bufs = all(torch.equal(wb[k], gb[k]) for k in wb)
-    same_cols = all(np.array_equal(wc[k], gc[k], equal_nan=True) for k in wc)
-    return "identical" if same_bufs and same_cols else f"DIFFERENT (buffers {same_bufs}, table {same_cols})"
 
 
 def prompt_batches(job: PreparedJob, batch_size: int) -> list[Batch]:
@@ -592,8 +524,6 @@ def main() -> None:
     parser.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)} (bare always runs)")
     parser.add_argument("--no-split", action="store_true", help="skip the instrumented round")
     parser.add_argument("--profile", action="store_true", help="add torch.profiler's top ops of one batch")
-    parser.add_argument("--prototype", action="store_true",
-                        help="also embwalk_forward_proto: two speed-ups patched in (ProtoForward)")
     parser.add_argument("--out", type=Path, help="append the results (Markdown) to this file")
     parser.add_argument("--workdir", type=Path, default=None, help="where stores are written (default: a temp dir)")
     args = parser.parse_args()
@@ -616,8 +546,6 @@ def main() -> None:
         "embwalk_forward": lambda out: forward_only(loaded, job, batches, SITES),
         "embwalk_nohooks": lambda out: forward_only(loaded, job, batches, None),
     }
-    if args.prototype:
-        methods["embwalk_forward_proto"] = lambda out: forward_only(loaded, job, batches, SITES, ProtoForward)
     if args.methods:
         wanted = {"bare", *args.methods.split(",")}
         methods = {k: v for k, v in methods.items() if k in wanted}
@@ -631,14 +559,10 @@ def main() -> None:
     extra = []
     if args.strategy == "greedy":  # the same work: every greedy method generated the same tokens
         ref = warm["bare"].tokens
-        for name in ("embwalk_forward", "embwalk_nohooks", "embwalk_forward_proto"):
+        for name in ("embwalk_forward", "embwalk_nohooks"):
             if name in warm and not np.array_equal(warm[name].tokens, ref):
                 extra += ["", f"WARNING: {name}'s greedy tokens differ from generate's."]
     splits = None if args.no_split else split_round(loaded, args, job, batches, gen, work)
-    if args.prototype:
-        extra += ["", f"embwalk_forward_proto (ProtoForward in the script: the extra last step without the LM head, "
-                      f"one log-softmax per greedy step) against GenerationForward on one batch: "
-                      f"captures and token-table columns {prototype_check(loaded, job, batches)}."]
     if args.profile:
         extra += ["", *profile_lines(loaded, job, batches)]
     shutil.rmtree(work, ignore_errors=True)

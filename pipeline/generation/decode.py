@@ -93,12 +93,14 @@ class Decoder:
     def step(self, logits: torch.Tensor, history: torch.Tensor, generators: list[torch.Generator] | None) -> Step:
         """``logits`` [B, V] of each sequence's last position, ``history`` [B, t] its tokens so far."""
         logits = logits.float()
-        scores = self.processors(history, logits.clone())
+        plain = not len(self.processors)  # greedy or sampling with nothing that changes the logits
+        scores = logits if plain else self.processors(history, logits.clone())
         if generators is None:
             chosen = scores.argmax(dim=-1)
         else:
             chosen = draw(torch.softmax(scores, dim=-1), generators)
-        records = self.describe(logits, torch.log_softmax(logits, dim=-1), torch.log_softmax(scores, dim=-1), chosen)
+        logp = torch.log_softmax(logits, dim=-1)
+        records = self.describe(logits, logp, logp if plain else torch.log_softmax(scores, dim=-1), chosen)
         return Step(chosen, {k: v.cpu().numpy() for k, v in records.items()})
 
     def describe(self, logits: torch.Tensor, logp: torch.Tensor, logq: torch.Tensor,

@@ -63,8 +63,7 @@ class GenerationForward:
             records.append(step.records)
             history = torch.cat([history, step.tokens[:, None]], dim=1)
             with capturer.writing_to(_rows(got, p + t, p + t + 1)):
-                res = model(input_ids=step.tokens[:, None], use_cache=True, **self.keep_last,
-                            **{self.cache_arg: _cache(res)})
+                res = self._feed(step.tokens[:, None], _cache(res), last=t == n - 1)
         self._fill(win, starts, history[:, p:].cpu().numpy(), records)
         return got
 
@@ -105,12 +104,19 @@ class GenerationForward:
             cache = _cache(res)
             cache.reorder_cache(parent)
             with capturer.writing_to(_rows(work, p + t, p + t + 1)):
-                res = model(input_ids=tokens[:, None], use_cache=True, **self.keep_last, **{self.cache_arg: cache})
+                res = self._feed(tokens[:, None], cache, last=t == n - 1)
         rows = [prompts.index(g // samples) * k + g % samples for g in batch]  # beams come best first
         for name, buf in got.items():
             buf.copy_(work[name][rows])
         steps = [{name: v[rows, t].cpu().numpy() for name, v in records.items()} for t in range(n)]
         self._fill(win, starts, history[rows, p:].cpu().numpy(), steps)
+
+    def _feed(self, tokens: torch.Tensor, cache, last: bool):
+        """One decoding step with the KV cache. The last one runs for its token's vectors only: the
+        transformer body alone, no LM head for logits nobody reads."""
+        if last:
+            return self.loaded.trunk(input_ids=tokens, use_cache=True, **{self.cache_arg: cache})
+        return self.loaded.model(input_ids=tokens, use_cache=True, **self.keep_last, **{self.cache_arg: cache})
 
     def _fill(self, win: ShardTokens, starts: list[int], new: np.ndarray, records: list[dict]) -> None:
         """The generated tokens and each step's record, into the window's rows."""
