@@ -32,6 +32,7 @@ import argparse
 import csv
 import os
 import platform
+import resource
 import shutil
 import statistics
 import sys
@@ -116,30 +117,42 @@ class Measurement:
 
 def measure(method, out_dir: Path, device: torch.device) -> Measurement:
     out_dir.mkdir(parents=True)
-    base = _memory_start(device)
+    base = memory_start(device)
     cpu_start = time.process_time()
     wall = method(out_dir)
     cpu = time.process_time() - cpu_start
-    peak = _memory_peak(device) - base
+    peak = memory_peak(device) - base
     written = sum(f.stat().st_size for f in out_dir.rglob("*") if f.is_file())
     shutil.rmtree(out_dir)
     return Measurement(wall, cpu, written, peak)
 
 
-def _memory_start(device: torch.device) -> int:
+_HWM_RESETS = os.path.exists("/proc/self/clear_refs")
+
+
+def memory_start(device: torch.device) -> int:
+    """Bytes in use now, and the peak reset to it (on CUDA; on Linux through /proc)."""
+    global _HWM_RESETS
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return torch.cuda.memory_allocated(device)
-    # Writing 5 to clear_refs resets the kernel's high-water mark (VmHWM) to the current RSS.
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    return _proc_status_kb("VmRSS") * 1024
+    if _HWM_RESETS:
+        try:  # writing 5 to clear_refs resets the kernel's high-water mark (VmHWM) to the current RSS
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            return _proc_status_kb("VmRSS") * 1024
+        except OSError:
+            _HWM_RESETS = False
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _memory_peak(device: torch.device) -> int:
+def memory_peak(device: torch.device) -> int:
+    """The peak bytes since ``memory_start`` (without /proc: the process's, never reset)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
-    return _proc_status_kb("VmHWM") * 1024
+    if _HWM_RESETS:
+        return _proc_status_kb("VmHWM") * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _proc_status_kb(field: str) -> int:

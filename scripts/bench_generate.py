@@ -38,8 +38,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
-import resource
 import shlex
 import shutil
 import statistics
@@ -73,9 +71,11 @@ from embwalk.models.config import ModelConfig  # noqa: E402
 from embwalk.models.loading import load_model  # noqa: E402
 from embwalk.store.config import StoreConfig  # noqa: E402
 from embwalk.store.writer import StoreWriter  # noqa: E402
+from scripts.bench_extract import machine, memory_peak, memory_start  # noqa: E402
 
 SITES = ["resid_pre.0", "resid_post", "final"]  # conf/capture/residual.yaml: every residual layer + final
-METHODS = ("bare", "embwalk", "embwalk_forward", "embwalk_nohooks", "embwalk_forward_proto")
+METHODS = ("bare", "embwalk", "embwalk_forward", "embwalk_nohooks")
+CPU = torch.device("cpu")
 TARGET = 0.9  # the target: embwalk (every residual layer stored) at 0.9x of bare or better
 
 
@@ -192,51 +192,16 @@ def prompt_batches(job: PreparedJob, batch_size: int) -> list[Batch]:
 
 def measure(method, out_dir: Path) -> Measurement:
     out_dir.mkdir(parents=True)
-    base = _memory_start()
+    base = memory_start(CPU)
     cpu_start, start = time.process_time(), time.perf_counter()
     result = method(out_dir)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    peak = _memory_peak()
+    peak = memory_peak(CPU)
     written = sum(f.stat().st_size for f in out_dir.rglob("*") if f.is_file())
     shutil.rmtree(out_dir)
     tokens = np.concatenate(result) if isinstance(result, list) else None
     run_seconds = result.get("run_seconds") if isinstance(result, dict) else None
     return Measurement(wall, cpu, peak, peak - base, written, tokens, run_seconds)
-
-
-_HWM_RESETS = os.path.exists("/proc/self/clear_refs")
-
-
-def _memory_start() -> int:
-    global _HWM_RESETS
-    if _HWM_RESETS:
-        try:  # writing 5 resets the kernel's high-water mark (VmHWM) to the current RSS
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            return _proc_status_kb("VmRSS") * 1024
-        except OSError:
-            _HWM_RESETS = False
-    return _rss_now()
-
-
-def _memory_peak() -> int:
-    if _HWM_RESETS:
-        return _proc_status_kb("VmHWM") * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the process's, never reset
-
-
-def _rss_now() -> int:
-    try:
-        import psutil
-
-        return psutil.Process().memory_info().rss
-    except ImportError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _proc_status_kb(name: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(name + ":"))
 
 
 # -- where the time goes: one instrumented round -------------------------------------------------
@@ -421,15 +386,6 @@ def profile_lines(loaded, job: PreparedJob, batches: list[Batch], rows: int = 15
 
 
 # -- reporting ---------------------------------------------------------------------------------
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads"
 
 
 def load_average() -> str:
