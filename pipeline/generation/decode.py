@@ -30,9 +30,6 @@ from transformers.generation.logits_process import (
 
 from embwalk.generation.config import DecodeConfig
 
-# Per-step columns of the token table (generated rows; null on prompt rows).
-STEP_COLUMNS = ("prob", "rank", "entropy", "sample_prob", "path_logprob", "top_ids", "top_probs")
-
 
 def logits_processors(cfg: DecodeConfig) -> LogitsProcessorList:
     """What ``generate`` applies before choosing, in its order (GenerationMixin._get_logits_processor)."""

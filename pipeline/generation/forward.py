@@ -24,10 +24,16 @@ from embwalk.generation.decode import Decoder
 from embwalk.generation.plan import GenerationPlan
 from embwalk.models.capture import Capturer
 from embwalk.models.loading import LoadedModel
+from embwalk.store.layout import GENERATION_COLUMNS
 
-# Token-table columns each step fills (null on prompt rows), with their numpy dtypes.
-STEP_DTYPES = {"prob": np.float32, "rank": np.int32, "entropy": np.float32, "sample_prob": np.float32,
-               "path_logprob": np.float64}
+# Token-table columns each step fills (null on prompt rows); their types are the store format's.
+STEP_COLUMNS = ("prob", "rank", "entropy", "sample_prob", "path_logprob", "top_ids", "top_probs")
+
+
+def _numpy_dtype(name: str) -> np.dtype:
+    """The numpy dtype of a step column, or of a list column's items (store.layout.GENERATION_COLUMNS)."""
+    kind = GENERATION_COLUMNS.field(name).type
+    return np.dtype((kind.value_type if hasattr(kind, "value_type") else kind).to_pandas_dtype())
 
 
 class GenerationForward:
@@ -123,10 +129,9 @@ class GenerationForward:
         cols = win.columns
         if "prob" not in cols:  # masked (null in the token table) until a step fills the row
             size = len(win.token_ids)
-            for name, dtype in STEP_DTYPES.items():
-                cols[name] = np.ma.masked_all(size, dtype)
-            cols["top_ids"] = np.ma.masked_all((size, self.top), np.int32)
-            cols["top_probs"] = np.ma.masked_all((size, self.top), np.float32)
+            for name in STEP_COLUMNS:
+                shape = (size, self.top) if name.startswith("top_") else size
+                cols[name] = np.ma.masked_all(shape, _numpy_dtype(name))
         stacked = {k: np.stack([r[k] for r in records], axis=1) for k in records[0]}  # [B, N, ...]
         stacked["path_logprob"] = np.cumsum(stacked.pop("logprob").astype(np.float64), axis=1)
         p, t = self.plan.prompt_len, self.plan.seq_len
