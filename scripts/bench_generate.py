@@ -149,24 +149,19 @@ def job_config(args, store: Path) -> GenerateConfig:
     )
 
 
-def forward_only(loaded, job: PreparedJob, batches: list[Batch], sites: list[str] | None,
-                 forward_class=GenerationForward, keep: list | None = None) -> list:
+def forward_only(loaded, job: PreparedJob, batches: list[Batch], sites: list[str] | None) -> list:
     """GenerationForward on the batches, hooks writing into the Capturer's scratch buffers
-    (``sites=None``: nothing captured, no hooks); ``keep`` receives copies of what each batch
-    captured and of its token table's columns (the prototype's check)."""
+    (``sites=None``: nothing captured, no hooks); returns each batch's generated tokens."""
     layout = job.layout if sites else CaptureLayout()
-    forward = forward_class(loaded, job.config.decode, job.generation)
+    forward = GenerationForward(loaded, job.config.decode, job.generation)
     capturer = Capturer(loaded, layout, job.dtype, run_to_end=True)
     p = job.generation.prompt_len
     tokens = []
     try:
         for b in batches:
-            got = forward(capturer, b.ids, None, None, b.seqs, b.starts, b.win)
+            forward(capturer, b.ids, None, None, b.seqs, b.starts, b.win)
             rows = np.concatenate([np.arange(a + p, a + job.generation.seq_len) for a in b.starts]) - b.win.row0
             tokens.append(b.win.token_ids[rows].reshape(len(b.starts), -1))
-            if keep is not None:
-                keep.append(({k: v.clone() for k, v in got.items()},
-                             {k: np.ma.getdata(v[rows]).copy() for k, v in b.win.columns.items()}))
     finally:
         capturer.close()  # the hooks: no other method runs with them
     return tokens
