@@ -2,7 +2,8 @@
 
 An extraction whose forward pass is a decoding loop (pipeline/generation/): the same model,
 corpus, capture, store and cluster groups, plus ``decode``. Prompts are the corpus's packed
-sequences of corpus.seq_len tokens.
+sequences of corpus.seq_len tokens, or one per document (corpus.mode=document: a line of a
+prompts file with corpus.txt_unit=line).
 """
 
 from __future__ import annotations

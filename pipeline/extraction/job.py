@@ -83,7 +83,8 @@ class PreparedJob:
         if self.generation is not None:  # its prompts, and rows for what will be generated
             a, b = self.generation.corpus_rows(shard)
             rows = self.corpus.read_rows(open_fs(self.config.store.path), a, b)
-            prompts = ShardTokens.from_rows(rows, a, a // self.corpus.seq_len, "pack", self.corpus.seq_len)
+            first = self.generation.prompts(shard)[0]
+            prompts = ShardTokens.from_rows(rows, a, first, self.corpus.mode, self.corpus.seq_len)
             return self.generation.window(prompts, shard)
         rows = self.corpus.read_rows(open_fs(self.config.store.path), *shard.seq_rows)
         win = ShardTokens.from_rows(rows, shard.seq_rows[0], shard.seqs[0], self.corpus.mode, self.corpus.seq_len)
@@ -111,13 +112,14 @@ def prepare(cfg: ExtractConfig, model, parts_mapper=None) -> PreparedJob:
     sites = parse_sites(list(cfg.capture.sites), model.n_layers)
     heads = _heads(cfg.capture.heads, model.n_heads)
     layout = CaptureLayout.from_sites(sites, heads)
+    model.family.check_kinds(layout.kinds(), model.config)  # a site the family lacks: one line, before any work
     generating = cfg.decode is not None
     families = None
     if cfg.capture.stats is not None:  # asked for and not computable from this capture: refused before any work
         families = check_capture(cfg.capture.stats.families_for(generating), layout, model.n_layers,
                                  model.family.causal, cfg.capture.stats.exclude_massive,  # decoders: LM head
                                  store_layout.GENERATION_COLUMNS.names if generating else (),
-                                 default=cfg.capture.stats.families is None)
+                                 default=cfg.capture.stats.families is None, attention=model.family.attention)
     shard_tokens = shard_tokens_for(
         cfg.store.shard_tokens, cfg.store.chunk_tokens, cfg.corpus.seq_len, cfg.corpus.mode
     )
@@ -132,8 +134,8 @@ def prepare(cfg: ExtractConfig, model, parts_mapper=None) -> PreparedJob:
         raise
     generation = None
     if cfg.decode is not None:
-        generation = GenerationPlan.for_corpus(corpus, cfg.decode)
-        plan = generation.plan(cfg.store.shard_tokens, cfg.store.chunk_tokens)
+        generation, plan = GenerationPlan.for_corpus(corpus, cfg.decode, fs, cfg.store.shard_tokens,
+                                                     cfg.store.chunk_tokens)
     else:
         plan = plan_staged(corpus, fs, shard_tokens)
     stats = None
@@ -144,14 +146,14 @@ def prepare(cfg: ExtractConfig, model, parts_mapper=None) -> PreparedJob:
     specs = [] if not cfg.capture.store_arrays else store_layout.array_specs(
         n_tokens=plan.n_tokens,
         n_sequences=plan.n_sequences,
-        seq_len=cfg.corpus.seq_len if generation is None else generation.seq_len,
+        seq_len=cfg.corpus.seq_len if generation is None else generation.max_seq_len,
         d_model=model.d_model,
         shard_tokens=plan.shard_tokens,
         chunk_tokens=cfg.store.chunk_tokens,
         per_token_layers=layout.array_layers(),
         final=layout.final,
         pattern_layers=layout.pattern_layers,
-        heads=tuple(heads) if heads is not None else tuple(range(model.n_heads)),
+        heads=tuple(heads) if heads is not None else tuple(range(model.n_heads or 0)),  # None: attention-free
         dtype=cfg.store.dtype,
     )
     shuffle = None
@@ -162,9 +164,11 @@ def prepare(cfg: ExtractConfig, model, parts_mapper=None) -> PreparedJob:
                        generation)
 
 
-def _heads(heads: list[int] | None, n_heads: int) -> list[int] | None:
+def _heads(heads: list[int] | None, n_heads: int | None) -> list[int] | None:
     if heads is None:
         return None
+    if n_heads is None:
+        raise SiteError("capture.heads is given, but the model is attention-free: it has no attention heads")
     for h in heads:
         if not 0 <= int(h) < n_heads:
             raise SiteError(f"attention head {h} is out of range: the model has {n_heads} heads (0..{n_heads - 1})")
@@ -215,7 +219,7 @@ def _manifest(cfg: ExtractConfig, spec, corpus: StagedCorpus, plan: Plan, sites:
         },
         "sites": sites,
         "dtype": cfg.store.dtype,
-        "seq_len": cfg.corpus.seq_len if generation is None else generation.seq_len,
+        "seq_len": cfg.corpus.seq_len if generation is None else generation.max_seq_len,
         "mode": cfg.corpus.mode,
         "causal": spec.family.causal,
         "n_tokens": plan.n_tokens,

@@ -7,8 +7,13 @@ prompt's rows, step t writes row P + t (the token chosen at step t, fed back in)
 vectors of every stored token are those the model computed while generating. The token
 fed last is run once more than ``generate`` would, for its own vectors.
 
-A batch holds continuations of one length (every prompt has P tokens): no padding, so
-nothing padded is ever computed, stored or mixed into a value.
+Prompts of one length (pack mode) run as they are. Prompts of several lengths (document
+mode) are left-padded to the longest, as ``generate`` pads them: an attention mask hides
+the padding from every real query, position ids count from each prompt's first real token,
+and a padded position holds a copy of its row's first token, so the repetition penalty
+sees only what the prompt holds. The capture buffers are written in the batch's
+coordinates and each row is then shifted left by its padding: what is stored starts at the
+prompt's first token, and no padded position is ever stored or read by a real one.
 """
 
 from __future__ import annotations
@@ -51,44 +56,53 @@ class GenerationForward:
     def __call__(self, capturer: Capturer, ids: torch.Tensor, mask: torch.Tensor | None,
                  out: dict[str, torch.Tensor] | None, batch: list[int], starts: list[int],
                  win: ShardTokens) -> dict[str, torch.Tensor]:
-        p, n = self.plan.prompt_len, self.plan.new_tokens
-        got = out if out is not None else capturer.scratch(len(batch), p + n)
+        n = self.plan.new_tokens
+        lengths = [win.sequence_rows(g)[1] - a for g, a in zip(batch, starts, strict=True)]
+        pad = _Padding([t - n for t in lengths], self.loaded.device)
+        got = out if out is not None else capturer.scratch(len(batch), pad.width + n)
         if "pattern" in got:
             got["pattern"].zero_()  # rows see only their past: the keys after it stay 0, as in an extraction
+        prompts = pad.left(ids)
         if self.decoder.cfg.strategy == "beam":
-            self._beam(capturer, ids, got, batch, starts, win)
-            return got
-        model, device = self.loaded.model, self.loaded.device
-        history = ids[:, :p].to(device)
-        generators = self.decoder.generators(batch, device)
-        with capturer.writing_to(_rows(got, 0, p)):
-            res = model(input_ids=history, use_cache=True, **self.keep_last)
+            self._beam(capturer, prompts, pad, got, batch, starts, win)
+        else:
+            self._sample(capturer, prompts, pad, got, batch, starts, win)
+        pad.align(got)
+        return got
+
+    def _sample(self, capturer: Capturer, history: torch.Tensor, pad: _Padding, got: dict[str, torch.Tensor],
+                batch: list[int], starts: list[int], win: ShardTokens) -> None:
+        """Greedy decoding or sampling, one token per continuation and step."""
+        model, n, w = self.loaded.model, self.plan.new_tokens, pad.width
+        generators = self.decoder.generators(batch, self.loaded.device)
+        with capturer.writing_to(_rows(got, 0, w)):
+            res = model(input_ids=history, use_cache=True, **self.keep_last, **pad.prefill())
         records = []
         for t in range(n):
             step = self.decoder.step(res.logits[:, -1], history, generators)
             records.append(step.records)
             history = torch.cat([history, step.tokens[:, None]], dim=1)
-            with capturer.writing_to(_rows(got, p + t, p + t + 1)):
-                res = self._feed(step.tokens[:, None], _cache(res), last=t == n - 1)
-        self._fill(win, starts, history[:, p:].cpu().numpy(), records)
-        return got
+            with capturer.writing_to(_rows(got, w + t, w + t + 1)):
+                res = self._feed(step.tokens[:, None], _cache(res), pad.step(t), last=t == n - 1)
+        self._fill(win, starts, pad.lengths + n, history[:, w:].cpu().numpy(), records)
 
-    def _beam(self, capturer: Capturer, ids: torch.Tensor, got: dict[str, torch.Tensor], batch: list[int],
-              starts: list[int], win: ShardTokens) -> None:
+    def _beam(self, capturer: Capturer, ids: torch.Tensor, pad: _Padding, got: dict[str, torch.Tensor],
+              batch: list[int], starts: list[int], win: ShardTokens) -> None:
         """Beam search over the batch's prompts, as ``generate(num_beams=K)`` searches: each step
         ranks every beam's continuations by the beam's score plus the processed log-probabilities,
         keeps the best K, and reorders the KV cache, the beams' captured rows and their records
         by the beam each came from. Continuation ``sample`` k of a prompt is its k-th best beam."""
-        cfg, p, n = self.decoder.cfg, self.plan.prompt_len, self.plan.new_tokens
+        cfg, w, n = self.decoder.cfg, pad.width, self.plan.new_tokens
         k, samples = int(cfg.num_beams), self.plan.samples
         model, device = self.loaded.model, self.loaded.device
         prompts = sorted({g // samples for g in batch})  # a prompt's continuations may share the batch
         first = [next(j for j, g in enumerate(batch) if g // samples == q) for q in prompts]
-        history = ids[first, :p].to(device).repeat_interleave(k, dim=0)  # [prompts * K, P]
+        history = ids[first].repeat_interleave(k, dim=0)  # [prompts * K, W]
+        beams = pad.rows(first).repeat(k)  # the beams of a prompt share its padding, whatever their parents
         work = {name: torch.zeros(shape, dtype=capturer.dtype, device=device)
-                for name, shape in capturer.buffer_shapes(len(history), p + n).items()}
-        with capturer.writing_to(_rows(work, 0, p)):
-            res = model(input_ids=history, use_cache=True, **self.keep_last)
+                for name, shape in capturer.buffer_shapes(len(history), w + n).items()}
+        with capturer.writing_to(_rows(work, 0, w)):
+            res = model(input_ids=history, use_cache=True, **self.keep_last, **beams.prefill())
         scores = torch.full((len(prompts), k), -1e9, device=device)
         scores[:, 0] = 0.0  # the K copies of a prompt start as one beam
         base = torch.arange(len(prompts), device=device)[:, None] * k
@@ -109,22 +123,24 @@ class GenerationForward:
                 buf.copy_(buf[parent])
             cache = _cache(res)
             cache.reorder_cache(parent)
-            with capturer.writing_to(_rows(work, p + t, p + t + 1)):
-                res = self._feed(tokens[:, None], cache, last=t == n - 1)
+            with capturer.writing_to(_rows(work, w + t, w + t + 1)):
+                res = self._feed(tokens[:, None], cache, beams.step(t), last=t == n - 1)
         rows = [prompts.index(g // samples) * k + g % samples for g in batch]  # beams come best first
         for name, buf in got.items():
             buf.copy_(work[name][rows])
         steps = [{name: v[rows, t].cpu().numpy() for name, v in records.items()} for t in range(n)]
-        self._fill(win, starts, history[rows, p:].cpu().numpy(), steps)
+        self._fill(win, starts, pad.lengths + n, history[rows, w:].cpu().numpy(), steps)
 
-    def _feed(self, tokens: torch.Tensor, cache, last: bool):
+    def _feed(self, tokens: torch.Tensor, cache, padding: dict, last: bool):
         """One decoding step with the KV cache. The last one runs for its token's vectors only: the
         transformer body alone, no LM head for logits nobody reads."""
+        kwargs = {self.cache_arg: cache, **padding}
         if last:
-            return self.loaded.trunk(input_ids=tokens, use_cache=True, **{self.cache_arg: cache})
-        return self.loaded.model(input_ids=tokens, use_cache=True, **self.keep_last, **{self.cache_arg: cache})
+            return self.loaded.trunk(input_ids=tokens, use_cache=True, **kwargs)
+        return self.loaded.model(input_ids=tokens, use_cache=True, **self.keep_last, **kwargs)
 
-    def _fill(self, win: ShardTokens, starts: list[int], new: np.ndarray, records: list[dict]) -> None:
+    def _fill(self, win: ShardTokens, starts: list[int], lengths: list[int], new: np.ndarray,
+              records: list[dict]) -> None:
         """The generated tokens and each step's record, into the window's rows."""
         cols = win.columns
         if "prob" not in cols:  # masked (null in the token table) until a step fills the row
@@ -134,9 +150,10 @@ class GenerationForward:
                 cols[name] = np.ma.masked_all(shape, _numpy_dtype(name))
         stacked = {k: np.stack([r[k] for r in records], axis=1) for k in records[0]}  # [B, N, ...]
         stacked["path_logprob"] = np.cumsum(stacked.pop("logprob").astype(np.float64), axis=1)
-        p, t = self.plan.prompt_len, self.plan.seq_len
+        n = self.plan.new_tokens
         for j, start in enumerate(starts):
-            rows = win.rows(start + p, start + t)
+            stop = start + int(lengths[j])
+            rows = win.rows(stop - n, stop)
             win.token_ids[rows] = new[j]
             for name, values in stacked.items():
                 cols[name][rows] = values[j]
@@ -150,3 +167,58 @@ def _rows(bufs: dict[str, torch.Tensor], a: int, b: int) -> dict[str, torch.Tens
     """The capture buffers' views for positions [a, b): per-token arrays [batch, b - a, ...];
     the pattern's rows a..b-1 over keys 0..b-1 (what those queries see)."""
     return {name: (v[:, :, :, a:b, :b] if name == "pattern" else v[:, a:b]) for name, v in bufs.items()}
+
+
+class _Padding:
+    """Left padding of a batch of prompts of ``lengths`` tokens to the longest (``width``): the
+    model's attention mask and position ids, prefill and step by step (nothing when every
+    prompt has the same length), and the shift that aligns each row's captures to its start."""
+
+    def __init__(self, lengths: list[int] | torch.Tensor, device: torch.device):
+        self.lengths = torch.as_tensor(lengths, dtype=torch.long)
+        self.width = int(self.lengths.max())
+        self.pad = self.width - self.lengths
+        self.padded = bool(self.pad.any())
+        self.device = device
+        self.mask = (torch.arange(self.width)[None, :] >= self.pad[:, None]).long().to(device)
+
+    def rows(self, index: list[int]) -> _Padding:
+        return _Padding(self.lengths[index], self.device)
+
+    def repeat(self, k: int) -> _Padding:
+        """Each row ``k`` times in a row (a prompt's beams)."""
+        return _Padding(self.lengths.repeat_interleave(k), self.device)
+
+    def left(self, ids: torch.Tensor) -> torch.Tensor:
+        """The prompts of right-padded ``ids`` [B, >= width], left-padded with each row's first token."""
+        if not self.padded:
+            return ids[:, : self.width].to(self.device)
+        cols = (torch.arange(self.width)[None, :] - self.pad[:, None]).clamp(min=0)  # a pad reads the first token
+        return ids.gather(1, cols).to(self.device)
+
+    def prefill(self) -> dict:
+        if not self.padded:
+            return {}
+        return {"attention_mask": self.mask, "position_ids": (self.mask.cumsum(-1) - 1).clamp(min=0)}
+
+    def step(self, t: int) -> dict:
+        """The model's arguments when the token chosen at step ``t`` is fed."""
+        if not self.padded:
+            return {}
+        ones = torch.ones(len(self.lengths), t + 1, dtype=torch.long, device=self.device)
+        return {"attention_mask": torch.cat([self.mask, ones], dim=1),
+                "position_ids": (self.lengths + t).to(self.device)[:, None]}
+
+    def align(self, bufs: dict[str, torch.Tensor]) -> None:
+        """Shift each row's captures left by its padding, in place: row j's first stored position is
+        its prompt's first token (and in the pattern, its first key)."""
+        if not self.padded:
+            return
+        for j, p in enumerate(self.pad.tolist()):
+            if not p:
+                continue
+            for name, buf in bufs.items():
+                if name == "pattern":
+                    buf[j, :, :, :-p, :-p] = buf[j, :, :, p:, p:].clone()
+                else:
+                    buf[j, :-p] = buf[j, p:].clone()

@@ -79,7 +79,8 @@ def prompts_text(data: ReportData) -> str:
     """"16 prompts of 32 tokens × 2 continuations of 48 tokens" (the manifest's generation)."""
     g = data.store.manifest.get("generation") or {}
     s = int(g.get("samples", 1))
-    return (f"{g.get('n_prompts', '?')} prompts of {g.get('prompt_len', '?')} tokens × {s} "
+    length = g.get("prompt_len") or f"up to {g.get('max_prompt_len', '?')}"  # None: one prompt per document
+    return (f"{g.get('n_prompts', '?')} prompts of {length} tokens × {s} "
             f"continuation{'s' if s != 1 else ''} of {g.get('new_tokens', '?')} tokens")
 
 
