@@ -202,7 +202,8 @@ def _manifest(cfg: ExtractConfig, spec, corpus: StagedCorpus, plan: Plan, sites:
         extra["shuffle"] = shuffle.describe()  # TokenShuffle.from_manifest reads it back
     if generation is not None:  # what was generated, and how: part of what the arrays hold
         identity["decode"] = asdict(cfg.decode)
-        extra["generation"] = {**generation.describe(), "decode": asdict(cfg.decode)}
+        extra["generation"] = {**generation.describe(), "decode": asdict(cfg.decode),
+                               "columns": store_layout.GENERATION_COLUMNS.names}
     return {
         "format": store_layout.FORMAT,
         "format_version": store_layout.FORMAT_VERSION,

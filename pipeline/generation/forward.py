@@ -32,7 +32,7 @@ from embwalk.models.loading import LoadedModel
 from embwalk.store.layout import GENERATION_COLUMNS
 
 # Token-table columns each step fills (null on prompt rows); their types are the store format's.
-STEP_COLUMNS = ("prob", "rank", "entropy", "sample_prob", "path_logprob", "top_ids", "top_probs")
+STEP_COLUMNS = ("prob", "rank", "entropy", "sample_prob", "path_logprob", "top_ids", "top_probs", "beam")
 
 
 def _numpy_dtype(name: str) -> np.dtype:
@@ -116,6 +116,7 @@ class GenerationForward:
             parent = (base + best // vocab).view(-1)
             tokens = (best % vocab).view(-1)
             step = self.decoder.describe(logits[parent], logp[parent], processed[parent], tokens)
+            step["beam"] = torch.arange(k, device=device).repeat(len(prompts))  # topk ranks: slot = rank
             records = {name: torch.cat([v[parent], step[name][:, None]], 1) if records else step[name][:, None]
                        for name, v in (records or step).items()}
             history = torch.cat([history[parent], tokens[:, None]], dim=1)

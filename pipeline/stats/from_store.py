@@ -75,7 +75,7 @@ def walk_stats_for(store: Store, config: StatsConfig, head: ModelHead, index: in
         resid_layers=lay["resid_layers"] or list(range(head.n_layers + 1)),
         pattern_layers=lay["pattern_layers"], pattern_heads=lay["pattern_heads"],
         has_resid=lay["resid_layers"] is not None, has_final=lay["has_final"],
-        columns=store_layout.GENERATION_COLUMNS.names if "generation" in store.manifest else (),
+        columns=store_layout.generation_columns(store.manifest),
     )
 
 

@@ -58,8 +58,20 @@ GENERATION_COLUMNS = pa.schema(
         ("path_logprob", pa.float64()),  # sum of log prob over the steps so far
         ("top_ids", pa.list_(pa.int32())),  # the most probable tokens (fixed-size lists)
         ("top_probs", pa.list_(pa.float32())),
+        ("beam", pa.int32()),  # beam search: the path's rank among the live beams after this step (0 = best)
     ]
 )
+# What the token tables of generation stores written before the ``beam`` column hold (the
+# manifest's ``generation.columns`` lists a store's own).
+GENERATION_COLUMNS_V1 = tuple(n for n in GENERATION_COLUMNS.names if n != "beam")
+
+
+def generation_columns(manifest: dict) -> tuple[str, ...]:
+    """The generation columns a store's token table holds; () for an extraction store."""
+    gen = manifest.get("generation")
+    if gen is None:
+        return ()
+    return tuple(gen.get("columns", GENERATION_COLUMNS_V1))
 
 
 def shard_name(index: int) -> str:

@@ -179,14 +179,20 @@ def test_beam_search_equals_generate_and_each_beam_keeps_its_own_vectors(tmp_pat
     seqs = sequences(store)
     for prompt in range(6):
         beams = [seqs[prompt * 3 + k] for k in range(3)]
-        want = loaded.model.generate(
+        out = loaded.model.generate(
             torch.tensor(beams[0].token_id.to_numpy()[None, :P], dtype=torch.long),
             generation_config=GenerationConfig(do_sample=False, num_beams=4, num_return_sequences=3,
                                                max_new_tokens=N, eos_token_id=None, pad_token_id=0,
-                                               repetition_penalty=1.2, early_stopping=False),
-        ).numpy()
+                                               repetition_penalty=1.2, early_stopping=False,
+                                               return_dict_in_generate=True, output_scores=True),
+        )
         got = np.stack([b.token_id.to_numpy() for b in beams])
-        np.testing.assert_array_equal(got, want, err_msg=f"prompt {prompt}")
+        np.testing.assert_array_equal(got, out.sequences.numpy(), err_msg=f"prompt {prompt}")
+        # generate's beam_indices[t]: the beam the token of step t extends, i.e. our path's rank
+        # after step t - 1 (beams are kept best first); after the last step the rank is the sample
+        ranks = np.stack([b.beam[P:].to_numpy() for b in beams])
+        np.testing.assert_array_equal(ranks[:, :-1], out.beam_indices.numpy()[:, 1:N] % 4)
+        assert ranks[:, -1].tolist() == [0, 1, 2]
         for rows in beams:
             ids = torch.tensor(rows.token_id.to_numpy()[None], dtype=torch.long)
             with torch.no_grad():
@@ -223,6 +229,7 @@ def test_the_token_table_reads_back_with_nulls_on_prompt_rows(tmp_path, tokenize
     for name in ("step", "prob", "rank", "entropy", "sample_prob", "path_logprob", "top_ids", "top_probs"):
         nulls = table.column(name).is_null().to_numpy(zero_copy_only=False)
         assert (nulls == ~generated).all(), name
+    assert table.column("beam").null_count == len(table)  # beam search only
 
 
 def test_smollm2_greedy_equals_generate_and_its_vectors_a_teacher_forced_pass(tmp_path, smollm2):
