@@ -40,6 +40,42 @@ TINY_CONFIGS = {
         vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
         num_attention_heads=4, max_position_embeddings=64,
     ),
+    # Gemma 2: sliding / full / sliding layers with a window shorter than the test sequences, a
+    # query_pre_attn_scalar that is not head_dim, and weights large enough (initializer_range)
+    # that both soft-caps bend the scores and logits: tests that ignored them would fail.
+    "gemma2": lambda: T.Gemma2Config(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
+        sliding_window=4, query_pre_attn_scalar=32, attn_logit_softcapping=1.0,
+        final_logit_softcapping=2.0, initializer_range=0.2,
+    ),
+    "gemma3_text": lambda: T.Gemma3TextConfig(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
+        sliding_window=4, sliding_window_pattern=2, query_pre_attn_scalar=32,
+    ),
+    "phi3": lambda: T.Phi3Config(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    ),
+    "qwen2_moe": lambda: T.Qwen2MoeConfig(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=32,
+    ),
+    "mixtral": lambda: T.MixtralConfig(
+        vocab_size=128, hidden_size=32, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        num_local_experts=4, num_experts_per_tok=2,
+    ),
+    "mamba": lambda: T.MambaConfig(
+        vocab_size=128, hidden_size=32, state_size=4, num_hidden_layers=2, expand=2, conv_kernel=4,
+    ),
+    "mamba2": lambda: T.Mamba2Config(
+        vocab_size=128, hidden_size=32, state_size=8, num_hidden_layers=2, expand=2, conv_kernel=4,
+        num_heads=8, head_dim=8, n_groups=1, chunk_size=8,
+    ),
 }
 
 
@@ -51,7 +87,8 @@ def tiny_loaded(name: str, tokenizer=None) -> LoadedModel:
         config.vocab_size = len(tokenizer)
     family = family_for(config)
     auto = T.AutoModelForCausalLM if family.causal else T.AutoModel
-    model = auto.from_config(config, attn_implementation="sdpa").eval().requires_grad_(False)
+    attn = family.attn_implementation("sdpa")  # eager where transformers has no SDPA (Gemma 2, Mamba)
+    model = auto.from_config(config, attn_implementation=attn).eval().requires_grad_(False)
     return LoadedModel(
         model=model, tokenizer=tokenizer, family=family, model_id=f"tiny-{name}",
         weights_fingerprint=weights_fingerprint(model), device=torch.device("cpu"),

@@ -112,13 +112,14 @@ def prepare(cfg: ExtractConfig, model, parts_mapper=None) -> PreparedJob:
     sites = parse_sites(list(cfg.capture.sites), model.n_layers)
     heads = _heads(cfg.capture.heads, model.n_heads)
     layout = CaptureLayout.from_sites(sites, heads)
+    model.family.check_kinds(layout.kinds(), model.config)  # a site the family lacks: one line, before any work
     generating = cfg.decode is not None
     families = None
     if cfg.capture.stats is not None:  # asked for and not computable from this capture: refused before any work
         families = check_capture(cfg.capture.stats.families_for(generating), layout, model.n_layers,
                                  model.family.causal, cfg.capture.stats.exclude_massive,  # decoders: LM head
                                  store_layout.GENERATION_COLUMNS.names if generating else (),
-                                 default=cfg.capture.stats.families is None)
+                                 default=cfg.capture.stats.families is None, attention=model.family.attention)
     shard_tokens = shard_tokens_for(
         cfg.store.shard_tokens, cfg.store.chunk_tokens, cfg.corpus.seq_len, cfg.corpus.mode
     )
@@ -152,7 +153,7 @@ def prepare(cfg: ExtractConfig, model, parts_mapper=None) -> PreparedJob:
         per_token_layers=layout.array_layers(),
         final=layout.final,
         pattern_layers=layout.pattern_layers,
-        heads=tuple(heads) if heads is not None else tuple(range(model.n_heads)),
+        heads=tuple(heads) if heads is not None else tuple(range(model.n_heads or 0)),  # None: attention-free
         dtype=cfg.store.dtype,
     )
     shuffle = None
@@ -163,9 +164,11 @@ def prepare(cfg: ExtractConfig, model, parts_mapper=None) -> PreparedJob:
                        generation)
 
 
-def _heads(heads: list[int] | None, n_heads: int) -> list[int] | None:
+def _heads(heads: list[int] | None, n_heads: int | None) -> list[int] | None:
     if heads is None:
         return None
+    if n_heads is None:
+        raise SiteError("capture.heads is given, but the model is attention-free: it has no attention heads")
     for h in heads:
         if not 0 <= int(h) < n_heads:
             raise SiteError(f"attention head {h} is out of range: the model has {n_heads} heads (0..{n_heads - 1})")

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 import torch
 
 from embwalk.models import sdpa_patterns
+from embwalk.models.families import TAP_KINDS
 from embwalk.models.loading import LoadedModel
 from embwalk.models.sites import Site
-
-TAP_KINDS = ("resid_mid", "attn_out", "mlp_out")
 
 
 class StopForward(Exception):
@@ -53,6 +52,10 @@ class CaptureLayout:
             heads=tuple(heads) if heads is not None else None,
         )
 
+    def kinds(self) -> list[str]:
+        """The optional site kinds (beyond the residual stream) the layout captures."""
+        return [kind for kind, _ in self.taps] + (["attn_pattern"] if self.pattern_layers else [])
+
     def last_block(self, n_layers: int) -> int:
         """The last block whose computation some site needs."""
         if self.final:
@@ -76,6 +79,7 @@ class Capturer:
         self.loaded, self.layout, self.dtype = loaded, layout, dtype
         self.trunk = loaded.trunk
         family, n_layers = loaded.family, loaded.n_layers
+        family.check_kinds(layout.kinds(), loaded.config)  # one line for a site the family lacks
         self.blocks = self.trunk.get_submodule(family.blocks)
         self.n_heads = loaded.n_heads
         self._out: dict[str, torch.Tensor] = {}
@@ -244,6 +248,9 @@ class _PatternSink:
         self.heads = list(heads) if heads is not None else None
 
     def __call__(self, probs: torch.Tensor) -> None:
-        self.capturer._out["pattern"][:, self.slot].copy_(probs, non_blocking=True)
+        dest = self.capturer._out["pattern"][:, self.slot]
+        # A decoding step of a sliding-window layer (Gemma) attends over its cache's window only:
+        # the most recent keys, so they are the last columns; the earlier ones stay 0, unseen.
+        dest[..., dest.shape[-1] - probs.shape[-1] :].copy_(probs, non_blocking=True)
 
 

@@ -7,6 +7,7 @@ output *is* that site. Adding a family is adding one entry.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -16,6 +17,7 @@ from embwalk.errors import ModelError
 # A tap is (path inside a block, "input" | "output"): the site is that module's
 # first positional input, or its output (the first element if a tuple).
 Tap = tuple[str, str]
+TAP_KINDS = ("resid_mid", "attn_out", "mlp_out")
 
 
 @dataclass(frozen=True)
@@ -26,14 +28,32 @@ class Family:
     final_norm: str | None  # path from the trunk; None: the last block's output is final
     causal: bool
     taps: dict[str, Tap] = field(default_factory=dict)  # resid_mid / attn_out / mlp_out
+    attention: bool = True  # False: attention-free (Mamba): no attention sublayer, heads or patterns
+    sdpa: bool = True  # transformers has an SDPA path for it (Gemma 2 has none: soft-capped scores)
 
     def tap(self, kind: str, config) -> Tap:
         tap = self.taps.get(kind)
         if kind == "resid_mid" and getattr(config, "use_parallel_residual", False):
             tap = None  # parallel attention+MLP: no point between them exists
         if tap is None:
-            raise ModelError(f"site kind {kind!r} is not defined for {self.name} models")
+            raise ModelError(f"site kind {kind!r} is not defined for {self.name} models{self._why()}")
         return tap
+
+    def check_kinds(self, kinds: Iterable[str], config) -> None:
+        """Raise a one-line ModelError for the first site kind this family cannot capture."""
+        for kind in kinds:
+            if kind in TAP_KINDS:
+                self.tap(kind, config)
+            elif kind == "attn_pattern" and not self.attention:
+                raise ModelError(f"site kind 'attn_pattern' is not defined for {self.name} models{self._why()}")
+
+    def attn_implementation(self, asked: str) -> str:
+        """What to load the model with: ``asked``, or eager where SDPA is asked for and transformers
+        has none for the family (patterns are still captured by embwalk's own function)."""
+        return "eager" if asked == "sdpa" and not self.sdpa else asked
+
+    def _why(self) -> str:
+        return "" if self.attention else " (attention-free: a block adds one mixer output, no attention or MLP)"
 
 
 _LLAMA_TAPS = {
@@ -42,15 +62,33 @@ _LLAMA_TAPS = {
     "mlp_out": ("mlp", "output"),
 }
 
+# Gemma 2/3 norm each sublayer's output before adding it (post_attention_layernorm and
+# post_feedforward_layernorm are *post*-norms there): what a sublayer adds is that norm's
+# output, and the stream between the sublayers is the input of the MLP's pre-norm. The
+# embeddings are scaled by sqrt(d_model) inside embed_tokens, so resid_pre.0 (block 0's
+# input) is scaled too. Soft-capping and sliding windows: sdpa_patterns.py, stats/head.py.
+_GEMMA_TAPS = {
+    "resid_mid": ("pre_feedforward_layernorm", "input"),
+    "attn_out": ("post_attention_layernorm", "output"),
+    "mlp_out": ("post_feedforward_layernorm", "output"),
+}
+
 MODEL_FAMILIES = (
     Family(
         "llama",
-        ("llama", "mistral", "qwen2", "qwen3", "olmo"),
+        # Phi-3 has Llama's taps (fused qkv/gate_up projections and resid dropouts change
+        # nothing); Qwen2-MoE and Mixtral too: their mlp module is the sparse MoE block,
+        # whose output is the routed experts' weighted sum (plus Qwen2-MoE's gated shared
+        # expert), what the MLP sublayer adds to the stream.
+        ("llama", "mistral", "qwen2", "qwen3", "olmo", "phi3", "qwen2_moe", "mixtral"),
         blocks="layers",
         final_norm="norm",
         causal=True,
         taps=_LLAMA_TAPS,
     ),
+    Family("gemma2", ("gemma2",), blocks="layers", final_norm="norm", causal=True, taps=_GEMMA_TAPS,
+           sdpa=False),  # transformers has Gemma 2 eager only (SDPA cannot soft-cap the scores)
+    Family("gemma3", ("gemma3_text",), blocks="layers", final_norm="norm", causal=True, taps=_GEMMA_TAPS),
     Family(
         "gpt2",
         ("gpt2",),
@@ -75,6 +113,17 @@ MODEL_FAMILIES = (
             "attn_out": ("attention", "output"),
             "mlp_out": ("mlp", "output"),
         },
+    ),
+    Family(
+        "mamba",
+        # Attention-free: a block is x + mixer(norm(x)), so only the residual sites and the
+        # final norm exist; the mixer is neither attention nor MLP and has no site of its own.
+        ("mamba", "mamba2"),
+        blocks="layers",
+        final_norm="norm_f",
+        causal=True,
+        attention=False,
+        sdpa=False,
     ),
     Family(
         "bert",

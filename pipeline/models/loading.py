@@ -67,8 +67,9 @@ class LoadedModel:
         return self.config.hidden_size
 
     @property
-    def n_heads(self) -> int:
-        return self.config.num_attention_heads
+    def n_heads(self) -> int | None:
+        """Attention heads per layer; None for an attention-free model (Mamba)."""
+        return self.config.num_attention_heads if self.family.attention else None
 
     @property
     def max_positions(self) -> int | None:
@@ -121,7 +122,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
             source,
             revision=cfg.revision,
             dtype=dtype,
-            attn_implementation=cfg.attn_implementation,
+            attn_implementation=family.attn_implementation(cfg.attn_implementation),
             trust_remote_code=cfg.trust_remote_code,
             use_safetensors=True,
             **({"device_map": cfg.device_map} if cfg.device_map else {}),

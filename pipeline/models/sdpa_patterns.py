@@ -1,7 +1,8 @@
-"""``embwalk_sdpa``: SDPA attention that also hands over its probabilities, without the eager path.
+"""``embwalk_patterns``: SDPA attention that also hands over its probabilities, without the eager path.
 
 transformers looks attention functions up by name in a registry. We register
-``embwalk_sdpa``. In layers nobody asked about it is the stock ``sdpa``
+``embwalk_patterns`` (a name without "sdpa" in it: transformers refuses any such
+name for a model it has no SDPA path for, Gemma 2). In layers nobody asked about it is the stock ``sdpa``
 implementation, so they cost nothing extra. In a layer whose probabilities a
 capture asked for it computes softmax(q k^T * scale + mask) once, hands it to
 the capture, and, when every head was asked for, computes the layer's output
@@ -10,6 +11,11 @@ instead of running SDPA as well: the pattern stored is exactly the one that
 produced the output, and the scores are computed once rather than twice. (The
 output then differs from SDPA's by float rounding, ~1e-7 relative in float32,
 as eager's does.) With a subset of heads the output stays SDPA's.
+
+Soft-capped scores (Gemma 2's ``softcap``: softcap * tanh(scores / softcap),
+before the mask) have no SDPA kernel, so a layer that passes one computes its
+output from its probabilities, all heads, as eager does, whether or not anyone
+captures them. Sliding-window layers need nothing: their mask carries the window.
 
 Which layers to record is marked on the attention modules themselves
 (``module.embwalk_pattern_sink``: a callable with a ``heads`` attribute, handed
@@ -25,7 +31,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-ATTN_IMPLEMENTATION = "embwalk_sdpa"
+ATTN_IMPLEMENTATION = "embwalk_patterns"
 
 
 def attention_probabilities(
@@ -35,8 +41,10 @@ def attention_probabilities(
     scaling: float | None,
     causal: bool,
     heads: list[int] | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
-    """softmax(q k^T * scale + mask) in float32 for the chosen query heads.
+    """softmax(q k^T * scale + mask) in float32 for the chosen query heads; with ``softcap``,
+    softmax(softcap * tanh(q k^T * scale / softcap) + mask), as eager computes it.
 
     query [B, H, Q, D], key [B, Hkv, K, D] with H a multiple of Hkv (grouped
     query attention: query head h reads key head h // (H / Hkv)). The mask is
@@ -59,11 +67,16 @@ def attention_probabilities(
         q = (query.index_select(1, index).float() * scale).reshape(b * len(heads), q_len, d)
         k = key.index_select(1, index // groups).float().reshape(b * len(heads), k_len, d)
         rows, n_sel = 1, len(heads)
-    if attention_mask is None and causal and q_len > 1:
+    implicit_causal = attention_mask is None and causal and q_len > 1
+    if implicit_causal and softcap is None:
         # The causal mask as an additive bias fused into the product (baddbmm).
         scores = torch.baddbmm(_causal_bias(q_len, k_len, rows, query.device), q, k.transpose(1, 2))
     else:
         scores = torch.bmm(q, k.transpose(1, 2))
+        if softcap is not None:  # capped before any mask is added
+            scores.div_(softcap).tanh_().mul_(softcap)
+        if implicit_causal:
+            scores.add_(_causal_bias(q_len, k_len, rows, query.device))
     scores = scores.view(b, n_sel, q_len, k_len)
     if attention_mask is not None:
         mask = attention_mask[:, :, :, :k_len]
@@ -114,9 +127,17 @@ def embwalk_sdpa_attention(
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     sink = getattr(module, "embwalk_pattern_sink", None)
+    softcap = kwargs.pop("softcap", None)
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    if softcap is not None:  # no SDPA kernel soft-caps: eager's computation, every head
+        probs = attention_probabilities(query, key, attention_mask, scaling, causal, None, softcap)
+        if sink is not None:
+            sink(probs if sink.heads is None else probs[:, sink.heads])
+        probs = torch.nn.functional.dropout(probs, p=dropout, training=module.training)
+        return output_from_probabilities(probs, value), None
     # Reuse the probabilities for the output only in the plain case SDPA and eager agree on.
     plain = sink is not None and sink.heads is None and not (dropout and module.training) and not any(
-        kwargs.get(name) is not None for name in ("position_bias", "softcap", "cache")
+        kwargs.get(name) is not None for name in ("position_bias", "cache")
     )
     if sink is None or not plain:
         output, _ = sdpa_attention_forward(
@@ -125,7 +146,6 @@ def embwalk_sdpa_attention(
         )
         if sink is None:
             return output, None
-    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     probs = attention_probabilities(query, key, attention_mask, scaling, causal, sink.heads)
     sink(probs)
     if plain:

@@ -52,8 +52,10 @@ class ModelSpec:
         return self.hf_config.hidden_size
 
     @property
-    def n_heads(self) -> int:
-        return self.hf_config.num_attention_heads
+    def n_heads(self) -> int | None:
+        """Attention heads per layer; None for an attention-free model (Mamba: its config has none,
+        and Mamba2's ``num_heads`` are SSM heads)."""
+        return self.hf_config.num_attention_heads if self.family.attention else None
 
     @property
     def max_positions(self) -> int | None:

@@ -112,6 +112,8 @@ class Accumulator:
             return "needs resid" + (f" with >= {cls.min_resid_layers} layers" if cls.min_resid_layers > 1 else "")
         if cls.needs_final_or_last_resid and not (offer.final or offer.last_resid):
             return "needs final" + (" (or resid of the last block)" if offer.final_from_resid else "")
+        if cls.needs_pattern and not offer.attention:
+            return "does not apply: the model is attention-free"
         if cls.needs_pattern and not offer.pattern_layers:
             return "needs attention patterns"
         if cls.needs_unembed and not offer.unembed:

@@ -22,8 +22,9 @@ import torch
 
 from embwalk.stats import hist
 from embwalk.stats.base import Accumulator
+from embwalk.stats.head import logits as _logits
 from embwalk.stats.inputs import SequenceInputs
-from embwalk.stats.lens import _logits, next_token_scores
+from embwalk.stats.lens import next_token_scores
 from embwalk.stats.ops import as_ids, cosine, f32, same_sequence_pairs
 
 _STATS = {
@@ -93,7 +94,7 @@ class DecodingWalk(Accumulator):
     def update_from(self, inputs: SequenceInputs) -> None:
         final = inputs.final
         self.update(final, inputs.next_ids.to(final.device), inputs.head.unembed,
-                    inputs.doc_ids.to(final.device), None, inputs.head.bias, inputs.keep)
+                    inputs.doc_ids.to(final.device), None, inputs.head.bias, inputs.keep, inputs.head.softcap)
 
     def update(
         self,
@@ -104,11 +105,13 @@ class DecodingWalk(Accumulator):
         seq_ids: torch.Tensor | None = None,
         bias: torch.Tensor | None = None,
         keep: torch.Tensor | None = None,
+        softcap: float | None = None,
     ) -> None:
         """``final`` [n, d] context vectors (after the final norm) of whole sequences in
         order; ``next_ids`` [n] (-1 = none); ``unembed`` W [V, d]; ``doc_ids`` [n];
         ``seq_ids`` [n] when the call holds several sequences; ``bias`` [V]; ``keep`` [n]
-        the tokens counted (None: all; a step c_t -> c_t+1 counts when both are kept)."""
+        the tokens counted (None: all; a step c_t -> c_t+1 counts when both are kept); ``softcap``
+        the model's final logit soft-capping (None: none)."""
         if final is None or final.ndim != 2:
             raise ValueError("the decoding walk needs final [n_tok, d] (after the final norm)")
         n, dev = final.shape[0], final.device
@@ -126,7 +129,7 @@ class DecodingWalk(Accumulator):
                                                                "entropy", "nucleus")}
         for start in range(0, n, self.config.chunk_tokens):
             sl = slice(start, start + self.config.chunk_tokens)
-            s = next_token_scores(_logits(c[sl], w, b), safe[sl])
+            s = next_token_scores(_logits(c[sl], w, b, softcap), safe[sl])
             s["nucleus"] = nucleus_size(s.pop("logp"), self.config.nucleus_p)
             for k in cols:
                 cols[k].append(s[k])

@@ -51,8 +51,8 @@ import torch
 from embwalk.stats import hist
 from embwalk.stats.base import Accumulator, StatsMergeError
 from embwalk.stats.decoding import nucleus_size
+from embwalk.stats.head import logits as _logits
 from embwalk.stats.inputs import SequenceInputs
-from embwalk.stats.lens import _logits
 from embwalk.stats.ops import TINY, as_ids, f32
 
 FAMILY = "generation"  # the family name, set on the class when it is registered
@@ -125,6 +125,7 @@ class GenerationWalk(Accumulator):
             inputs.token_ids, cols["generated"], inputs.final, inputs.head.unembed,
             prob=cols.get("prob"), rank=cols.get("rank"), entropy=cols.get("entropy"),
             sample_prob=cols.get("sample_prob"), bias=inputs.head.bias, resid=inputs.resid,
+            softcap=inputs.head.softcap,
         )
 
     def update(
@@ -140,12 +141,14 @@ class GenerationWalk(Accumulator):
         sample_prob: torch.Tensor | None = None,
         bias: torch.Tensor | None = None,
         resid: torch.Tensor | None = None,
+        softcap: float | None = None,
     ) -> None:
         """One continuation: ``token_ids`` [n]; ``generated`` [n] bool, True on the last N rows;
         ``final`` [n, d] context vectors (after the final norm); ``unembed`` W [V, d];
         the step records ``prob``, ``entropy``, ``sample_prob`` [n] float (NaN on prompt rows)
         and ``rank`` [n] int (-1 on prompt rows), each optional; ``bias`` [V];
-        ``resid`` [n, L+1, d] (optional: the nearest-token decoding per residual layer).
+        ``resid`` [n, L+1, d] (optional: the nearest-token decoding per residual layer);
+        ``softcap``: the model's final logit soft-capping (None: none).
         The nucleus mass is the config's ``nucleus_p``. A sequence without generated rows
         adds nothing."""
         if final is None or final.ndim != 2:
@@ -188,10 +191,10 @@ class GenerationWalk(Accumulator):
         w_norm = w.norm(dim=-1)
         has_dir = w_norm > 0
         w_unit = w / w_norm.clamp_min(TINY)[:, None]  # zero rows stay zero
-        # nucleus of softmax(c W^T + b), chunked over steps: [chunk, V] logits at a time
-        sizes = [nucleus_size(torch.log_softmax(_logits(c[s : s + self.config.chunk_tokens], w, b), dim=-1),
-                              self.config.nucleus_p)
-                 for s in range(0, len(c), self.config.chunk_tokens)]
+        # nucleus of softmax(c W^T + b) (soft-capped as the model's), chunked over steps: [chunk, V] at a time
+        chunk, top_p = self.config.chunk_tokens, self.config.nucleus_p
+        sizes = [nucleus_size(torch.log_softmax(_logits(c[s : s + chunk], w, b, softcap), dim=-1), top_p)
+                 for s in range(0, len(c), chunk)]
         self._add_binned("nucleus", _per_step(torch.cat(sizes).to(torch.float64), first, steps), "nucleus")
         self._self_bias(c, ids, rows, chosen, w_unit, has_dir, first, steps)
         if resid is not None:

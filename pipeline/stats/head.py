@@ -14,7 +14,10 @@ class ModelHead:
 
     ``unembed`` W [V, d] and ``bias`` [V] are float32 (converted once here: the
     families would otherwise upcast a bf16 matrix on every call); ``final_norm``
-    maps float32 [m, d] to float32 [m, d]; ``n_layers`` counts blocks.
+    maps float32 [m, d] to float32 [m, d]; ``n_layers`` counts blocks. ``softcap``: the
+    model's final logit soft-capping (Gemma 2: logits = softcap * tanh(z / softcap), z = x W^T
+    + b), applied wherever logits are formed (``logits``); ``attention``: False for an
+    attention-free model (Mamba), whose attention statistics do not apply.
     """
 
     n_layers: int
@@ -23,6 +26,8 @@ class ModelHead:
     unembed: torch.Tensor | None = None
     bias: torch.Tensor | None = None
     final_norm: Callable[[torch.Tensor], torch.Tensor] | None = None
+    softcap: float | None = None
+    attention: bool = True
 
     def to(self, device: torch.device | str) -> ModelHead:
         """The same head on ``device`` (the final norm module moves too)."""
@@ -31,7 +36,8 @@ class ModelHead:
         norm = self.final_norm
         if isinstance(norm, Float32Norm):
             norm = Float32Norm(norm.module.to(device))
-        return ModelHead(self.n_layers, self.d_model, self.causal, move(self.unembed), move(self.bias), norm)
+        return ModelHead(self.n_layers, self.d_model, self.causal, move(self.unembed), move(self.bias), norm,
+                         self.softcap, self.attention)
 
     @classmethod
     def from_loaded(cls, loaded, device: torch.device | str | None = None) -> ModelHead:
@@ -46,7 +52,18 @@ class ModelHead:
         norm = None
         if loaded.family.final_norm:
             norm = Float32Norm(loaded.trunk.get_submodule(loaded.family.final_norm))
-        return cls(loaded.n_layers, loaded.d_model, loaded.family.causal, unembed, bias, norm)
+        softcap = getattr(loaded.config, "final_logit_softcapping", None)
+        return cls(loaded.n_layers, loaded.d_model, loaded.family.causal, unembed, bias, norm,
+                   softcap, loaded.family.attention)
+
+
+def logits(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None,
+           softcap: float | None = None) -> torch.Tensor:
+    """The model's logits x W^T + b of rows ``x`` [m, d], soft-capped as its LM head caps them."""
+    z = x @ w.T
+    if b is not None:
+        z = z + b
+    return z if softcap is None else z.div_(softcap).tanh_().mul_(softcap)
 
 
 class Float32Norm:

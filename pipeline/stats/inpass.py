@@ -43,20 +43,22 @@ def required_sites(families: Sequence[str]) -> list[str]:
 
 
 def check_capture(families: Sequence[str], layout, n_layers: int, has_unembed: bool,
-                  exclude_massive: bool = False, columns: Sequence[str] = (), default: bool = False) -> tuple[str, ...]:
+                  exclude_massive: bool = False, columns: Sequence[str] = (), default: bool = False,
+                  attention: bool = True) -> tuple[str, ...]:
     """The families to compute in the pass. Refuse, before any work, statistics the capture cannot
     feed: each family asked for must be computable from the captured sites (and ``decoding``
     from a captured ``final``, never a final norm re-applied to the last block), naming the
     sites to add. ``default``: nobody named ``families`` (the default set), so the ones the
-    capture cannot feed are left out instead."""
+    capture cannot feed are left out instead. ``attention``: False for an attention-free model."""
     offer = Offer(n_layers, tuple(layout.residual) or None, bool(layout.final),
                   tuple(layout.pattern_layers) or None, has_unembed, final_from_resid=False,
-                  columns=frozenset(columns))
+                  columns=frozenset(columns), attention=attention)
     held = {site for name in offer.arrays for site in SITES[name]}
     problems = []
     feedable, missing = plan_families(families, offer)
     for family, why in ({} if default else missing).items():
-        lacking = [site for site in required_sites([family]) if site not in held]
+        lacking = [site for site in required_sites([family])
+                   if site not in held and (attention or site != "attn_pattern")]  # never a site the model lacks
         add = f": add {', '.join(lacking)} to capture.sites" if lacking else ""
         problems.append(f"{family} {why}{add}")
     if exclude_massive and not layout.residual:  # massive activations are found in the residual stream

@@ -29,7 +29,8 @@ class Offer:
 
     ``resid_layers``: residual indices along resid's layer axis (None: no resid);
     ``pattern_layers``: model layer ids along the pattern's layer axis (None: no patterns);
-    ``final``: the final-normed last block is there; ``unembed``: the model has an LM head.
+    ``final``: the final-normed last block is there; ``unembed``: the model has an LM head;
+    ``attention``: False for an attention-free model (Mamba): attention statistics do not apply.
     """
 
     n_layers: int
@@ -39,6 +40,7 @@ class Offer:
     unembed: bool = False
     final_from_resid: bool = True  # final may be derived as final_norm(resid of the last block)
     columns: frozenset[str] = frozenset()  # token-table columns beyond the token ids (a generation's)
+    attention: bool = True
 
     @property
     def last_resid(self) -> bool:

@@ -1,6 +1,7 @@
 """Logit lens: decode every layer's residual with the model's own unembedding.
 
-p_l = softmax(final_norm(x_l) @ W.T + b). Per layer l = 0..L:
+p_l = softmax(final_norm(x_l) @ W.T + b), soft-capped where the model caps its logits
+(Gemma 2's final_logit_softcapping). Per layer l = 0..L:
 
 - ``rank``     rank of the actual next token under p_l (0 = top; ties count in its favour)
 - ``prob``     p_l(next)
@@ -22,6 +23,7 @@ import torch
 
 from embwalk.stats import hist
 from embwalk.stats.base import Accumulator
+from embwalk.stats.head import logits as _logits
 from embwalk.stats.inputs import SequenceInputs
 from embwalk.stats.ops import as_ids, f32
 
@@ -55,7 +57,8 @@ class LogitLens(Accumulator):
 
     def update_from(self, inputs: SequenceInputs) -> None:
         head = inputs.head
-        self.update(inputs.rows(inputs.resid), inputs.rows(inputs.next_ids), head.unembed, head.final_norm, head.bias)
+        self.update(inputs.rows(inputs.resid), inputs.rows(inputs.next_ids), head.unembed, head.final_norm, head.bias,
+                    head.softcap)
 
     def update(
         self,
@@ -64,9 +67,11 @@ class LogitLens(Accumulator):
         unembed: torch.Tensor,
         final_norm: Norm | None = None,
         bias: torch.Tensor | None = None,
+        softcap: float | None = None,
     ) -> None:
         """``resid`` [n, L+1, d]; ``next_ids`` [n] (-1 = none); ``unembed`` W [V, d];
-        ``final_norm`` maps float32 [m, d] -> [m, d] (None = identity); ``bias`` [V]."""
+        ``final_norm`` maps float32 [m, d] -> [m, d] (None = identity); ``bias`` [V];
+        ``softcap``: the model's final logit soft-capping (None: none)."""
         if resid.ndim != 3:
             raise ValueError(f"resid must be [n_tok, L+1, d], got shape {tuple(resid.shape)}")
         n, n_layers, _ = resid.shape
@@ -85,10 +90,10 @@ class LogitLens(Accumulator):
             valid = nxt[sl] >= 0
             safe = nxt[sl].clamp_min(0)
             cols: dict[str, list[torch.Tensor]] = {k: [] for k in _STATS}
-            last = torch.log_softmax(_logits(h[:, -1], w, b), dim=-1)
+            last = torch.log_softmax(_logits(h[:, -1], w, b, softcap), dim=-1)
             p_last = last.exp()
             for layer in range(n_layers):
-                s = next_token_scores(_logits(h[:, layer], w, b), safe)
+                s = next_token_scores(_logits(h[:, layer], w, b, softcap), safe)
                 for k in ("rank", "prob", "logprob", "entropy"):
                     cols[k].append(s[k])
                 cols["kl"].append((p_last * (last - s["logp"])).sum(-1))
@@ -113,8 +118,3 @@ class LogitLens(Accumulator):
         stats = {k: (kind, np.arange(n_layers)) for k, kind in _STATS.items()}
         summary, histogram = self._binned_tables(stats)
         return {"logit_lens": summary, "logit_lens_hist": histogram}
-
-
-def _logits(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    z = x @ w.T
-    return z if b is None else z + b

@@ -225,8 +225,9 @@ class _Decoder:
     the unembedding, float32 on the training device.
 
     The [tokens, vocab] logits dominate time and memory, so the KL's gradient in the logits
-    is formed by hand: d KL(p || softmax z) / dz = softmax z - p, in place; only the
-    translator and the norm go through autograd (no graph over the vocabulary).
+    is formed by hand: d KL(p || softmax z) / dz = softmax z - p, in place (times the soft
+    cap's derivative 1 - (z / cap)^2 where the model caps its logits); only the translator
+    and the norm go through autograd (no graph over the vocabulary).
     """
 
     def __init__(self, head: ModelHead, device: torch.device, target_is_final: bool):
@@ -244,13 +245,23 @@ class _Decoder:
             self.norm: Callable[[torch.Tensor], torch.Tensor] = module.forward
         else:
             self.norm = norm if norm is not None else (lambda x: x)
+        self.softcap = head.softcap
         self.target_is_final = target_is_final
         self.device = device
 
     def logits(self, u: torch.Tensor) -> torch.Tensor:
-        """Logits of normed residuals ``u`` [n, d] (no gradient)."""
-        z = u.detach() @ self.w.T
-        return z if self.b is None else z.add_(self.b)
+        """Logits of normed residuals ``u`` [n, d] (no gradient), soft-capped as the model's."""
+        from embwalk.stats.head import logits
+
+        return logits(u.detach(), self.w, self.b, self.softcap)
+
+    def grad(self, z: torch.Tensor, logq: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """d KL(p || softmax z) / du of the normed residuals u, from logits ``z`` = logits(u) and
+        ``logq`` = log_softmax z (consumed: overwritten in place)."""
+        g = logq.exp_().sub_(p)
+        if self.softcap is not None:  # z = cap tanh(y / cap): dz/dy = 1 - tanh^2 = 1 - (z / cap)^2
+            g.mul_(1 - (z / self.softcap).square_())
+        return g @ self.w
 
     def target(self, target: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """The target distribution p [n, V] and log p of stored rows (``final`` or the last resid)."""
@@ -312,9 +323,10 @@ def train(rows: _Rows, decoder: _Decoder, options: TunedLensOptions,
             for j in range(len(rows.layers)):
                 h = xc[:, j]
                 u = decoder.norm(h + h @ a[j].T + b[j])
-                kl, logq = decoder.kl(decoder.logits(u), p, logp)
+                z = decoder.logits(u)
+                kl, logq = decoder.kl(z, p, logp)
                 total += float(kl.sum()) / size
-                u.backward((logq.exp_().sub_(p) @ decoder.w) / size)  # d KL / du, KL averaged over the batch
+                u.backward(decoder.grad(z, logq, p) / size)  # d KL / du, KL averaged over the batch
         opt.step()
         sched.step()
         losses.append(total / len(rows.layers))

@@ -224,3 +224,48 @@ def test_compressed_store_holds_the_same_values(tmp_path, corpus_file, smollm2):
     extract_local(packed, loaded)
     for name in ("resid", "final"):
         np.testing.assert_array_equal(Store(plain.store.path).array(name)[:], Store(packed.store.path).array(name)[:])
+
+
+@pytest.mark.parametrize("name", ["mamba", "mamba2"])
+def test_attention_free_models_extract_end_to_end(tmp_path, corpus_file, smollm2, name):
+    """Mamba: residual sites and final only, stored as transformers computes them (statistics in
+    the pass too); the two-step statistics list the attention family as not applicable."""
+    from embwalk.stats.config import StatsOptions
+    from embwalk.stats.job import compute_store_stats
+
+    loaded = tiny_loaded(name, smollm2.tokenizer)
+    cfg = _config(tmp_path, corpus_file, sites=["resid_pre.0", "resid_post", "final"])
+    cfg.capture = CaptureConfig(sites=cfg.capture.sites, stats={"self_sim_top_k": 4})
+    manifest = extract_local(cfg, loaded)
+    assert manifest["complete"] and manifest["model"]["n_heads"] is None and manifest["model"]["family"] == "mamba"
+    store = Store(cfg.store.path)
+    resid, final = store.array("resid"), store.array("final")
+    for _, rows in store.tokens().to_pandas().groupby("seq_id"):
+        r = rows["row"].to_numpy()
+        ids = torch.tensor(rows["token_id"].to_numpy())[None]
+        out = loaded.trunk(input_ids=ids, output_hidden_states=True, use_cache=False)
+        # transformers' Mamba hidden_states: every block's output, then the final norm's
+        ref = torch.stack([loaded.model.get_input_embeddings()(ids), *out.hidden_states[:-1]], dim=2)[0]
+        np.testing.assert_allclose(resid[r[0] : r[-1] + 1], ref.numpy(), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(final[r[0] : r[-1] + 1], out.last_hidden_state[0].numpy(), atol=1e-5, rtol=0)
+    one_process = ClusterConfig(workers=1, progress=False)
+    summary = compute_store_stats(cfg.store.path, StatsOptions(self_sim_top_k=4), one_process, loaded=loaded)
+    assert summary["skipped"] == {"attention": "does not apply: the model is attention-free"}
+    assert {"encoding", "logit_lens", "decoding", "geometry"} <= set(summary["families"])
+
+
+@pytest.mark.parametrize("sites, heads, fragment", [
+    (["attn_pattern.1"], None, "'attn_pattern' is not defined for mamba models (attention-free"),
+    (["mlp_out"], None, "'mlp_out' is not defined for mamba models (attention-free"),
+    (["resid_post"], [0], "capture.heads is given, but the model is attention-free"),
+])
+def test_attention_free_sites_are_refused_before_any_work(tmp_path, corpus_file, smollm2, sites, heads, fragment):
+    from embwalk.errors import EmbwalkError
+
+    loaded = tiny_loaded("mamba", smollm2.tokenizer)
+    cfg = _config(tmp_path, corpus_file, sites=sites)
+    cfg.capture.heads = heads
+    with pytest.raises(EmbwalkError) as err:
+        extract_local(cfg, loaded)
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "store").exists()

@@ -73,3 +73,39 @@ def test_kl_at_the_last_layer_reads_zero_not_the_first_bin_edge():
     merged.update(resid, nxt, w, rms_norm(nw))
     merged.merge(acc)  # the extremes merge (min, max) as the sums add
     assert summary_rows(merged.result()["logit_lens"], "kl", "layer")["median"][-1] == 0
+
+
+def test_lens_and_decoding_read_the_models_own_softcapped_logits():
+    """Gemma 2 soft-caps its logits (final_logit_softcapping=2 in the tiny config): the logit lens
+    at the last layer and the decoding walk give the model's own next-token log-probabilities."""
+    from embwalk.models.capture import CaptureLayout, Capturer
+    from embwalk.models.sites import parse_sites
+    from embwalk.stats import DecodingWalk
+    from embwalk.stats.head import ModelHead, logits
+    from tests.conftest import tiny_loaded
+
+    loaded = tiny_loaded("gemma2")
+    ids = torch.randint(3, 128, (1, 12), generator=torch.Generator().manual_seed(0))
+    layout = CaptureLayout.from_sites(parse_sites(["resid_pre.0", "resid_post", "final"], loaded.n_layers))
+    with Capturer(loaded, layout, torch.float32) as cap:
+        got = cap.run(ids)
+    resid, final = got["resid"][0], got["final"][0]
+    with torch.no_grad():
+        model_logp = loaded.model(input_ids=ids).logits[0].log_softmax(-1)
+    head = ModelHead.from_loaded(loaded)
+    assert head.softcap == 2.0
+    lens_logp = logits(head.final_norm(resid[:, -1]), head.unembed, head.bias, head.softcap).log_softmax(-1)
+    assert (lens_logp - model_logp).abs().max() < 1e-5
+    nxt = torch.cat([ids[0, 1:], torch.tensor([-1])])
+    expected = float(model_logp[:-1].gather(-1, ids[0, 1:, None]).mean())
+
+    def last_layer_logprob(softcap):
+        lens = LogitLens()
+        lens.update(resid, nxt, head.unembed, head.final_norm, head.bias, softcap)
+        return summary_rows(lens.result()["logit_lens"], "logprob")["mean"][-1]
+
+    assert abs(last_layer_logprob(head.softcap) - expected) < 1e-5
+    assert abs(last_layer_logprob(None) - expected) > 1e-2  # the cap matters in this config
+    walk = DecodingWalk()
+    walk.update(final, nxt, head.unembed, torch.zeros(12, dtype=torch.long), bias=head.bias, softcap=head.softcap)
+    assert abs(summary_rows(walk.result()["decoding"], "logprob", None)["mean"][0] - expected) < 1e-5

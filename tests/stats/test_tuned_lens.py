@@ -308,3 +308,23 @@ def test_bad_input_is_one_line_and_writes_nothing(case, fragment, store, tmp_pat
     assert code == 2 and err.strip().count("\n") == 0 and err.startswith("embwalk: error: "), err
     assert fragment in err, err
     assert not list(Path(target).glob("stats/tuned_lens*")) and not list(Path(target).glob("stats/.tuned_lens*"))
+
+
+@pytest.mark.parametrize("softcap", [None, 2.0])
+def test_the_hand_formed_gradient_is_autograds_also_through_a_logit_soft_cap(softcap):
+    """Training forms d KL / du by hand; with Gemma 2's final_logit_softcapping it goes through the tanh."""
+    from embwalk.stats.head import ModelHead
+    from embwalk.stats.tuned_lens import _Decoder
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(40, 8, generator=g)  # logits of a few units: the cap of 2 bends them
+    decoder = _Decoder(ModelHead(3, 8, True, w, softcap=softcap), torch.device("cpu"), target_is_final=True)
+    p = torch.randn(5, 40, generator=g).softmax(-1)
+    u = torch.randn(5, 8, generator=g, requires_grad=True)
+    z = u @ w.T
+    z = z if softcap is None else softcap * torch.tanh(z / softcap)
+    (p * (p.log() - z.log_softmax(-1))).sum().backward()
+    logits = decoder.logits(u)
+    kl, logq = decoder.kl(logits, p, p.log())
+    assert torch.allclose(kl.sum(), (p * (p.log() - z.log_softmax(-1))).sum().detach(), atol=1e-5)
+    assert torch.allclose(decoder.grad(logits, logq, p), u.grad, atol=1e-5)
