@@ -160,7 +160,7 @@ def forward_only(loaded, job: PreparedJob, batches: list[Batch], sites: list[str
     try:
         for b in batches:
             forward(capturer, b.ids, None, None, b.seqs, b.starts, b.win)
-            rows = np.concatenate([np.arange(a + p, a + job.generation.seq_len) for a in b.starts]) - b.win.row0
+            rows = np.concatenate([np.arange(a + p, a + job.generation.max_seq_len) for a in b.starts]) - b.win.row0
             tokens.append(b.win.token_ids[rows].reshape(len(b.starts), -1))
     finally:
         capturer.close()  # the hooks: no other method runs with them
