@@ -58,7 +58,7 @@ class GenerationForward:
                  win: ShardTokens) -> dict[str, torch.Tensor]:
         n = self.plan.new_tokens
         lengths = [win.sequence_rows(g)[1] - a for g, a in zip(batch, starts, strict=True)]
-        pad = _Padding([t - n for t in lengths], self.loaded.device)
+        pad = _Padding([t - n for t in lengths], self.loaded.device, self.loaded.family.attention)
         got = out if out is not None else capturer.scratch(len(batch), pad.width + n)
         if "pattern" in got:
             got["pattern"].zero_()  # rows see only their past: the keys after it stay 0, as in an extraction
@@ -175,7 +175,11 @@ class _Padding:
     model's attention mask and position ids, prefill and step by step (nothing when every
     prompt has the same length), and the shift that aligns each row's captures to its start."""
 
-    def __init__(self, lengths: list[int] | torch.Tensor, device: torch.device):
+    def __init__(self, lengths: list[int] | torch.Tensor, device: torch.device, attention: bool = True):
+        """``attention``: False for an attention-free model (Mamba): no positions, and only the prefill
+        takes the mask (it zeroes the padded inputs, so the recurrent state starts at the first real
+        token; a step's mask would not fit its one new position, which is never padding)."""
+        self.attention = attention
         self.lengths = torch.as_tensor(lengths, dtype=torch.long)
         self.width = int(self.lengths.max())
         self.pad = self.width - self.lengths
@@ -184,11 +188,11 @@ class _Padding:
         self.mask = (torch.arange(self.width)[None, :] >= self.pad[:, None]).long().to(device)
 
     def rows(self, index: list[int]) -> _Padding:
-        return _Padding(self.lengths[index], self.device)
+        return _Padding(self.lengths[index], self.device, self.attention)
 
     def repeat(self, k: int) -> _Padding:
         """Each row ``k`` times in a row (a prompt's beams)."""
-        return _Padding(self.lengths.repeat_interleave(k), self.device)
+        return _Padding(self.lengths.repeat_interleave(k), self.device, self.attention)
 
     def left(self, ids: torch.Tensor) -> torch.Tensor:
         """The prompts of right-padded ``ids`` [B, >= width], left-padded with each row's first token."""
@@ -200,11 +204,13 @@ class _Padding:
     def prefill(self) -> dict:
         if not self.padded:
             return {}
+        if not self.attention:
+            return {"attention_mask": self.mask}
         return {"attention_mask": self.mask, "position_ids": (self.mask.cumsum(-1) - 1).clamp(min=0)}
 
     def step(self, t: int) -> dict:
         """The model's arguments when the token chosen at step ``t`` is fed."""
-        if not self.padded:
+        if not self.padded or not self.attention:
             return {}
         ones = torch.ones(len(self.lengths), t + 1, dtype=torch.long, device=self.device)
         return {"attention_mask": torch.cat([self.mask, ones], dim=1),

@@ -27,7 +27,8 @@ from embwalk.store.config import StoreConfig
 from embwalk.store.reader import Store
 from tests.conftest import tiny_loaded
 
-CAUSAL = ["llama", "mistral", "qwen2", "gpt2", "gpt_neox", "gpt_neox_sequential"]
+CAUSAL = ["llama", "mistral", "qwen2", "gpt2", "gpt_neox", "gpt_neox_sequential", "gemma2", "gemma3_text", "phi3",
+          "qwen2_moe", "mixtral", "mamba", "mamba2"]
 TEXT = ("The cat sat on the mat while the dog slept by the door. Transformers move each token through "
         "a sequence of residual updates. Interpretability researchers study how vectors walk through "
         "embedding space, layer by layer, and how a model picks its next token from them.\n") * 3
@@ -88,28 +89,35 @@ def test_every_stored_vector_equals_a_teacher_forced_pass(tmp_path, tokenizer, f
     as the reference: float32 products of other batch shapes round differently (~1e-5 on
     SmolLM2), which is not the cache's doing (docs/generation.md)."""
     loaded = tiny_loaded(family, tokenizer)
-    cfg = config(tmp_path, sites=("resid_pre.0", "resid_post", "final", "attn_pattern"), strategy="sample",
-                 samples=2, temperature=1.5, batch=1)
+    attention = loaded.family.attention  # Mamba: no patterns, and its cache is a recurrent state
+    sites = ("resid_pre.0", "resid_post", "final") + ("attn_pattern",) * attention
+    cfg = config(tmp_path, sites=sites, strategy="sample", samples=2, temperature=1.5, batch=1)
     extract_local(cfg, loaded)
     store = Store(cfg.store.path)
     resid, final = store.array("resid")[:], store.array("final")[:]
-    pattern = store.array("pattern")
+    pattern = store.array("pattern") if attention else None
     eager = tiny_loaded(family, tokenizer)
-    eager.model.set_attn_implementation("eager")
+    if attention:
+        eager.model.set_attn_implementation("eager")
     for s, rows in sequences(store).items():
         ids = torch.tensor(rows.token_id.to_numpy()[None], dtype=torch.long)
         with torch.no_grad():
-            out = eager.model(ids, output_hidden_states=True, output_attentions=True)
-        want = np.stack([h[0].numpy() for h in out.hidden_states], 1)  # [T, L+1, d]
+            out = eager.model(ids, output_hidden_states=True, output_attentions=attention)
+        hidden = list(out.hidden_states)
+        if not attention:  # transformers' Mamba leaves the embeddings out of hidden_states
+            hidden.insert(0, eager.model.get_input_embeddings()(ids))
+        want = np.stack([h[0].numpy() for h in hidden], 1)  # [T, L+1, d] (Mamba: L+2, block L-1's own too)
         got = resid[rows.row.to_numpy()]
         # transformers' last hidden state is after the final norm: our resid's last layer is before it
-        rel = np.linalg.norm(got[:, :-1] - want[:, :-1], axis=-1) / np.linalg.norm(want[:, :-1], axis=-1)
+        n = loaded.n_layers
+        rel = np.linalg.norm(got[:, :n] - want[:, :n], axis=-1) / np.linalg.norm(want[:, :n], axis=-1)
         assert rel.max() < 1e-5, (family, s, rel.max())
         last = want[:, -1]
         rel_final = np.linalg.norm(final[rows.row.to_numpy()] - last, axis=-1) / np.linalg.norm(last, axis=-1)
         assert rel_final.max() < 1e-5, (family, s, rel_final.max())
-        att = np.stack([a[0].numpy() for a in out.attentions], 0)  # [L, H, T, T]
-        np.testing.assert_allclose(pattern[s], att, atol=1e-5, err_msg=f"{family} attention of {s}")
+        if attention:
+            att = np.stack([a[0].numpy() for a in out.attentions], 0)  # [L, H, T, T]
+            np.testing.assert_allclose(pattern[s], att, atol=1e-5, err_msg=f"{family} attention of {s}")
 
 
 def test_sampling_is_seeded_per_continuation_and_its_probabilities_are_the_warpers(tmp_path, tokenizer):
