@@ -427,7 +427,7 @@ def markdown(rows, results, splits, args, loaded, job: PreparedJob, command: str
         "",
         f"Tokens/s counts generated tokens only ({n_prompts} x {n} = {n_prompts * n} per round), for every method. "
         f"embwalk stores {', '.join(SITES)} ({len(job.layout.residual)} residual layers + final, float16) "
-        f"for the prompts' rows too ({job.generation.seq_len} rows per continuation).",
+        f"for the prompts' rows too ({job.generation.max_seq_len} rows per continuation).",
         "",
         "| method | generated tokens/s | ratio to bare (wall) | ratio to bare (CPU time) | peak RSS MB "
         "| peak extra MB | store bytes / generated token |",

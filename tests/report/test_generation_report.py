@@ -172,3 +172,22 @@ def test_a_store_without_resid_draws_all_but_the_nearest_panel(tmp_path, loaded)
     html = page.read_text()
     assert "beam (num_beams=3, length_penalty=1, repetition_penalty=1)" in html
     assert "The 2 stored beams of each prompt are pooled" in html and "nearest one by cosine" not in html
+
+
+def test_the_prompts_digest_tells_other_prompts_apart_and_ignores_how_shards_cut_them(stores, loaded, tmp_path):
+    """Stores are compared by a digest of their prompts' (prompt, position, token) rows, summed shard
+    by shard: the same prompts cut into other shards give the same digest, other prompts another."""
+    from embwalk.report.figures.generation import _chosen
+
+    def digest(path) -> int:
+        s = Store(path)
+        return _chosen(str(path.resolve()), tuple(s.committed), str(path)).prompts
+
+    cut = config(tmp_path, "cut", shard=2, **DECODES["sample"])  # one shard per continuation
+    fewer = config(tmp_path, "fewer", **DECODES["sample"])
+    fewer.decode.max_prompts = 4
+    for cfg in (cut, fewer):
+        extract_local(cfg, loaded)
+    assert len(Store(cut.store.path).committed) > len(Store(stores["sample"]).committed)
+    assert digest(tmp_path / "cut") == digest(stores["sample"]) == digest(stores["greedy"])
+    assert digest(tmp_path / "fewer") != digest(stores["greedy"])

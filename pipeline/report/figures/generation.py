@@ -90,11 +90,11 @@ def prompts_text(data: ReportData) -> str:
 @dataclass(frozen=True)
 class Chosen:
     """The store's generated tokens: how many, the mean log p(chosen) (nats, under the model's
-    distribution p, as the token table's ``prob``), and each prompt's token ids."""
+    distribution p, as the token table's ``prob``), and a digest of its prompts' token ids."""
 
     n: int
     mean_logprob: float
-    prompts: tuple[tuple[int, tuple[int, ...]], ...]  # (prompt_id, its tokens), sorted
+    prompts: int  # sum mod 2**64 of a hash of (prompt_id, pos, token_id) over the prompts' rows
 
     @property
     def perplexity(self) -> float:
@@ -109,22 +109,32 @@ def chosen(data: ReportData) -> Chosen:
 
 @lru_cache(maxsize=32)
 def _chosen(root: str, committed: tuple[int, ...], _generation: str) -> Chosen:
+    """One pass over the token tables, shard by shard: memory is one shard's table whatever the
+    store holds (the prompts are compared by a digest, summed row by row, so a prompt split
+    between two shards hashes as it would whole)."""
     from embwalk.store.reader import Store
 
     store = Store(root)
-    n, total, prompts = 0, 0.0, {}
+    n, total, digest = 0, 0.0, np.uint64(0)
     for index in committed:
-        t = store.read_tokens(index, columns=["prompt_id", "sample", "generated", "token_id", "prob"])
+        t = store.read_tokens(index, columns=["prompt_id", "sample", "generated", "pos", "token_id", "prob"])
         gen = t.column("generated").to_numpy(zero_copy_only=False).astype(bool)
         p = t.column("prob").to_numpy(zero_copy_only=False).astype(np.float64)[gen]
         n += int(p.size)
         total += float(np.log(np.maximum(p, 1e-45)).sum())  # a float32 underflow counts as 1e-45
-        pid = t.column("prompt_id").to_numpy()
         first = (t.column("sample").to_numpy() == 0) & ~gen  # the prompt's rows of its first continuation
-        ids = t.column("token_id").to_numpy()
-        for q in np.unique(pid[first]):
-            prompts.setdefault(int(q), tuple(int(v) for v in ids[first & (pid == q)]))
-    return Chosen(n, total / n if n else math.nan, tuple(sorted(prompts.items())))
+        rows = [t.column(c).to_numpy()[first].astype(np.uint64) for c in ("prompt_id", "pos", "token_id")]
+        with np.errstate(over="ignore"):  # uint64 arithmetic wraps: the digest is a sum mod 2**64
+            digest += _mix(_mix(rows[0]) ^ rows[1] * np.uint64(0x9E3779B97F4A7C15) ^ rows[2]).sum(dtype=np.uint64)
+    return Chosen(n, total / n if n else math.nan, int(digest))
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser, elementwise on uint64 (wrapping)."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
 
 
 # ---------------------------------------------------------------------------------------------
