@@ -40,6 +40,8 @@ def format_summary(summary: dict) -> str:
     ]
     for family, why in summary.get("skipped", {}).items():
         lines.append(f"  skipped {family}: {why}")
+    for table, what in summary.get("model_tables", {}).items():
+        lines.append(f"  {table}: {what}")
     if summary.get("final_from") not in (None, "captured"):
         lines.append(f"  decoding read {summary['final_from']}")
     if summary.get("n_excluded"):

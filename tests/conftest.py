@@ -10,6 +10,9 @@ import transformers as T
 from embwalk.models.families import family_for
 from embwalk.models.loading import LoadedModel, weights_fingerprint
 
+_T5 = dict(vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+           relative_attention_num_buckets=8, relative_attention_max_distance=16)
+
 TINY_CONFIGS = {
     "llama": lambda: T.LlamaConfig(
         vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
@@ -69,6 +72,12 @@ TINY_CONFIGS = {
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
         num_local_experts=4, num_experts_per_tok=2,
     ),
+    # T5 family, loaded as the encoder alone (AutoModelForTextEncoding); the relative position bias
+    # saturates past 16 tokens (tests/models/test_t5_encoder.py scales it up to matter more)
+    "t5": lambda: T.T5Config(**_T5),
+    "t5_v1_1": lambda: T.T5Config(feed_forward_proj="gated-gelu", tie_word_embeddings=False, **_T5),
+    "mt5": lambda: T.MT5Config(**_T5),
+    "umt5": lambda: T.UMT5Config(**_T5),
     "mamba": lambda: T.MambaConfig(
         vocab_size=128, hidden_size=32, state_size=4, num_hidden_layers=2, expand=2, conv_kernel=4,
     ),
@@ -86,7 +95,7 @@ def tiny_loaded(name: str, tokenizer=None) -> LoadedModel:
     if tokenizer is not None:
         config.vocab_size = len(tokenizer)
     family = family_for(config)
-    auto = T.AutoModelForCausalLM if family.causal else T.AutoModel
+    auto = family.auto_class()  # T5: the encoder alone, as load_model loads it
     attn = family.attn_implementation("sdpa")  # eager where transformers has no SDPA (Gemma 2, Mamba)
     model = auto.from_config(config, attn_implementation=attn).eval().requires_grad_(False)
     return LoadedModel(

@@ -109,17 +109,19 @@ def prepare(cfg: ExtractConfig, model, parts_mapper=None) -> PreparedJob:
         raise EmbwalkError(f"{what} is above the model's limit of {model.max_positions} positions ({model.model_id})")
     if cfg.decode is not None and not model.family.causal:
         raise EmbwalkError(f"embwalk generate needs a causal language model; {model.model_id} is not one")
-    sites = parse_sites(list(cfg.capture.sites), model.n_layers)
+    sites = parse_sites(list(cfg.capture.sites), model.n_layers, model.family.stack)
     heads = _heads(cfg.capture.heads, model.n_heads)
     layout = CaptureLayout.from_sites(sites, heads)
     model.family.check_kinds(layout.kinds(), model.config)  # a site the family lacks: one line, before any work
     generating = cfg.decode is not None
     families = None
     if cfg.capture.stats is not None:  # asked for and not computable from this capture: refused before any work
-        families = check_capture(cfg.capture.stats.families_for(generating), layout, model.n_layers,
+        bias = model.family.position_bias
+        families = check_capture(cfg.capture.stats.families_for(generating, bias), layout, model.n_layers,
                                  model.family.causal, cfg.capture.stats.exclude_massive,  # decoders: LM head
                                  store_layout.GENERATION_COLUMNS.names if generating else (),
-                                 default=cfg.capture.stats.families is None, attention=model.family.attention)
+                                 default=cfg.capture.stats.families is None, attention=model.family.attention,
+                                 position_bias=bias)
     shard_tokens = shard_tokens_for(
         cfg.store.shard_tokens, cfg.store.chunk_tokens, cfg.corpus.seq_len, cfg.corpus.mode
     )
@@ -141,7 +143,8 @@ def prepare(cfg: ExtractConfig, model, parts_mapper=None) -> PreparedJob:
     stats = None
     if cfg.capture.stats is not None:  # self-similarity types: the corpus's most frequent tokens, from counts
         ids, n = corpus.token_counts(fs, counts)
-        stats = cfg.capture.stats.stats_config(counts=(ids, n), n_resid=len(layout.residual), generation=generating)
+        stats = cfg.capture.stats.stats_config(counts=(ids, n), n_resid=len(layout.residual), generation=generating,
+                                               position_bias=model.family.position_bias)
         stats = dataclasses.replace(stats, families=families)  # the default set: what this capture feeds
     specs = [] if not cfg.capture.store_arrays else store_layout.array_specs(
         n_tokens=plan.n_tokens,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import transformers
 from torch import nn
 
 from embwalk.errors import ModelError
@@ -30,6 +31,17 @@ class Family:
     taps: dict[str, Tap] = field(default_factory=dict)  # resid_mid / attn_out / mlp_out
     attention: bool = True  # False: attention-free (Mamba): no attention sublayer, heads or patterns
     sdpa: bool = True  # transformers has an SDPA path for it (Gemma 2 has none: soft-capped scores)
+    # The transformers auto class that loads the model as embwalk captures it; None: causal
+    # families load with their LM head (AutoModelForCausalLM), encoders as the bare body (AutoModel).
+    auto: str | None = None
+    # An encoder-decoder model stored as one stack ("enc": T5's encoder): sites may carry that
+    # stack's prefix, and the other stack's are refused (pipeline/models/sites.py).
+    stack: str | None = None
+    position_bias: bool = False  # a learned relative position bias (T5): kernels from the weights
+
+    def auto_class(self) -> type:
+        name = self.auto or ("AutoModelForCausalLM" if self.causal else "AutoModel")
+        return getattr(transformers, name)
 
     def tap(self, kind: str, config) -> Tap:
         tap = self.taps.get(kind)
@@ -139,10 +151,32 @@ MODEL_FAMILIES = (
             "mlp_out": ("output.dense", "output"),
         },
     ),
+    Family(
+        "t5",
+        # T5, Flan-T5 / T5 v1.1, MT5, UMT5, stored as the encoder alone (AutoModelForTextEncoding:
+        # T5EncoderModel etc., the decoder's weights never loaded): bidirectional and pre-norm. A
+        # block is layer[0] (T5LayerSelfAttention: x + SelfAttention(norm(x))) then layer[1]
+        # (T5LayerFF: x + DenseReluDense(norm(x))), so the stream between them is layer[1]'s input
+        # and each sublayer adds its inner module's output. The score is q·k + a learned position
+        # bias, no 1/sqrt(d) (sdpa_patterns.py stores exactly that). Both stacks: seq2seq.py.
+        ("t5", "mt5", "umt5"),
+        blocks="encoder.block",
+        final_norm="encoder.final_layer_norm",
+        causal=False,
+        taps={
+            "resid_mid": ("layer.1", "input"),
+            "attn_out": ("layer.0.SelfAttention", "output"),
+            "mlp_out": ("layer.1.DenseReluDense", "output"),
+        },
+        auto="AutoModelForTextEncoding",
+        stack="enc",
+        position_bias=True,
+    ),
 )
 
 
 def family_for(config) -> Family:
+    """The family of a transformers config (by its model_type); ModelError naming the supported ones."""
     for family in MODEL_FAMILIES:
         if config.model_type in family.model_types:
             return family
@@ -150,6 +184,11 @@ def family_for(config) -> Family:
     raise ModelError(
         f"unsupported architecture {config.model_type!r}; supported model types: {supported}"
     )
+
+
+def family_named(name: str) -> Family | None:
+    """The family a manifest names (``model.family``); None for one this version does not know."""
+    return next((f for f in MODEL_FAMILIES if f.name == name), None)
 
 
 def trunk(model: nn.Module) -> nn.Module:

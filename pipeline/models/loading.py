@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from embwalk.errors import ModelError, first_line
 from embwalk.models.config import ModelConfig
@@ -114,11 +114,10 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load model {cfg.name!r}: {first_line(exc)}") from exc
     family = family_for(hf_config)
-    # Decoders load with their LM head (the unembedding the walk statistics
-    # need); encoders load as the bare body (e.g. sentence-transformer weights).
-    auto = AutoModelForCausalLM if family.causal else AutoModel
+    # Decoders load with their LM head (the unembedding the walk statistics need); encoders as
+    # the bare body (e.g. sentence-transformer weights); T5-family checkpoints as their encoder.
     try:
-        model = auto.from_pretrained(
+        model = family.auto_class().from_pretrained(
             source,
             revision=cfg.revision,
             dtype=dtype,

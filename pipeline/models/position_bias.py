@@ -7,16 +7,22 @@ per layer. The encoder's buckets are bidirectional; the decoder's are unidirecti
 future offset shares offset 0's bucket, and is masked anyway). Cross-attention has no position
 bias at all: transformers passes it a zero ``position_bias``.
 
-- ``position_kernel``: a head's bias as a function of offset, from the model's own compute_bias.
+- ``position_kernel``: a head's bias as a function of offset, from the model's own compute_bias;
+  ``checkpoint_decoder`` gives it the decoder of a checkpoint whose encoder alone was loaded.
 - ``score_terms``: the content term, bias term and visibility of one attention call, from the
   very tensors the model attends with (seq2seq.py calls it from inside the attention function).
 - ``BiasShareStats``: per head, how much of the score's variance over visible query-key pairs
-  the bias explains, as mergeable float64 sums.
+  the bias explains, as mergeable float64 sums; ``LayerScores`` recomputes the terms from a
+  layer's stored input (the ``bias_share`` statistic, pipeline/stats/bias_share.py).
 """
 
 from __future__ import annotations
 
+import copy
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,7 +43,7 @@ def bias_module(model: torch.nn.Module, stack: str, layer: int | None = None) ->
             f"padding mask); stacks with one: {STACKS}"
         )
     attns = [block.layer[0].SelfAttention for block in _stack(model, stack).block]
-    owners = [i for i, attn in enumerate(attns) if attn.has_relative_attention_bias]
+    owners = bias_layers(model, stack)
     if layer is None:
         if len(owners) != 1:
             raise ValueError(f"{type(model).__name__} learns a position bias in every layer: pass layer=")
@@ -47,6 +53,51 @@ def bias_module(model: torch.nn.Module, stack: str, layer: int | None = None) ->
     layer %= len(attns)
     # T5Stack hands the bias block 0 computed to every later block.
     return attns[max(i for i in owners if i <= layer)]
+
+
+def bias_layers(model: torch.nn.Module, stack: str) -> list[int]:
+    """The layers of ``stack`` that learn a position bias: [0] in T5 and MT5, every layer in UMT5."""
+    blocks = _stack(model, stack).block
+    return [i for i, block in enumerate(blocks) if block.layer[0].SelfAttention.has_relative_attention_bias]
+
+
+_DECODER_BIAS = re.compile(r"^decoder\.block\.(\d+)\.layer\.0\.SelfAttention\.relative_attention_bias\.weight$")
+
+
+def checkpoint_decoder(encoder_model: torch.nn.Module, files: Sequence[Path]) -> torch.nn.Module | None:
+    """A stand-in model holding only the decoder of the checkpoint ``encoder_model`` (T5EncoderModel
+    etc.) was loaded from, enough for ``position_kernel(..., "dec", ...)``; None when the checkpoint
+    has no decoder (an encoder-only save).
+
+    Cheap whatever the model's size: the decoder stack is built on the meta device from the
+    encoder's own stack class (no memory; its bucketing and compute_bias are the model's code),
+    and only its bias tables, a few kB, are read from the safetensors ``files``. Nothing else in
+    it holds values.
+    """
+    from safetensors import safe_open
+
+    tables = {}
+    for path in files:
+        with safe_open(str(path), "pt") as fh:
+            for key in fh.keys():
+                m = _DECODER_BIAS.match(key)
+                if m:
+                    tables[int(m[1])] = fh.get_tensor(key)
+    if not tables:
+        return None
+    config = copy.deepcopy(encoder_model.config)
+    config.is_decoder, config.num_layers = True, config.num_decoder_layers  # as T5ForConditionalGeneration does
+    with torch.device("meta"):
+        decoder = type(_stack(encoder_model, "enc"))(config)
+    holder = torch.nn.ModuleDict({"decoder": decoder})
+    if sorted(tables) != bias_layers(holder, "dec"):
+        raise ValueError(f"the checkpoint's decoder learns a position bias in layers {sorted(tables)}, "
+                         f"not in {bias_layers(holder, 'dec')} as {type(decoder).__name__} does")
+    dtype = bias_module(encoder_model, "enc", 0).relative_attention_bias.weight.dtype  # as the encoder was loaded
+    for i, weight in tables.items():
+        attn = decoder.block[i].layer[0].SelfAttention
+        attn.relative_attention_bias = torch.nn.Embedding.from_pretrained(weight.to(dtype), freeze=True)
+    return holder
 
 
 @torch.no_grad()
@@ -81,6 +132,15 @@ class ScoreTerms:
             score.masked_fill_(~self.visible, float("-inf"))
         return score
 
+    def probabilities(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(score, softmax(score)): what T5's eager attention weights values with; a query row
+        with no visible key (only ever a padding row) gets zeros, not NaN."""
+        score = self.score()
+        probs = torch.softmax(score, dim=-1)
+        if self.visible is not None:
+            probs.nan_to_num_(0.0)
+        return score, probs
+
 
 def score_terms(
     query: torch.Tensor,
@@ -112,6 +172,43 @@ def score_terms(
         mask = attention_mask[..., :k_len]
         visible = mask > torch.finfo(mask.dtype).min / 2
     return ScoreTerms(content, bias, visible)
+
+
+class LayerScores(torch.nn.Module):
+    """A stack's self-attention scores recomputed from each layer's input, without the model.
+
+    Holds float32 copies of what the scores are made of: every layer's pre-attention norm and q, k
+    projections, and the bias of the layer that scores it as a kernel over ±max_distance (beyond it
+    the bias is the last bucket's, so clamping the offset looks every one up exactly). Small enough
+    to send to statistics workers (2/4 of the attention weights, no values or outputs).
+    """
+
+    def __init__(self, model: torch.nn.Module, stack: str = "enc"):
+        super().__init__()
+        layers = [block.layer[0] for block in _stack(model, stack).block]
+        self.norms = torch.nn.ModuleList(copy.deepcopy(layer.layer_norm).float() for layer in layers)
+        self.q = torch.nn.ModuleList(copy.deepcopy(layer.SelfAttention.q).float() for layer in layers)
+        self.k = torch.nn.ModuleList(copy.deepcopy(layer.SelfAttention.k).float() for layer in layers)
+        attn = layers[0].SelfAttention
+        self.n_heads, self.scaling, self.reach = attn.n_heads, attn.scaling, attn.relative_attention_max_distance
+        self.causal = stack == "dec"
+        kernels = [torch.from_numpy(position_kernel(model, stack, i)) for i in range(len(layers))]
+        self.register_buffer("kernels", torch.stack(kernels))  # [layer, head, 2 * reach + 1]
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.norms)
+
+    @torch.no_grad()
+    def terms(self, layer: int, x: torch.Tensor) -> ScoreTerms:
+        """The score terms of layer ``layer`` for one unpadded sequence whose input there is x [n, d]."""
+        n = x.shape[0]
+        h = self.norms[layer](x.float())
+        q, k = (proj[layer](h).view(n, self.n_heads, -1).transpose(0, 1)[None] for proj in (self.q, self.k))
+        pos = torch.arange(n, device=x.device)
+        offsets = (pos[None, :] - pos[:, None]).clamp_(-self.reach, self.reach) + self.reach  # key − query
+        bias = self.kernels[layer][:, offsets][None]
+        return score_terms(q, k, bias, None, self.scaling, self.causal)
 
 
 def _pair_sums(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

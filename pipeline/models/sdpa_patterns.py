@@ -17,6 +17,12 @@ before the mask) have no SDPA kernel, so a layer that passes one computes its
 output from its probabilities, all heads, as eager does, whether or not anyone
 captures them. Sliding-window layers need nothing: their mask carries the window.
 
+A learned relative position bias (T5 family: ``position_bias``, with ``scaling`` 1.0) is part
+of the score: a captured layer that passes one stores softmax(q k^T * scale + position_bias +
+mask), computed by position_bias.score_terms (the terms seq2seq.py stores), and computes its
+output from those probabilities over every head, as eager and seq2seq.py's ``embwalk_t5`` do,
+whichever heads are captured. Layers nobody asked about keep SDPA with the bias as a float mask.
+
 Which layers to record is marked on the attention modules themselves
 (``module.embwalk_pattern_sink``: a callable with a ``heads`` attribute, handed
 the probabilities [batch, selected heads, query, key] of its layer), so the
@@ -30,6 +36,8 @@ import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+from embwalk.models.position_bias import score_terms
 
 ATTN_IMPLEMENTATION = "embwalk_patterns"
 
@@ -129,16 +137,21 @@ def embwalk_sdpa_attention(
     sink = getattr(module, "embwalk_pattern_sink", None)
     softcap = kwargs.pop("softcap", None)
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-    if softcap is not None:  # no SDPA kernel soft-caps: eager's computation, every head
-        probs = attention_probabilities(query, key, attention_mask, scaling, causal, None, softcap)
+    position_bias = kwargs.get("position_bias")  # T5 family: a learned relative position bias
+    # Eager's computation, every head: no SDPA kernel soft-caps, and a captured biased layer's
+    # output comes from the very probabilities stored.
+    if softcap is not None or (sink is not None and position_bias is not None):
+        if position_bias is not None:
+            _, probs = score_terms(query, key, position_bias, attention_mask, scaling, causal).probabilities()
+        else:
+            probs = attention_probabilities(query, key, attention_mask, scaling, causal, None, softcap)
         if sink is not None:
             sink(probs if sink.heads is None else probs[:, sink.heads])
         probs = torch.nn.functional.dropout(probs, p=dropout, training=module.training)
         return output_from_probabilities(probs, value), None
     # Reuse the probabilities for the output only in the plain case SDPA and eager agree on.
-    plain = sink is not None and sink.heads is None and not (dropout and module.training) and not any(
-        kwargs.get(name) is not None for name in ("position_bias", "cache")
-    )
+    plain = sink is not None and sink.heads is None and not (dropout and module.training)
+    plain = plain and kwargs.get("cache") is None
     if sink is None or not plain:
         output, _ = sdpa_attention_forward(
             module, query, key, value, attention_mask,

@@ -49,6 +49,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 from embwalk.errors import ModelError, SiteError
 from embwalk.models.capture import StopForward
 from embwalk.models.position_bias import BiasShareStats, ScoreTerms, score_terms
+from embwalk.models.sdpa_patterns import output_from_probabilities
 
 ATTN_IMPLEMENTATION = "embwalk_t5"
 SINK_ATTR = "embwalk_seq2seq_sink"
@@ -173,13 +174,10 @@ def t5_attention(
         )
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
     terms = score_terms(query, key, position_bias, attention_mask, scaling, causal)
-    score = terms.score()
-    probs = torch.softmax(score, dim=-1)
-    if terms.visible is not None:
-        probs.nan_to_num_(0.0)  # a query row with no visible key (only ever a padding row)
+    score, probs = terms.probabilities()
     sink(terms, score, probs)
     probs = torch.nn.functional.dropout(probs, p=dropout, training=module.training)
-    return torch.matmul(probs.to(value.dtype), value).transpose(1, 2).contiguous(), None
+    return output_from_probabilities(probs, value), None
 
 
 def register() -> str:

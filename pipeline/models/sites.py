@@ -28,6 +28,9 @@ _TL_BLOCK_HOOKS = {
 }
 _TL_GLOBAL_HOOKS = {"ln_final.hook_normalized": "final", "hook_embed": "resid_pre.0"}
 
+# An encoder-decoder model's stacks: seq2seq.py's prefix, TransformerLens' (HookedEncoderDecoder).
+_STACKS = {"enc": "encoder", "dec": "decoder"}
+
 _OURS = re.compile(r"^(?P<kind>[a-z_]+)(?:\.(?P<layer>\*|-?\d+))?$")
 _TL = re.compile(r"^blocks\.(?P<layer>\*|\d+)\.(?P<hook>.+)$")
 
@@ -59,17 +62,21 @@ class Site:
         return None
 
 
-def parse_sites(names: list[str] | tuple[str, ...] | str, n_layers: int) -> list[Site]:
+def parse_sites(names: list[str] | tuple[str, ...] | str, n_layers: int, stack: str | None = None) -> list[Site]:
     """Resolve site names to a sorted, de-duplicated list of sites.
 
     Raises SiteError naming the offending input for unknown names and layers
     past the model's depth (negative layers count from the end, as in Python).
+    ``stack``: the one stack of an encoder-decoder model a store holds ("enc": T5's encoder,
+    Family.stack); names may carry its prefix (``enc.resid_post.3``, ``encoder.3.hook_resid_post``),
+    and the other stack's names are a SiteError (its token axis is not stored).
     """
     if isinstance(names, str):
         names = [n for n in re.split(r"[,\s]+", names) if n]
     sites: set[Site] = set()
     for raw in names:
-        sites.update(_parse_one(str(raw).strip(), n_layers))
+        raw = str(raw).strip()
+        sites.update(_parse_one(_unstacked(raw, stack) if stack else raw, n_layers))
     if not sites:
         raise SiteError("no capture sites given")
     return sorted(sites, key=lambda s: (KINDS.index(s.kind), s.layer if s.layer is not None else -1))
@@ -101,6 +108,19 @@ def _parse_one(raw: str, n_layers: int) -> list[Site]:
             f"({n_layers} layers: 0..{n_layers - 1})"
         )
     return [Site(kind, index % n_layers)]
+
+
+def _unstacked(raw: str, stack: str) -> str:
+    """``raw`` without the stored stack's prefix (a TransformerLens name as its decoder-only form)."""
+    head, _, rest = raw.partition(".")
+    for ours, tl in _STACKS.items():
+        if head in (ours, tl, f"{tl}_final_ln"):
+            if ours != stack:
+                kept = _STACKS[stack]
+                raise SiteError(f"capture site {raw!r} is in the {tl}: the {tl} axis is not stored yet; this model's "
+                                f"store holds its {kept}'s tokens (sites resid_post.L or {stack}.resid_post.L)")
+            return {ours: rest, tl: f"blocks.{rest}"}.get(head, f"ln_final.{rest}")
+    return raw
 
 
 def _known() -> str:

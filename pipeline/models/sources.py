@@ -127,11 +127,14 @@ def source_fingerprint(located: ModelSource, cfg: ModelConfig) -> str:
     without building the model: the GGUF file, or the safetensors files transformers loads."""
     if located.gguf:
         return gguf_fingerprint(located.gguf, cfg.name)
+    return safetensors_fingerprint(weight_files(located, cfg), cfg.name)
+
+
+def weight_files(located: ModelSource, cfg: ModelConfig) -> list[Path]:
+    """The safetensors files transformers loads a (non-GGUF) model from."""
     if located.hub:
-        files = hub_safetensors_files(located.source, cfg.name, cfg.revision)
-    else:
-        files = safetensors_files(Path(located.source), cfg.name)
-    return safetensors_fingerprint(files, cfg.name)
+        return hub_safetensors_files(located.source, cfg.name, cfg.revision)
+    return safetensors_files(Path(located.source), cfg.name)
 
 
 def gguf_cache_path(gguf_path: Path, cfg: ModelConfig) -> Path:

@@ -48,9 +48,12 @@ def build_report(store: str | Path, options: ReportOptions | None = None, loaded
         makers["generation"] = ("generation", lambda: F.fig_generation(data, out))
     if stores:
         makers["strategies"] = ("generation", lambda: _strategies(stores, out))
+    # a learned relative position bias (T5 family): drawn from its weights' table, beside the measured kernels
+    learned = {"position_kernel": ("the model's position bias", lambda: F.fig_position_bias(data, out))}
     makers |= {
         "encoding": ("encoding", lambda: F.fig_encoding(data, out, cmp)),
         "logit_lens": ("logit_lens", lambda: F.fig_logit_lens(data, out, cmp)),
+        **(learned if "position_kernel" in data.tables else {}),
         "position_kernels": ("attention", lambda: F.fig_kernels(data, out, opts.max_offset)),
         "self_bias": ("attention", lambda: F.fig_self_bias(data, out)),
         "sink": ("attention", lambda: F.fig_sink(data, out, cmp)),
@@ -63,8 +66,9 @@ def build_report(store: str | Path, options: ReportOptions | None = None, loaded
     if not stores:  # never a stale comparison from an earlier report.stores
         for suffix in (".png", ".csv"):
             (out / f"{F.STRATEGIES_FILE}{suffix}").unlink(missing_ok=True)
-    if "generation" not in makers:
-        (out / "generation.png").unlink(missing_ok=True)
+    for name in ("generation", "position_kernel"):  # figures of other kinds of store: never a stale one
+        if name not in makers:
+            (out / f"{name}.png").unlink(missing_ok=True)
     skipped = data.summary.get("skipped", {})  # family: why the statistics left it out
     figures, missing = [], {}
     for name, (needs, make) in makers.items():

@@ -1,7 +1,7 @@
 """Walk statistics: mergeable accumulators over batches of activations.
 
 One accumulator class per family (``EncodingWalk``, ``LogitLens``, ``DecodingWalk``,
-``AttentionStats``, ``Geometry``), all with ``update(...)``, ``update_from(inputs)``,
+``AttentionStats``, ``Geometry``, ``BiasShare``, ``GenerationWalk``), all with ``update(...)``, ``update_from(inputs)``,
 ``merge(other)`` (exact, refuses overlapping shard ids), ``result() -> dict[str, pyarrow.Table]``
 and ``to_arrow()`` / ``Accumulator.from_arrow()`` for Parquet partials. Each declares
 what it reads (``needs_*``, pipeline/stats/base.py); ``ACCUMULATORS`` is the registry
@@ -22,6 +22,7 @@ from embwalk.lazy import lazy_attributes
 # module -> the names it defines: imported on first use (the configs stay light)
 _WHERE = {
     "embwalk.stats.attention": ["AttentionStats"],
+    "embwalk.stats.bias_share": ["BiasShare"],
     "embwalk.stats.families": ["ACCUMULATORS", "build_accumulators"],
     "embwalk.stats.base": [
         "Accumulator", "ShardOverlapError", "StatsMergeError", "merge_all", "read_partial", "write_partial",

@@ -80,6 +80,8 @@ class Accumulator:
       columns are then positions along resid's layer axis, as with ``needs_resid``)
     - ``needs_columns``: token-table columns beyond the token ids (a generation store's step
       records, ``store.layout.GENERATION_COLUMNS``), read into ``SequenceInputs.columns``
+    - ``needs_position_bias``: a learned relative position bias (T5) and resid at some block's
+      input, from which the head recomputes the scores (``ModelHead.scores``)
     """
 
     family: ClassVar[str] = ""
@@ -93,6 +95,7 @@ class Accumulator:
     uses_layer_inputs: ClassVar[bool] = False
     needs_columns: ClassVar[tuple[str, ...]] = ()
     uses_resid: ClassVar[bool] = False  # reads resid where the shard has it (optional, unlike needs_resid)
+    needs_position_bias: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -118,6 +121,10 @@ class Accumulator:
             return "needs attention patterns"
         if cls.needs_unembed and not offer.unembed:
             return "the model has no unembedding (LM head)"
+        if cls.needs_position_bias and not offer.position_bias:
+            return "does not apply: the model has no learned relative position bias"
+        if cls.needs_position_bias and not offer.layer_input_resid:
+            return "needs resid at a layer's input (resid_pre.L)"
         if not set(cls.needs_columns) <= offer.columns:
             return "needs a generation store (embwalk generate): its step records"
         return None

@@ -17,10 +17,12 @@ import numpy as np
 
 from embwalk.errors import EmbwalkError
 
-FAMILIES = ("encoding", "logit_lens", "decoding", "attention", "geometry", "generation")
+FAMILIES = ("encoding", "logit_lens", "decoding", "attention", "geometry", "bias_share", "generation")
 # Families that read a generation store's step records (embwalk generate): in the defaults only there.
 GENERATION_FAMILIES = ("generation",)
-DEFAULT_FAMILIES = tuple(f for f in FAMILIES if f not in GENERATION_FAMILIES)
+# Families of a model with a learned relative position bias (T5): in the defaults only for one.
+POSITION_BIAS_FAMILIES = ("bias_share",)
+DEFAULT_FAMILIES = tuple(f for f in FAMILIES if f not in GENERATION_FAMILIES + POSITION_BIAS_FAMILIES)
 # Integer-valued kinds (ranks, nucleus sizes): their quantiles are the sample's own (inverted CDF)
 # where the bins are single integers, up to EXACT_INTEGERS.
 INTEGER_KINDS = ("rank", "nucleus")
@@ -268,21 +270,26 @@ class StatsOptions:
     device: str = "auto"  # where statistics are computed: cpu | cuda | cuda:N | auto
     resume: bool = True  # skip shards whose partials match this config and store
 
-    def families_for(self, generation: bool = False) -> tuple[str, ...]:
-        """The families asked for; by default every one, the generation families on a generation store only."""
+    def families_for(self, generation: bool = False, position_bias: bool = False) -> tuple[str, ...]:
+        """The families asked for; by default every one, the generation families on a generation store
+        only, and the position-bias ones for a model with a learned position bias only."""
         if self.families is not None:
             return tuple(self.families)
-        return FAMILIES if generation else DEFAULT_FAMILIES
+        extra = (GENERATION_FAMILIES if generation else ()) + (POSITION_BIAS_FAMILIES if position_bias else ())
+        return tuple(f for f in FAMILIES if f in DEFAULT_FAMILIES or f in extra)
 
     def stats_config(
         self, token_ids: np.ndarray | None = None, n_resid: int | None = None,
         counts: tuple[np.ndarray, np.ndarray] | None = None, generation: bool = False,
+        position_bias: bool = False,
     ) -> StatsConfig:
         """The StatsConfig for a corpus; self-similarity types are its top-K by frequency, from
         its ``token_ids`` or from ``counts`` (token ids, how often each occurs).
         ``n_resid``: residual layers the statistics see (needed with ``cov_every``);
-        ``generation``: the store holds generated continuations (embwalk generate)."""
-        unknown = sorted(set(self.families_for(generation)) - set(FAMILIES))
+        ``generation``: the store holds generated continuations (embwalk generate);
+        ``position_bias``: the model learns a relative position bias (Family.position_bias)."""
+        families = self.families_for(generation, position_bias)
+        unknown = sorted(set(families) - set(FAMILIES))
         if unknown:
             raise EmbwalkError(f"unknown stats.families {unknown}; known: {', '.join(FAMILIES)}")
         if counts is None:
@@ -295,7 +302,7 @@ class StatsOptions:
             cov = tuple(sorted(set(range(0, n_resid, self.cov_every)) | {n_resid - 1}))
         try:
             return StatsConfig(
-                families=self.families_for(generation), bins=dict(self.bins or {}), nucleus_p=self.nucleus_p,
+                families=families, bins=dict(self.bins or {}), nucleus_p=self.nucleus_p,
                 self_sim_types=types, cov_layers=cov,
                 assoc_include_self=self.assoc_include_self, chunk_tokens=self.chunk_tokens,
                 fast_moments=self.fast_moments, exclude_positions=tuple(self.exclude_positions),

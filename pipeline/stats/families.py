@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from embwalk.stats import attention, decoding, encoding, generation, geometry, lens  # noqa: F401  (each registers)
+from embwalk.stats import attention, bias_share, decoding, encoding, generation, geometry, lens  # noqa: F401  (each registers)
 from embwalk.stats.base import ACCUMULATORS, Accumulator
 from embwalk.stats.config import FAMILIES, StatsConfig
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from embwalk.models.position_bias import LayerScores
+
 
 @dataclass
 class ModelHead:
@@ -17,7 +19,9 @@ class ModelHead:
     maps float32 [m, d] to float32 [m, d]; ``n_layers`` counts blocks. ``softcap``: the
     model's final logit soft-capping (Gemma 2: logits = softcap * tanh(z / softcap), z = x W^T
     + b), applied wherever logits are formed (``logits``); ``attention``: False for an
-    attention-free model (Mamba), whose attention statistics do not apply.
+    attention-free model (Mamba), whose attention statistics do not apply; ``scores``: a model
+    with a learned position bias (T5 family) recomputes its scores' terms from each layer's
+    input (pipeline/models/position_bias.py ``LayerScores``: the bias_share statistic).
     """
 
     n_layers: int
@@ -28,6 +32,7 @@ class ModelHead:
     final_norm: Callable[[torch.Tensor], torch.Tensor] | None = None
     softcap: float | None = None
     attention: bool = True
+    scores: LayerScores | None = None
 
     def to(self, device: torch.device | str) -> ModelHead:
         """The same head on ``device`` (the final norm module moves too)."""
@@ -37,7 +42,7 @@ class ModelHead:
         if isinstance(norm, Float32Norm):
             norm = Float32Norm(norm.module.to(device))
         return ModelHead(self.n_layers, self.d_model, self.causal, move(self.unembed), move(self.bias), norm,
-                         self.softcap, self.attention)
+                         self.softcap, self.attention, move(self.scores))
 
     @classmethod
     def from_loaded(cls, loaded, device: torch.device | str | None = None) -> ModelHead:
@@ -53,8 +58,9 @@ class ModelHead:
         if loaded.family.final_norm:
             norm = Float32Norm(loaded.trunk.get_submodule(loaded.family.final_norm))
         softcap = getattr(loaded.config, "final_logit_softcapping", None)
+        scores = LayerScores(loaded.model).to(device) if loaded.family.position_bias else None
         return cls(loaded.n_layers, loaded.d_model, loaded.family.causal, unembed, bias, norm,
-                   softcap, loaded.family.attention)
+                   softcap, loaded.family.attention, scores)
 
 
 def logits(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None,

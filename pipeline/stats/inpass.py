@@ -44,15 +44,16 @@ def required_sites(families: Sequence[str]) -> list[str]:
 
 def check_capture(families: Sequence[str], layout, n_layers: int, has_unembed: bool,
                   exclude_massive: bool = False, columns: Sequence[str] = (), default: bool = False,
-                  attention: bool = True) -> tuple[str, ...]:
+                  attention: bool = True, position_bias: bool = False) -> tuple[str, ...]:
     """The families to compute in the pass. Refuse, before any work, statistics the capture cannot
     feed: each family asked for must be computable from the captured sites (and ``decoding``
     from a captured ``final``, never a final norm re-applied to the last block), naming the
     sites to add. ``default``: nobody named ``families`` (the default set), so the ones the
-    capture cannot feed are left out instead. ``attention``: False for an attention-free model."""
+    capture cannot feed are left out instead. ``attention``: False for an attention-free model;
+    ``position_bias``: the model learns a relative position bias (T5)."""
     offer = Offer(n_layers, tuple(layout.residual) or None, bool(layout.final),
                   tuple(layout.pattern_layers) or None, has_unembed, final_from_resid=False,
-                  columns=frozenset(columns), attention=attention)
+                  columns=frozenset(columns), attention=attention, position_bias=position_bias)
     held = {site for name in offer.arrays for site in SITES[name]}
     problems = []
     feedable, missing = plan_families(families, offer)

@@ -30,7 +30,9 @@ class Offer:
     ``resid_layers``: residual indices along resid's layer axis (None: no resid);
     ``pattern_layers``: model layer ids along the pattern's layer axis (None: no patterns);
     ``final``: the final-normed last block is there; ``unembed``: the model has an LM head;
-    ``attention``: False for an attention-free model (Mamba): attention statistics do not apply.
+    ``attention``: False for an attention-free model (Mamba): attention statistics do not apply;
+    ``position_bias``: the model learns a relative position bias (T5) and the head can recompute
+    its scores (ModelHead.scores).
     """
 
     n_layers: int
@@ -41,6 +43,7 @@ class Offer:
     final_from_resid: bool = True  # final may be derived as final_norm(resid of the last block)
     columns: frozenset[str] = frozenset()  # token-table columns beyond the token ids (a generation's)
     attention: bool = True
+    position_bias: bool = False
 
     @property
     def last_resid(self) -> bool:
@@ -53,6 +56,11 @@ class Offer:
         return bool(self.pattern_layers) and bool(self.resid_layers) and all(
             layer in self.resid_layers for layer in self.pattern_layers
         )
+
+    @property
+    def layer_input_resid(self) -> bool:
+        """resid holds some block's input (a residual index below n_layers)."""
+        return bool(self.resid_layers) and self.resid_layers[0] < self.n_layers
 
     @property
     def arrays(self) -> set[str]:

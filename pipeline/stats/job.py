@@ -4,7 +4,8 @@ Shards run here (``cluster.workers`` <= 1), in a local process pool, or as Ray
 tasks (``cluster.kind=ray``); each writes its own partials, so the driver only
 collects timings and merges at the end. The model the store names is loaded
 once by the driver (its weights fingerprint must match the manifest's) and
-only its unembedding and final norm travel to the workers.
+only its unembedding and final norm travel to the workers; tables of its weights
+alone (a T5 model's position kernel) are the driver's, written with the merge.
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ import torch
 from embwalk.errors import EmbwalkError, StoreError
 from embwalk.executors.config import ClusterConfig
 from embwalk.executors.units import in_process, process_pool
+from embwalk.models.config import ModelConfig
+from embwalk.models.families import family_named
 from embwalk.models.loading import resolve_device
 from embwalk.stats.config import StatsConfig, StatsOptions
 from embwalk.stats.from_store import ShardNotReady, check_store, has_activations, shard_stats, walk_stats_for
 from embwalk.stats.head import ModelHead
 from embwalk.stats.partials import identity_hash, merge_store_stats, read_shard_meta
+from embwalk.stats.position_kernel import model_tables
 from embwalk.store import layout as store_layout
 from embwalk.store.reader import Store
 
@@ -45,23 +49,39 @@ def corpus_token_counts(store: Store) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def model_head(store: Store, loaded=None) -> ModelHead:
-    """Load the model the store names (or use ``loaded``) and check its weights fingerprint;
-    the head is on the CPU: workers move it to their device (CUDA tensors do not pickle to a
-    process pool)."""
-    from embwalk.models.config import ModelConfig
+def store_model_config(store: Store) -> ModelConfig:
+    """The model config the store was extracted with, on the CPU."""
+    return replace(ModelConfig(**store.manifest["config"]["model"]), device="cpu", device_map=None)
+
+
+def store_model(store: Store, loaded=None):
+    """The model the store names, loaded (or ``loaded``), its weights fingerprint checked."""
     from embwalk.models.loading import load_model
 
     want = store.manifest["model"]["weights_fingerprint"]
     if loaded is None:
-        mcfg = ModelConfig(**store.manifest["config"]["model"])
-        loaded = load_model(replace(mcfg, device="cpu", device_map=None))
+        loaded = load_model(store_model_config(store))
     if loaded.weights_fingerprint != want:
         raise StoreError(
             f"model {loaded.model_id!r} does not match the store {store.root}: weights fingerprint "
             f"{loaded.weights_fingerprint[:12]} != {want[:12]}"
         )
-    return ModelHead.from_loaded(loaded, "cpu")
+    return loaded
+
+
+def model_head(store: Store, loaded=None) -> ModelHead:
+    """The head of the store's model (``store_model``) on the CPU: workers move it to their
+    device (CUDA tensors do not pickle to a process pool)."""
+    return ModelHead.from_loaded(store_model(store, loaded), "cpu")
+
+
+def store_model_tables(store: Store, loaded=None) -> dict:
+    """The tables of the store's model's weights (the position kernel of a learned position bias,
+    pipeline/stats/position_kernel.py); the model is loaded only for a family that has any."""
+    family = family_named(store.manifest["model"].get("family", ""))
+    if family is None or not family.position_bias:
+        return {}
+    return model_tables(store_model(store, loaded), store_model_config(store))
 
 
 def compute_store_stats(
@@ -83,11 +103,14 @@ def compute_store_stats(
     root = store.root
     if not has_activations(store):
         say(f"{root} holds no activations: merging the statistics computed during extraction")
-        return merge_store_stats(root, out=options.out)
+        return merge_store_stats(root, out=options.out, model_tables=store_model_tables(store, loaded))
     resid = store.manifest["arrays"].get("resid")
+    family = family_named(store.manifest["model"].get("family", ""))
     config = options.stats_config(counts=corpus_token_counts(store), n_resid=len(resid["layers"]) if resid else None,
-                                  generation="generation" in store.manifest)
-    head = model_head(store, loaded)
+                                  generation="generation" in store.manifest,
+                                  position_bias=family is not None and family.position_bias)
+    loaded = store_model(store, loaded)
+    head = ModelHead.from_loaded(loaded, "cpu")
     if options.families is not None:  # named, and not computable from this store: refused before any work
         why_not = walk_stats_for(store, config, head, 0).skipped
         if why_not:
@@ -104,8 +127,7 @@ def compute_store_stats(
     wall = time.perf_counter() - started
     timings = _timings(infos, wall, max(1, min(default_workers(cluster, device, len(todo)), len(todo))))
     timings["cluster"] = cluster.kind  # summary.json and the job's report say where the shards ran
-    summary = merge_store_stats(root, timings, out=config.out)
-    return summary
+    return merge_store_stats(root, timings, out=config.out, model_tables=store_model_tables(store, loaded))
 
 
 def _up_to_date(store: Store, index: int, config: StatsConfig, options: StatsOptions) -> bool:

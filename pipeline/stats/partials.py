@@ -3,7 +3,7 @@
     STORE/stats/partials/shard-NNNNN/<family>.parquet   one partial per family
     STORE/stats/partials/shard-NNNNN/sample.npz         vectors of the sample sequence (its shard only)
     STORE/stats/partials/shard-NNNNN/meta.json          written last: what the partials cover
-    STORE/stats/<table>.parquet                         merged corpus tables
+    STORE/stats/<table>.parquet                         merged corpus tables (and the model's: position_kernel)
     STORE/stats/summary.json                            what was merged, and headline figures
 
 Every file is replaced atomically (``StoreFS.write_atomic``: a local rename or one
@@ -152,10 +152,14 @@ def read_tables(store: StoreLike, out: str = STATS) -> dict[str, pa.Table]:
     return {name.removesuffix(".parquet"): _read_table(fs, f"{out}/{name}") for name in fs.list(out, "*.parquet")}
 
 
-def merge_store_stats(store: StoreLike, timings: dict[str, Any] | None = None, out: str = STATS) -> dict:
+def merge_store_stats(store: StoreLike, timings: dict[str, Any] | None = None, out: str = STATS,
+                      model_tables: dict[str, tuple[pa.Table, str]] | None = None) -> dict:
     """Merge the partials of every committed shard into ``stats/<table>.parquet`` and
     ``stats/summary.json`` (``out``: a variant directory); returns the summary. Raises StoreError when no committed
-    shard has partials, StatsMergeError when partials disagree (config, layout)."""
+    shard has partials, StatsMergeError when partials disagree (config, layout). ``model_tables``
+    ({name: (table, what it holds)}, pipeline/stats/position_kernel.py) come from the model's
+    weights: written beside the merged tables and listed in the summary (a merge without them
+    removes them, so the files always match the summary)."""
     fs = open_fs(store)
     where = fs.describe()
     manifest = read_manifest(fs)
@@ -189,10 +193,12 @@ def merge_store_stats(store: StoreLike, timings: dict[str, Any] | None = None, o
         merged[family] = merge_all(parts)
         for name, table in merged[family].result().items():
             tables[name] = _relabel_axes(ACCUMULATORS[family], table, first)
+    tables |= {name: table for name, (table, _) in (model_tables or {}).items()}
     for name, table in tables.items():
         _write_table(fs, f"{out}/{name}.parquet", table)
     _remove_stale(fs, out, tables)
     summary = _summary(fs, manifest, committed, metas, merged, tables, timings) | {"out": out}
+    summary["model_tables"] = {name: what for name, (_, what) in (model_tables or {}).items()}
     write_json(fs, f"{out}/{SUMMARY}", summary)
     return summary
 

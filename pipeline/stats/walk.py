@@ -84,7 +84,7 @@ class WalkStats:
         self.offer = Offer(
             head.n_layers, tuple(self.resid_layers) if has_resid else None, has_final,
             tuple(self.pattern_layers) if self.pattern_layers else None, head.unembed is not None,
-            columns=frozenset(columns), attention=head.attention,
+            columns=frozenset(columns), attention=head.attention, position_bias=head.scores is not None,
         )
         self.families, self.skipped = plan_families(config.families, self.offer)
         ids = [shard_ids] if isinstance(shard_ids, str) else list(shard_ids)

@@ -28,10 +28,12 @@ TINY = {
 }
 
 
-def tiny_seq2seq(name: str) -> torch.nn.Module:
+def tiny_seq2seq(name: str, vocab_size: int | None = None) -> torch.nn.Module:
     cls, config = TINY[name]
+    config = config()
+    config.vocab_size = vocab_size or config.vocab_size  # a tokenizer's size (tests/models/t5_checkpoints.py)
     torch.manual_seed(0)
-    model = cls(config()).eval()
+    model = cls(config).eval()
     with torch.no_grad():  # random init leaves the bias small next to q·k: make both terms matter
         for module in model.modules():
             if getattr(module, "has_relative_attention_bias", False):

@@ -89,7 +89,8 @@ def test_spec_matches_load_model_for_every_family(tmp_path, smollm2, name):
         tiny.trunk.get_submodule(tiny.family.blocks)
     )
     assert (spec.d_model, spec.n_heads, spec.vocab_size) == (tiny.d_model, tiny.n_heads, len(smollm2.tokenizer))
-    assert spec.max_positions == tiny.max_positions == (None if tiny.family.name == "mamba" else 64)  # no limit
+    # no limit: Mamba, and T5's relative positions
+    assert spec.max_positions == tiny.max_positions == (None if tiny.family.name in ("mamba", "t5") else 64)
     assert spec.family is tiny.family and spec.config is spec.hf_config
     assert spec.weights_fingerprint == loaded.spec().weights_fingerprint
     assert len(spec.tokenizer) == len(smollm2.tokenizer)

@@ -109,3 +109,19 @@ def test_compare_mode_and_another_statistics_directory(stats_store, loaded, tmp_
     assert "statistics</th><td>stats-nopos0 (exclude_positions=[0]" in alone.read_text()
     with pytest.raises(StoreError, match="stats.out=stats-none"):
         build_report(store, ReportOptions(compare="stats-none", labels=False))
+
+
+def test_a_t5_store_draws_its_learned_position_bias_and_others_do_not(tmp_path, stats_store, loaded):
+    from tests.models.t5_checkpoints import save_t5
+
+    path = save_t5(tmp_path, "umt5")
+    store = build_store(tmp_path, None, model_name=str(path), sites=["resid_pre.0", "resid_post", "attn_pattern"])
+    compute_store_stats(store, StatsOptions(self_sim_top_k=4), ClusterConfig(workers=1, progress=False))
+    page = build_report(store, ReportOptions(out=str(tmp_path / "r")))
+    shown = images(page)
+    assert shown[shown.index("position_kernel") + 1] == "position_kernels"  # the learned kernel, then the measured
+    data = (page.parent / "position_kernel.png").read_bytes()
+    assert data.startswith(PNG) and len(data) > 5000
+    assert "key − query" in page.read_text() and "Not shown" in page.read_text()  # no LM head: no logit lens
+    other = build_report(stats_store, ReportOptions(out=str(tmp_path / "r")), loaded=loaded)  # the same folder
+    assert "position_kernel" not in images(other) and not (other.parent / "position_kernel.png").exists()

@@ -12,9 +12,10 @@ block's output) and the *attention layer* of the attention tables (block L, whos
 residual index L).
 
 By what they draw: walk.py (encoding, logit lens, decoding), attention.py (position kernels,
-self-bias, sink), geometry.py, document.py (one document's trajectory and similarity map),
-generation.py (a generation store's continuations, and several stores' decoding strategies
-side by side: report.stores; its x axes are the generation step and the n-gram size);
+self-bias, sink; a T5 model's learned position bias), geometry.py, document.py (one document's
+trajectory and similarity map), generation.py (a generation store's continuations, and several
+stores' decoding strategies side by side: report.stores; its x axes are the generation step and
+the n-gram size);
 common.py holds what they share (saving, style, the compared run's dashed lines, binned
 quantiles and their bounds).
 """
@@ -25,7 +26,13 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on a cluster node; before any submodule imports pyplot
 
-from embwalk.report.figures.attention import SINK_EPSILON, fig_kernels, fig_self_bias, fig_sink  # noqa: E402
+from embwalk.report.figures.attention import (  # noqa: E402
+    SINK_EPSILON,
+    fig_kernels,
+    fig_position_bias,
+    fig_self_bias,
+    fig_sink,
+)
 from embwalk.report.figures.common import ATTN, DPI, RESID, UNRESOLVED, Figure, Quantiles, quantiles  # noqa: E402
 from embwalk.report.figures.document import fig_similarity, fig_trajectory  # noqa: E402
 from embwalk.report.figures.generation import (  # noqa: E402
@@ -46,7 +53,7 @@ from embwalk.report.figures.walk import fig_decoding, fig_encoding, fig_logit_le
 
 __all__ = [
     "ATTN", "DPI", "RESID", "SINK_EPSILON", "UNRESOLVED", "Figure", "Quantiles", "quantiles",
-    "fig_encoding", "fig_logit_lens", "fig_decoding", "fig_kernels", "fig_self_bias", "fig_sink",
+    "fig_encoding", "fig_logit_lens", "fig_decoding", "fig_kernels", "fig_position_bias", "fig_self_bias", "fig_sink",
     "fig_geometry", "fig_trajectory", "fig_similarity",
     "fig_generation", "fig_strategies", "STRATEGIES_FILE", "STRATEGIES_TITLE", "StrategyRow", "decode_label",
     "decode_options", "decode_text", "generation_rows", "prompts_text", "strategies_table",

@@ -1,5 +1,6 @@
 """The attention tables by layer and head: position kernels (weight by offset), self-bias (weight
-on a token's own position) and the attention sink (weight on position 0)."""
+on a token's own position) and the attention sink (weight on position 0); and a T5-family
+model's learned position bias by offset (its weights' position_kernel table)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.colors import LogNorm
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import BoundaryNorm, LogNorm
+from matplotlib.ticker import MaxNLocator
 
 from embwalk.report.data import ReportData
 from embwalk.report.figures.common import ATTN, Figure, dark, dashed_note, finish, run_legend, save
@@ -237,3 +240,56 @@ def fig_sink(data: ReportData, out: Path, cmp: ReportData | None = None) -> Figu
                  "the other queries put on key 0 still counts (a left-out key keeps its weight in each "
                  "kept query's row).")
     return Figure("sink", "Attention sink: weight on position 0", text)
+
+
+_STACK_NAMES = {"enc": "encoder", "dec": "decoder"}
+
+
+def fig_position_bias(data: ReportData, out: Path) -> Figure | None:
+    """The learned relative position bias (T5 family) from ``position_kernel.parquet``: one panel
+    per stack and bias-learning layer, one line per head, coloured by head."""
+    k = data.rows("position_kernel")
+    if not k:
+        return None
+    panels = sorted({(str(s), int(v)) for s, v in zip(k["stack"], k["layer"], strict=True)},
+                    key=lambda p: (list(_STACK_NAMES).index(p[0]), p[1]))
+    owners = {s: sum(p[0] == s for p in panels) for s in _STACK_NAMES}
+    n_heads = int(k["head"].max()) + 1
+    cols = min(4, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.8 * cols + 1.2, 3.0 * rows), squeeze=False, sharey=True,
+                             layout="constrained")
+    cmap = plt.get_cmap("viridis", n_heads)  # one colour per head
+    norm = BoundaryNorm(np.arange(n_heads + 1) - 0.5, n_heads)
+    previous = []  # (bias at offset −1 above the head's median, label): the caption's most local heads
+    for ax, (stack, layer) in zip(axes.flat, panels, strict=False):
+        sel = (k["stack"] == stack) & (k["layer"] == layer)
+        for h in range(n_heads):
+            m = sel & (k["head"] == h)
+            order = np.argsort(k["offset"][m])
+            x, y = k["offset"][m][order], k["bias"][m][order]
+            ax.plot(x, y, color=cmap(h), lw=1, drawstyle="steps-mid")
+            if (x == -1).any():
+                previous.append((float(y[x == -1][0] - np.median(y)), f"{stack} L{layer}H{h}"))
+        ax.axvline(0, color="k", lw=0.6, ls=":")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        shared = " (used by every layer)" if owners[stack] == 1 else ""
+        finish(ax, f"{_STACK_NAMES[stack]}, layer {layer}{shared}", "offset key − query",
+               "bias b (added to q·k)" if ax in axes[:, 0] else None, legend=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    fig.colorbar(ScalarMappable(norm, cmap), ax=axes, shrink=0.8, label="head",
+                 ticks=range(0, n_heads, max(1, n_heads // 16)))
+    save(fig, out, "position_kernel")
+    reach = int(np.abs(k["offset"]).max())
+    text = ("Each head's learned relative position bias b(key − query), added to its attention score before the "
+            "softmax (a T5 score is q·k + b, unscaled), read from the model's weights (stats/position_kernel.parquet), "
+            f"at every offset up to {reach} tokens away: beyond that every offset shares the last bucket's value, and "
+            "the steps are the log-spaced buckets. The encoder sees both directions (negative offsets: keys before "
+            "the query); the decoder only keys at or before it (later ones are masked). Note the sign: offsets "
+            "here are key − query, the opposite of the position kernels' i − j.")
+    top = [(v, label) for v, label in sorted(previous, reverse=True)[:5] if v > 0]
+    if top:
+        text += (" Strongest preference for the previous token (bias at −1 above the head's median): "
+                 + ", ".join(f"{label} (+{v:.2f})" for v, label in top) + ".")
+    return Figure("position_kernel", "Learned position bias by offset (T5 family), per head", text)
