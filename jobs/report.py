@@ -1,7 +1,8 @@
 """Figures and an HTML page from a store's statistics: ``python -m jobs.report store=PATH [report.out=DIR]``;
 ``report.stats=NAME`` reads STORE/NAME instead of STORE/stats, ``report.compare=NAME`` draws a second
 statistics directory of the store beside it (e.g. one computed with ``stats.exclude_positions=[0]
-stats.out=stats-nopos0``)."""
+stats.out=stats-nopos0``), ``report.compare_store=PATH`` another store's statistics (the same corpus through
+another model, e.g. an attention-free one)."""
 
 from __future__ import annotations
 

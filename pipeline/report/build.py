@@ -8,6 +8,7 @@ import os
 import time
 from pathlib import Path
 
+from embwalk.errors import EmbwalkError
 from embwalk.report import figures as F
 from embwalk.report.data import ReportData, has_generation, load_document, load_generation_data, load_report_data
 from embwalk.report.html import write_page
@@ -34,7 +35,7 @@ def build_report(store: str | Path, options: ReportOptions | None = None, loaded
     opts = options or ReportOptions()
     opts.validate()
     data = load_report_data(store, opts.stats)
-    cmp = load_report_data(store, opts.compare) if opts.compare else None
+    cmp = _compared(data, opts)
     stores = strategy_stores(data, opts)  # [] without report.stores; fails in one line before drawing
     out = Path(opts.out).expanduser() if opts.out else report_dir(data.root, opts.stats)
     out.mkdir(parents=True, exist_ok=True)
@@ -97,7 +98,8 @@ def build_report(store: str | Path, options: ReportOptions | None = None, loaded
             f"{f} ({n} shards)" for f, n in sorted(cmp.summary["families"].items()))))
     facts.append(("written", time.strftime("%Y-%m-%d %H:%M:%S")))
     mine = _headline(data)
-    table = compare_rows(mine, _headline(cmp), opts.survive_factor) if cmp is not None else mine
+    table = mine if cmp is None else compare_rows(mine, _headline(cmp), opts.survive_factor,
+                                                  data.summary.get("skipped"), cmp.summary.get("skipped"))
     links = [(f"{d.name}/{SUMMARY_FILE}", _href(d.root / d.name / SUMMARY_FILE, out)) for d in (data, cmp) if d]
     page = out / "index.html"
     title = f"embwalk report: {Path(data.root).name}" + (f" ({data.name})" if data.name != STATS else "")
@@ -105,6 +107,22 @@ def build_report(store: str | Path, options: ReportOptions | None = None, loaded
                columns=(data.label, cmp.label) if cmp is not None else (data.label,),
                survive_rule=survive_caption(opts.survive_factor) if cmp is not None else None, links=links)
     return page
+
+
+def _compared(data: ReportData, opts: ReportOptions) -> ReportData | None:
+    """The statistics drawn beside this store's: ``report.compare`` of this store, or of
+    ``report.compare_store`` (its ``stats`` by default), named by store and model in legends."""
+    if opts.compare_store is None:
+        return load_report_data(data.root, opts.compare) if opts.compare else None
+    other = load_report_data(opts.compare_store, opts.compare or STATS)
+    if other.root.resolve() == data.root.resolve() and other.name == data.name:
+        raise EmbwalkError(f"report.compare_store={opts.compare_store} is this store and these statistics: "
+                           "name report.compare=NAME for another statistics directory of it")
+    same_name = other.root.name == data.root.name
+    for run in (data, other):  # legends name both stores: by directory (and its parent where both agree) and model
+        name = f"{run.root.parent.name}/{run.root.name}" if same_name else run.root.name
+        run.origin = f"{name} ({run.store.manifest.get('model', {}).get('id', '?')})"
+    return other
 
 
 def strategy_stores(data: ReportData, opts: ReportOptions) -> list[ReportData]:

@@ -35,6 +35,7 @@ class ReportData:
     summary: dict
     tables: dict[str, pa.Table] = field(default_factory=dict)
     name: str = STATS  # the statistics directory under the store's root
+    origin: str = ""  # how legends name the store, when a report draws another store's beside it
 
     @property
     def root(self) -> Path:
@@ -58,7 +59,8 @@ class ReportData:
     @property
     def label(self) -> str:
         """How a legend names this run: the directory and its exclusion options."""
-        return f"{self.name} ({self.exclusions})" if self.exclusions else self.name
+        label = f"{self.name} ({self.exclusions})" if self.exclusions else self.name
+        return f"{self.origin}: {label}" if self.origin else label
 
     def rows(self, table: str, **where) -> dict[str, np.ndarray]:
         """Columns of ``table`` as numpy arrays, rows filtered by equality on ``where``."""

@@ -14,6 +14,7 @@ class ReportOptions:
     out: str | None = None  # directory; default STORE/report (STORE/report-<stats> for another stats)
     stats: str = "stats"  # the statistics directory the report reads (STORE/<stats>, stats.out of the stats job)
     compare: str | None = None  # a second statistics directory of the store, drawn beside (e.g. stats-nopos0)
+    compare_store: str | None = None  # another store (a path) whose statistics are drawn beside (another model)
     survive_factor: float = 2.0  # with compare: a finding survives within this factor, same sign
     doc: int | None = None  # document of the trajectory and similarity map; default: the first of >= 12 tokens
     max_tokens: int = 48  # tokens of that document shown
@@ -29,5 +30,7 @@ class ReportOptions:
             name = getattr(self, key)
             if name is not None and (not name or "/" in name or name in (".", "..")):
                 raise EmbwalkError(f"report.{key} names a statistics directory under the store, got {name!r}")
+        if self.compare_store is not None and (not isinstance(self.compare_store, str) or not self.compare_store):
+            raise EmbwalkError(f"report.compare_store is the path of another store, got {self.compare_store!r}")
         if isinstance(self.stores, str) or not all(isinstance(p, str) and p for p in self.stores or []):
             raise EmbwalkError(f"report.stores is a list of store paths, report.stores=[PATH,...], got {self.stores!r}")

@@ -25,6 +25,7 @@ class Row:
     value: float | str | None  # None: not computed in this run
     finding: bool = True  # judged by the survive rule when compared
     fmt: str = ".3g"
+    family: str | None = None  # the statistics family it comes from, where a run may not apply it
 
     def text(self) -> str:
         return format_value(self.value, self.fmt)
@@ -125,12 +126,12 @@ def headline_rows(data: ReportData) -> list[Row]:
     if a:
         if "attention_sink_rate" in head:
             rows.append(Row("sink_rate", "attention sink rate: share of heads with sink mass > 0.3",
-                            head.get("attention_sink_rate"), fmt=".3f"))
+                            head.get("attention_sink_rate"), fmt=".3f", family="attention"))
         rows.append(Row("sink_mass", "mean sink mass (weight on position 0) over heads",
-                        float(np.nanmean(a["sink_mass"])), fmt=".3f"))
+                        float(np.nanmean(a["sink_mass"])), fmt=".3f", family="attention"))
         if "self_ratio" in a:
             rows.append(Row("self_ratio_below_1", f"heads with self_ratio < 1 (of {len(a['self_ratio'])})",
-                            float((a["self_ratio"] < 1).sum()), fmt=".0f"))
+                            float((a["self_ratio"] < 1).sum()), fmt=".0f", family="attention"))
     skipped = s.get("skipped") or {}
     rows.append(Row("skipped", "families skipped",
                     "; ".join(f"{k}: {v}" for k, v in sorted(skipped.items())) if skipped else "none", False))
@@ -149,14 +150,24 @@ class Compared:
         return {True: "yes", False: "no", None: "n/a"}[self.verdict]
 
 
-def compare_rows(mine: list[Row], theirs: list[Row], factor: float = SURVIVE_FACTOR) -> list[Compared]:
-    """``mine`` beside ``theirs`` by key (rows only they have come last, with no value of ours)."""
+NOT_APPLICABLE = "not applicable"
+
+
+def compare_rows(mine: list[Row], theirs: list[Row], factor: float = SURVIVE_FACTOR,
+                 mine_skipped: dict | None = None, theirs_skipped: dict | None = None) -> list[Compared]:
+    """``mine`` beside ``theirs`` by key (rows only they have come last, with no value of ours). A
+    row of a family one run's model does not have (``*_skipped``: the summaries' reasons, "does
+    not apply: ..." for attention in an attention-free model) reads "not applicable" there."""
+    def absent(row: Row, skipped: dict | None) -> str | None:
+        why = (skipped or {}).get(row.family or "", "")
+        return NOT_APPLICABLE if why.startswith("does not apply") else None
+
     other = {r.key: r for r in theirs}
     out = []
     for r in mine:
         t = other.pop(r.key, None)
-        value = None if t is None else t.value
+        value = absent(r, theirs_skipped) if t is None else t.value
         out.append(Compared(r, value, survives(r.value, value, factor) if r.finding else None))
     for t in other.values():
-        out.append(Compared(Row(t.key, t.label, None, t.finding, t.fmt), t.value, None))
+        out.append(Compared(Row(t.key, t.label, absent(t, mine_skipped), t.finding, t.fmt, t.family), t.value, None))
     return out

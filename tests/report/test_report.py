@@ -125,3 +125,30 @@ def test_a_t5_store_draws_its_learned_position_bias_and_others_do_not(tmp_path, 
     assert "key − query" in page.read_text() and "Not shown" in page.read_text()  # no LM head: no logit lens
     other = build_report(stats_store, ReportOptions(out=str(tmp_path / "r")), loaded=loaded)  # the same folder
     assert "position_kernel" not in images(other) and not (other.parent / "position_kernel.png").exists()
+
+
+def test_an_attention_model_beside_an_attention_free_one_on_the_same_corpus(stats_store, loaded, smollm2, tmp_path):
+    """report.compare_store draws another store's statistics beside this one's: a Mamba store's
+    attention statistics are 'not applicable' there (its summary's reason), never silently absent."""
+    mamba = tiny("mamba", smollm2.tokenizer)
+    other = build_store(tmp_path / "mamba", mamba, sites=["resid_pre.0", "resid_post", "final"])
+    compute_store_stats(other, StatsOptions(self_sim_top_k=4), ClusterConfig(workers=1, progress=False), loaded=mamba)
+    skipped = json.loads((other / "stats" / "summary.json").read_text())["skipped"]
+    assert skipped["attention"] == "does not apply: the model is attention-free"
+
+    page = build_report(stats_store, ReportOptions(out=str(tmp_path / "r"), compare_store=str(other)), loaded=loaded)
+    html = page.read_text()
+    assert f"mamba/store ({mamba.model_id}): stats" in html  # the compared store, named by store and model
+    assert re.search(r"mean sink mass \(weight on position 0\) over heads</td><td class='num'>[0-9.]+</td><td class='num'>not applicable<",
+                     html)
+    assert "attention: does not apply: the model is attention-free" in html
+    assert set(images(page)) >= {"encoding", "geometry", "sink"}  # this store's attention figures stay
+
+    # the Mamba store's own report: the attention figures are listed with the reason, not dropped
+    page = build_report(other, ReportOptions(out=str(tmp_path / "m"), compare_store=str(stats_store)), loaded=mamba)
+    html = page.read_text()
+    assert "Not shown" in html and html.count("does not apply: the model is attention-free") >= 3
+    assert re.search(r"mean sink mass \(weight on position 0\) over heads</td><td class='num'>not applicable</td><td class='num'>[0-9.]+<",
+                     html)
+    with pytest.raises(EmbwalkError, match="is this store and these statistics"):
+        build_report(other, ReportOptions(out=str(tmp_path / "x"), compare_store=str(other)), loaded=mamba)
