@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/bench_extract.py [--tokens 4096] [--reps 3] [--model smollm2-135m]
     HF_HUB_OFFLINE=1 .venv-bench/bin/python scripts/bench_extract.py --peers   # + nnsight, TransformerLens
+    .venv/bin/python scripts/bench_extract.py --model t5-small-random [--t5-tokenizer all-minilm-l6-v2] [--t5-dir DIR]
 
 Measures, on the same batches and interleaved over ``--reps`` rounds (the
 median is reported, so a noisy neighbour hurts less):
@@ -18,6 +19,14 @@ median is reported, so a noisy neighbour hurts less):
                       probabilities saved likewise (the attention case's peer);
 - with ``--peers`` (in .venv-bench): nnsight ``.save()`` of every layer and
   TransformerLens ``run_with_cache`` with a names filter, each saved likewise.
+
+``--model t5-small-random`` is the T5 case: a T5 checkpoint with t5-small's shapes and random
+weights (there is no network here; throughput does not depend on the weight values), built once
+by scripts/t5_small_random.py (under $EMBWALK_CACHE or ~/.cache/embwalk, or ``--t5-dir``) with an
+offline tokenizer, and reused. embwalk stores a T5 checkpoint's encoder only so far, so every
+method runs the encoder (T5EncoderModel) and bare is the encoder's forward; the decoder is not
+part of the measurement. With ``--peers`` TransformerLens is skipped for it (not wired: it
+boots a whole model by its hub architecture, while the model here is the encoder alone).
 
 For each: tokens/s, MB/s written (the bytes each method left on disk), peak
 extra memory (resident-set high-water mark above the level at the method's
@@ -58,7 +67,7 @@ from embwalk.models.loading import load_model  # noqa: E402
 from embwalk.stats.partials import merge_store_stats  # noqa: E402
 from embwalk.store.config import StoreConfig  # noqa: E402
 from embwalk.store.writer import StoreWriter  # noqa: E402
-from scripts import peers  # noqa: E402
+from scripts import peers, t5_small_random  # noqa: E402
 
 # TransformerLens picks its adapter by name; the weights are ours (hf_model=).
 HUB_NAMES = {
@@ -177,7 +186,7 @@ def prepared_jobs(loaded, args, work: Path) -> dict[str, PreparedJob]:
     for method, preset in EMBWALK_PRESETS.items():
         capture = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "capture" / f"{preset}.yaml"))
         cfg = ExtractConfig(
-            model=ModelConfig(name=args.model, dtype=args.dtype, device=args.device),
+            model=model_config(args),
             # A whole number of packed sequences: every batch is full, no method pads.
             corpus=CorpusConfig(max_tokens=args.tokens // args.seq_len * args.seq_len, seq_len=args.seq_len),
             capture=CaptureConfig(**capture),
@@ -188,9 +197,26 @@ def prepared_jobs(loaded, args, work: Path) -> dict[str, PreparedJob]:
     return jobs
 
 
+def model_config(args) -> ModelConfig:
+    return ModelConfig(name=str(args.model_path), dtype=args.dtype, device=args.device)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument(
+        "--model", default="smollm2-135m",
+        help=f"a model embwalk loads (bundled name, directory, hub id), or {t5_small_random.NAME!r}: "
+        "the T5 case (t5-small's shapes, random weights, the encoder only)",
+    )
+    parser.add_argument(
+        "--t5-tokenizer", choices=list(t5_small_random.TOKENIZERS), default="all-minilm-l6-v2",
+        help=f"the tokenizer {t5_small_random.NAME} carries (vocab_size is its length)",
+    )
+    parser.add_argument(
+        "--t5-dir", type=Path,
+        help=f"where {t5_small_random.NAME} is built once and reused (default: under $EMBWALK_CACHE or "
+        "~/.cache/embwalk, bench/t5-small-random-TOKENIZER)",
+    )
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--tokens", type=int, default=4096)
@@ -207,12 +233,14 @@ def main() -> None:
     parser.add_argument("--csv", type=Path, help="write the results as CSV to this file")
     parser.add_argument("--workdir", type=Path, default=None, help="where stores are written (default: a temp dir)")
     args = parser.parse_args()
+    t5 = args.model == t5_small_random.NAME
+    args.model_path = t5_small_random.build(args.t5_tokenizer, args.t5_dir) if t5 else args.model
 
     work = Path(tempfile.mkdtemp(prefix="embwalk-bench-", dir=args.workdir))
     # Every method runs in this process with the allocator setting embwalk's runner
     # makes (pipeline/extraction/allocator.py): set it first, so that no method runs without it.
     keep_freed_memory()
-    loaded = load_model(ModelConfig(name=args.model, dtype=args.dtype, device=args.device))
+    loaded = load_model(model_config(args))
     jobs = prepared_jobs(loaded, args, work)
     job = jobs["embwalk"]
     inputs = batches(job, args.batch_size)
@@ -228,12 +256,15 @@ def main() -> None:
     methods["hf_eager_attention"] = lambda out: eager(inputs, out)
     if args.peers:
         nnsight = peers.nnsight_method(loaded)
-        tlens = peers.transformer_lens_method(loaded, HUB_NAMES.get(args.model, args.model))
+        tlens = None if t5 else peers.transformer_lens_method(loaded, HUB_NAMES.get(args.model, args.model))
         if nnsight:
             methods["nnsight"] = lambda out: nnsight(inputs, out)
         if tlens:
             methods["transformer_lens"] = lambda out: tlens(inputs, out)
-        if not (nnsight and tlens):
+        if t5:
+            print("transformer_lens: skipped for T5 (not wired: it boots a whole model by its hub "
+                  "architecture, the model here is the encoder alone)", file=sys.stderr)
+        if not nnsight or not (tlens or t5):
             print("peers missing: run with the .venv-bench environment (see scripts/peers.py)", file=sys.stderr)
     if args.methods:
         wanted = {"bare", *args.methods.split(",")}
@@ -277,10 +308,13 @@ def summarise(results: dict[str, list[Measurement]], n_tokens: int) -> list[dict
 
 
 def markdown(rows: list[dict], results, args, loaded, job: PreparedJob, n_tokens: int) -> str:
+    t5 = args.model == t5_small_random.NAME
+    case = "T5 encoder (t5-small shapes, random weights): extraction vs the bare encoder forward, " if t5 else ""
     lines = [
-        f"### {args.model} ({args.dtype}, {loaded.device}), {n_tokens} tokens, "
+        f"### {case}{args.model} ({args.dtype}, {loaded.device}), {n_tokens} tokens, "
         f"seq_len {args.seq_len}, batch {args.batch_size}, shards of {job.plan.shard_tokens}, median of {args.reps}",
         "",
+        *([t5_small_random.describe(args.t5_tokenizer, Path(args.model_path)), ""] if t5 else []),
         f"Machine: {machine()}",
         "",
         "| method | tokens/s | MB/s written | peak extra MB | ratio to bare (wall) | ratio to bare (CPU time) |",
