@@ -167,16 +167,18 @@ def test_killed_driver_resumes_and_equals_an_uninterrupted_run(ray_instance, tmp
     assert_same_contents(_contents(store), _contents(local.store.path))
 
 
-def test_generation_on_two_workers_equals_the_local_run(ray_instance, tmp_path, corpus, model):
+@pytest.mark.parametrize("mode", ["pack", "document"])
+def test_generation_on_two_workers_equals_the_local_run(ray_instance, tmp_path, corpus, model, mode):
     """embwalk generate on Ray: the same shard runner, so the same store (sampling is seeded per
-    continuation, whichever worker runs it)."""
+    continuation, whichever worker runs it); with one prompt per line too, where continuations
+    straddle shards."""
     from embwalk.generation.config import DecodeConfig
     from embwalk.jobs.generate import GenerateConfig
 
     def gen(path, kind: str, workers: int = 1) -> GenerateConfig:
         base = _config(path, corpus, workers=workers, kind=kind)
         return GenerateConfig(
-            corpus=replace(base.corpus, seq_len=8, max_tokens=64), capture=base.capture,
+            corpus=replace(base.corpus, seq_len=8, max_tokens=64, mode=mode), capture=base.capture,
             store=replace(base.store, shard_tokens=24, chunk_tokens=4), cluster=base.cluster,
             decode=DecodeConfig(strategy="sample", samples=2, max_new_tokens=4, seed=5),
         )
