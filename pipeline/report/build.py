@@ -51,11 +51,14 @@ def build_report(store: str | Path, options: ReportOptions | None = None, loaded
         makers["strategies"] = ("generation", lambda: _strategies(stores, out))
     # a learned relative position bias (T5 family): drawn from its weights' table, beside the measured kernels
     learned = {"position_kernel": ("the model's position bias", lambda: F.fig_position_bias(data, out))}
+    shares = {"bias_share": ("bias_share", lambda: F.fig_bias_share(data, out))}
+    skipped = data.summary.get("skipped", {})  # family: why the statistics left it out
     makers |= {
         "encoding": ("encoding", lambda: F.fig_encoding(data, out, cmp)),
         "logit_lens": ("logit_lens", lambda: F.fig_logit_lens(data, out, cmp)),
         **(learned if "position_kernel" in data.tables else {}),
         "position_kernels": ("attention", lambda: F.fig_kernels(data, out, opts.max_offset)),
+        **(shares if "bias_share" in data.tables or "bias_share" in skipped else {}),
         "self_bias": ("attention", lambda: F.fig_self_bias(data, out)),
         "sink": ("attention", lambda: F.fig_sink(data, out, cmp)),
         "geometry": ("geometry", lambda: F.fig_geometry(data, out, cmp)),
@@ -67,10 +70,9 @@ def build_report(store: str | Path, options: ReportOptions | None = None, loaded
     if not stores:  # never a stale comparison from an earlier report.stores
         for suffix in (".png", ".csv"):
             (out / f"{F.STRATEGIES_FILE}{suffix}").unlink(missing_ok=True)
-    for name in ("generation", "position_kernel"):  # figures of other kinds of store: never a stale one
+    for name in ("generation", "position_kernel", "bias_share"):  # figures of other kinds of store: never stale
         if name not in makers:
             (out / f"{name}.png").unlink(missing_ok=True)
-    skipped = data.summary.get("skipped", {})  # family: why the statistics left it out
     figures, missing = [], {}
     for name, (needs, make) in makers.items():
         fig = make()

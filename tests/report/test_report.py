@@ -123,8 +123,21 @@ def test_a_t5_store_draws_its_learned_position_bias_and_others_do_not(tmp_path, 
     data = (page.parent / "position_kernel.png").read_bytes()
     assert data.startswith(PNG) and len(data) > 5000
     assert "key − query" in page.read_text() and "Not shown" in page.read_text()  # no LM head: no logit lens
+    assert shown[shown.index("position_kernels") + 1] == "bias_share"  # then how much of each score it explains
+    shares = json.loads((store / "stats" / "summary.json").read_text())
+    assert "bias_share" in shares["families"]
+    top = max(r["bias_share"] for r in _rows(store, "bias_share") if r["kind"] == "within_query")
+    assert f"({top:.2f})" in page.read_text()  # the caption names the most positional head with its share
     other = build_report(stats_store, ReportOptions(out=str(tmp_path / "r")), loaded=loaded)  # the same folder
-    assert "position_kernel" not in images(other) and not (other.parent / "position_kernel.png").exists()
+    for name in ("position_kernel", "bias_share"):
+        assert name not in images(other) and not (other.parent / f"{name}.png").exists()
+    assert "bias_share" not in other.read_text()  # not offered (not even as 'Not shown') where it cannot apply
+
+
+def _rows(store, table: str) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(store / "stats" / f"{table}.parquet").to_pylist()
 
 
 def test_an_attention_model_beside_an_attention_free_one_on_the_same_corpus(stats_store, loaded, smollm2, tmp_path):

@@ -28,6 +28,7 @@ matplotlib.use("Agg")  # files only: no display on a cluster node; before any su
 
 from embwalk.report.figures.attention import (  # noqa: E402
     SINK_EPSILON,
+    fig_bias_share,
     fig_kernels,
     fig_position_bias,
     fig_self_bias,
@@ -53,7 +54,8 @@ from embwalk.report.figures.walk import fig_decoding, fig_encoding, fig_logit_le
 
 __all__ = [
     "ATTN", "DPI", "RESID", "SINK_EPSILON", "UNRESOLVED", "Figure", "Quantiles", "quantiles",
-    "fig_encoding", "fig_logit_lens", "fig_decoding", "fig_kernels", "fig_position_bias", "fig_self_bias", "fig_sink",
+    "fig_encoding", "fig_logit_lens", "fig_decoding", "fig_kernels", "fig_position_bias", "fig_bias_share",
+    "fig_self_bias", "fig_sink",
     "fig_geometry", "fig_trajectory", "fig_similarity",
     "fig_generation", "fig_strategies", "STRATEGIES_FILE", "STRATEGIES_TITLE", "StrategyRow", "decode_label",
     "decode_options", "decode_text", "generation_rows", "prompts_text", "strategies_table",

@@ -293,3 +293,41 @@ def fig_position_bias(data: ReportData, out: Path) -> Figure | None:
         text += (" Strongest preference for the previous token (bias at −1 above the head's median): "
                  + ", ".join(f"{label} (+{v:.2f})" for v, label in top) + ".")
     return Figure("position_kernel", "Learned position bias by offset (T5 family), per head", text)
+
+
+def fig_bias_share(data: ReportData, out: Path) -> Figure | None:
+    """How much of each head's score variance its learned position bias explains (family
+    ``bias_share``, T5 family): a layer × head map of the within-query share, and by layer."""
+    b = data.rows("bias_share", kind="within_query")
+    if not b:
+        return None
+    pooled = data.rows("bias_share", kind="pooled")
+    layers, heads, share = _layer_head_grid(b, "bias_share")
+    top = max(0.05, float(np.nanmax(share)))
+    fig, axes = _head_map(layers, heads, np.clip(share, 0, top),
+                          "bias share of the score's variance within each query's row\n"
+                          "(var(b) + cov(q·k, b)) / var(q·k + b)", "bias share (0 = content only)",
+                          cmap="viridis", vmin=0, vmax=top)
+    axes[0].set_ylabel("encoder layer")
+    ax = axes[1]
+    for j in range(len(heads)):
+        ax.scatter(layers, share[:, j], s=12, color="C0", alpha=0.7, label="within query, one dot per head" if j == 0
+                   else None)
+    if pooled:
+        pl, _, ps = _layer_head_grid(pooled, "bias_share")
+        ax.plot(pl, np.nanmean(ps, axis=1), color="C1", marker="x", lw=1, label="pooled over queries: mean over heads")
+    ax.axhline(0, color="k", lw=0.6)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    finish(ax, "bias share by layer", "encoder layer", "bias share")
+    save(fig, out, "bias_share")
+    order = sorted(((float(share[i, j]), int(layers[i]), int(heads[j])) for i in range(len(layers))
+                    for j in range(len(heads)) if np.isfinite(share[i, j])), reverse=True)
+    text = ("A T5 score is q·k + b(key − query). Within each query's row (what the softmax sees: a constant added "
+            "to a row changes nothing), the share of the score's variance that goes with the learned bias b is "
+            "(var(b) + cov(q·k, b)) / var(score), over every visible key of every stored query, recomputed from "
+            "the stored layer inputs with the layer's own norm and projections (docs/statistics.md, bias share). "
+            "0: the head attends by content alone; near 1: by position alone. The orange line pools the rows "
+            "(differences between queries included).")
+    if order:
+        text += " Most positional: " + ", ".join(f"L{lay}H{h} ({v:.2f})" for v, lay, h in order[:5]) + "."
+    return Figure("bias_share", "How much of each head's score the learned position bias explains", text)
