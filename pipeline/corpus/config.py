@@ -29,6 +29,10 @@ class CorpusConfig:
     format: str = "auto"  # auto (by extension) | txt | jsonl (also .gz, .zst) | parquet | arrow
     txt_unit: str = "paragraph"  # txt: file | line | paragraph (blank-line separated)
     text_field: str = "text"  # jsonl key / parquet or arrow column holding the text
+    # jsonl key / parquet or arrow column holding each record's target: the corpus is then pairs
+    # (text_field the encoder's input), one per record, for an encoder-decoder model's decoder store
+    # (document mode; docs/seq2seq.md). None: texts alone.
+    target_field: str | None = None
     invalid_utf8: str = "error"  # error | replace (U+FFFD)
     max_documents: int | None = None
     mode: str = "pack"  # pack: fixed seq_len sequences | document: one doc per sequence
@@ -72,6 +76,15 @@ class CorpusConfig:
         if not isinstance(self.text_field, str) or not self.text_field:
             got = self.text_field
             raise CorpusError(f"corpus.text_field must be a non-empty string, got {got!r}")
+        if self.target_field is not None:
+            if not isinstance(self.target_field, str) or not self.target_field or self.target_field == self.text_field:
+                raise CorpusError(f"corpus.target_field must be a non-empty string other than corpus.text_field "
+                                  f"({self.text_field!r}), got {self.target_field!r}")
+            if self.mode != "document":
+                raise CorpusError("corpus.target_field needs corpus.mode=document (one input-target pair per sequence)")
+            if self.path is None or self.format == "txt":
+                raise CorpusError("corpus.target_field needs a jsonl, parquet or arrow corpus.path (records with "
+                                  "both fields)")
         _int_at_least("seq_len", self.seq_len, 2)
         if self.max_documents is not None:
             _int_at_least("max_documents", self.max_documents, 1)
@@ -91,6 +104,8 @@ class CorpusConfig:
         options = asdict(self)
         for name in SHUFFLE_OPTIONS:
             del options[name]
+        if options["target_field"] is None:  # a corpus of texts keeps the identity it had before pairs
+            del options["target_field"]
         return options
 
 

@@ -70,9 +70,12 @@ def read_jsonl(path: Path, cfg: CorpusConfig) -> Iterator[tuple[str, str]]:
     """One JSON object per line; the text is its ``cfg.text_field``. Blank lines are skipped.
 
     The file may be gzip- or zstd-compressed (see the module docstring)."""
+    return _single(_jsonl_records(path, cfg, (cfg.text_field,)))
+
+
+def _jsonl_records(path: Path, cfg: CorpusConfig, fields: tuple[str, ...]) -> Iterator[tuple[str, tuple[str, ...]]]:
     compression = _compression(path)
     _check_text_file(path, compression)
-    field = cfg.text_field
     for lineno, offset, raw in _lines(path, compression):
         if not raw.strip():
             continue
@@ -85,52 +88,64 @@ def read_jsonl(path: Path, cfg: CorpusConfig) -> Iterator[tuple[str, str]]:
             ) from None
         if not isinstance(record, dict):
             raise CorpusError(f"line {lineno} is not a JSON object in corpus file: {path}")
-        if field not in record:
-            raise CorpusError(f"line {lineno} has no {field!r} field in corpus file: {path}")
-        text = record[field]
-        if not isinstance(text, str):
-            kind = type(text).__name__
-            raise CorpusError(
-                f"field {field!r} on line {lineno} is {kind}, not a string, in corpus file: {path}"
-            )
-        yield f"line{lineno}", _fix_surrogates(text, path, lineno, cfg.invalid_utf8)
+        values = []
+        for field in fields:
+            if field not in record:
+                raise CorpusError(f"line {lineno} has no {field!r} field in corpus file: {path}")
+            text = record[field]
+            if not isinstance(text, str):
+                kind = type(text).__name__
+                raise CorpusError(
+                    f"field {field!r} on line {lineno} is {kind}, not a string, in corpus file: {path}"
+                )
+            values.append(_fix_surrogates(text, path, lineno, cfg.invalid_utf8))
+        yield f"line{lineno}", tuple(values)
 
 
 def read_parquet(path: Path, cfg: CorpusConfig) -> Iterator[tuple[str, str]]:
     """One row per document; the text is column ``cfg.text_field`` (string or binary)."""
+    return _single(_parquet_records(path, cfg, (cfg.text_field,)))
+
+
+def _parquet_records(path: Path, cfg: CorpusConfig, fields: tuple[str, ...]) -> Iterator[tuple[str, tuple[str, ...]]]:
     import pyarrow as pa  # late: only parquet corpora pay for the import
     import pyarrow.parquet as pq
 
     if _size(path) == 0:
         raise CorpusError(f"corpus file is empty: {path}")
-    field = cfg.text_field
     try:
         pf = pq.ParquetFile(path)
         schema = pf.schema_arrow
     except (pa.ArrowException, OSError) as e:
         raise CorpusError(f"not a readable parquet file ({first_line(e)}): {path}") from None
-    if field not in schema.names:
-        columns = ", ".join(schema.names)
-        raise CorpusError(f"no column {field!r} (columns: {columns}) in parquet file: {path}")
-    kind = schema.field(field).type
-    is_binary = pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or is_binary):
-        raise CorpusError(f"column {field!r} has type {kind}, not string, in parquet file: {path}")
+    binary = []
+    for field in fields:
+        if field not in schema.names:
+            columns = ", ".join(schema.names)
+            raise CorpusError(f"no column {field!r} (columns: {columns}) in parquet file: {path}")
+        kind = schema.field(field).type
+        is_binary = pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or is_binary):
+            raise CorpusError(f"column {field!r} has type {kind}, not string, in parquet file: {path}")
+        binary.append(is_binary)
     row = 0
     try:
-        for batch in pf.iter_batches(columns=[field], batch_size=4096):
-            for value in batch.column(0).to_pylist():
-                if value is None:
-                    raise CorpusError(
-                        f"column {field!r} is null at row {row} of parquet file: {path}"
-                    )
-                if is_binary:
-                    value = _decode_value(value, path, f"column {field!r} row {row}", cfg)
-                yield f"row{row}", value
+        for batch in pf.iter_batches(columns=list(fields), batch_size=4096):
+            columns = [batch.column(i).to_pylist() for i in range(len(fields))]
+            for values in zip(*columns, strict=True):
+                yield f"row{row}", tuple(_cell(v, field, is_binary, row, path, cfg, "parquet")
+                                         for v, field, is_binary in zip(values, fields, binary, strict=True))
                 row += 1
     except (pa.ArrowException, OSError) as e:
         reason = first_line(e)
         raise CorpusError(f"cannot read parquet file at row {row} ({reason}): {path}") from None
+
+
+def _cell(value, field: str, is_binary: bool, row: int, path: Path, cfg: CorpusConfig, kind: str) -> str:
+    """One parquet or Arrow cell as text: null is an error naming the row, binary is decoded."""
+    if value is None:
+        raise CorpusError(f"column {field!r} is null at row {row} of {kind} file: {path}")
+    return _decode_value(value, path, f"column {field!r} row {row}", cfg, kind) if is_binary else value
 
 
 def read_arrow(path: Path, cfg: CorpusConfig) -> Iterator[tuple[str, str]]:
@@ -139,44 +154,54 @@ def read_arrow(path: Path, cfg: CorpusConfig) -> Iterator[tuple[str, str]]:
     An Arrow IPC stream (what ``datasets`` writes) or, failing that, an IPC file.
     Only pyarrow is used: no ``datasets`` import, nothing unpickled.
     """
+    return _single(_arrow_records(path, cfg, (cfg.text_field,)))
+
+
+def _arrow_records(path: Path, cfg: CorpusConfig, fields: tuple[str, ...]) -> Iterator[tuple[str, tuple[str, ...]]]:
     import pyarrow as pa  # late: only Arrow corpora pay for the import
 
     if _size(path) == 0:
         raise CorpusError(f"corpus file is empty: {path}")
-    field = cfg.text_field
     row = 0
     try:
         with pa.memory_map(str(path), "r") as source:
             batches, schema = _open_ipc(pa, source, path)
-            if field not in schema.names:
-                columns = ", ".join(schema.names)
-                raise CorpusError(f"no column {field!r} (columns: {columns}) in arrow file: {path}")
-            if schema.names.count(field) > 1:
-                raise CorpusError(f"more than one column {field!r} in arrow file: {path}")
-            kind = schema.field(field).type
-            value_kind = kind.value_type if pa.types.is_dictionary(kind) else kind
-            is_binary = any(test(value_kind) for test in _arrow_tests(pa, "binary"))
-            if not (is_binary or any(test(value_kind) for test in _arrow_tests(pa, "string"))):
-                raise CorpusError(f"column {field!r} has type {kind}, not string, in arrow file: {path}")
-            index = schema.get_field_index(field)
+            indices, binary = [], []
+            for field in fields:
+                if field not in schema.names:
+                    columns = ", ".join(schema.names)
+                    raise CorpusError(f"no column {field!r} (columns: {columns}) in arrow file: {path}")
+                if schema.names.count(field) > 1:
+                    raise CorpusError(f"more than one column {field!r} in arrow file: {path}")
+                kind = schema.field(field).type
+                value_kind = kind.value_type if pa.types.is_dictionary(kind) else kind
+                is_binary = any(test(value_kind) for test in _arrow_tests(pa, "binary"))
+                if not (is_binary or any(test(value_kind) for test in _arrow_tests(pa, "string"))):
+                    raise CorpusError(f"column {field!r} has type {kind}, not string, in arrow file: {path}")
+                indices.append(schema.get_field_index(field))
+                binary.append(is_binary)
             for batch in batches:
-                column = batch.column(index)
-                for start in range(0, len(column), 4096):  # an IPC file may hold one huge batch
-                    for value in column.slice(start, 4096).to_pylist():
-                        if value is None:
-                            raise CorpusError(f"column {field!r} is null at row {row} of arrow file: {path}")
-                        if is_binary:
-                            value = _decode_value(value, path, f"column {field!r} row {row}", cfg, "arrow")
-                        yield f"row{row}", value
+                for start in range(0, batch.num_rows, 4096):  # an IPC file may hold one huge batch
+                    columns = [batch.column(i).slice(start, 4096).to_pylist() for i in indices]
+                    for values in zip(*columns, strict=True):
+                        yield f"row{row}", tuple(_cell(v, field, is_binary, row, path, cfg, "arrow")
+                                                 for v, field, is_binary in zip(values, fields, binary, strict=True))
                         row += 1
     except (pa.ArrowException, OSError) as e:
         reason = first_line(e)
         raise CorpusError(f"cannot read arrow file at row {row} ({reason}): {path}") from None
 
 
+def _single(records: Iterator[tuple[str, tuple[str, ...]]]) -> Iterator[tuple[str, str]]:
+    return ((where, values[0]) for where, values in records)
+
+
 READERS: dict[str, Reader] = {
     "txt": read_txt, "jsonl": read_jsonl, "parquet": read_parquet, "arrow": read_arrow,
 }
+# Readers of several fields per record, ``(where, (value of each field))``: the formats that have
+# records (input-target pairs, pipeline/corpus/pairs.py).
+RECORD_READERS = {"jsonl": _jsonl_records, "parquet": _parquet_records, "arrow": _arrow_records}
 
 
 def _open_ipc(pa, source, path: Path):

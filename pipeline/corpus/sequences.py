@@ -71,6 +71,9 @@ class ShardTokens:
     # more token-table columns over the window's rows ([n] or [n, k] arrays; a generation
     # window's prompt_id, sample, step and each step's record: pipeline/generation/)
     columns: dict[str, np.ndarray] | None = None
+    # input-target pairs (a decoder store, pipeline/corpus/pairs.py): the encoder input ids of each
+    # of the window's sequences, in order; None for a corpus of texts
+    inputs: list[np.ndarray] | None = None
 
     @classmethod
     def of(cls, corpus: TokenizedCorpus, seqs: tuple[int, int]) -> ShardTokens:

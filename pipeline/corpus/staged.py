@@ -10,6 +10,7 @@ No process ever holds the corpus.
     STORE/staging/tokens/part-NNNNN.parquet          token_id, doc (number within the part), doc_pos
     STORE/staging/tokens/part-NNNNN.lengths.parquet  each document's stored length (0: nothing stored)
     STORE/staging/tokens/part-NNNNN.counts.parquet   how often each token id occurs in it
+    STORE/staging/tokens/part-NNNNN.inputs.parquet   input-target pairs only: each pair's encoder input ids
     STORE/staging/tokens/part-NNNNN.json             the part's counts, written last: it is done
 
 ``staging/`` is never read as the token table (``tokens/`` holds that, per
@@ -33,6 +34,7 @@ import pyarrow.parquet as pq
 
 from embwalk.corpus.config import CorpusConfig
 from embwalk.corpus.documents import Document, Part, part_texts
+from embwalk.corpus.pairs import INPUT_ROW_GROUP, INPUTS_SUFFIX, tokenize_pairs
 from embwalk.corpus.sequences import _doc_positions, _name, encoded_batches
 from embwalk.errors import CorpusError, StoreError
 
@@ -73,21 +75,30 @@ def tokenize_part(part: Part, cfg: CorpusConfig, tokenizer) -> tuple[dict[str, n
         lengths.append(batch_lengths)
     token_ids = np.concatenate(tokens) if tokens else np.zeros(0, np.int32)
     doc_lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
-    rows = {
+    return _token_rows(token_ids, doc_lengths), doc_lengths
+
+
+def _token_rows(token_ids: np.ndarray, doc_lengths: np.ndarray) -> dict[str, np.ndarray]:
+    return {
         "token_id": token_ids,
         "doc": np.repeat(np.arange(len(doc_lengths), dtype=np.int64), doc_lengths),
         "doc_pos": _doc_positions(doc_lengths[doc_lengths > 0], len(token_ids)),
     }
-    return rows, doc_lengths
 
 
-def stage_part(fs, part: Part, cfg: CorpusConfig, tokenizer) -> PartCounts:
+def stage_part(fs, part: Part, cfg: CorpusConfig, tokenizer, decoder_start: int | None = None) -> PartCounts:
     """Tokenize a part into the staging area (or find it done); returns its counts.
-    Its counts file is written last, so a part cut off half-way is redone whole."""
+    Its counts file is written last, so a part cut off half-way is redone whole.
+    ``decoder_start``: input-target pairs (``cfg.target_field``), the decoder's start token."""
     done = part_file(part.index, ".json")
     if fs.is_file(done):
         return PartCounts.from_json(fs.read_bytes(done))
-    rows, lengths = tokenize_part(part, cfg, tokenizer)
+    if cfg.target_field is None:
+        rows, lengths = tokenize_part(part, cfg, tokenizer)
+    else:  # the decoder rows, and beside them each pair's encoder inputs
+        flat, lengths, inputs = tokenize_pairs(part, cfg, tokenizer, decoder_start)
+        rows = _token_rows(flat, lengths)
+        fs.write_atomic(part_file(part.index, INPUTS_SUFFIX), _parquet(inputs, INPUT_ROW_GROUP))
     fs.write_atomic(part_file(part.index, ".parquet"), _parquet(pa.table(rows), ROW_GROUP))
     fs.write_atomic(part_file(part.index, ".lengths.parquet"), _parquet(pa.table({"length": lengths}), None))
     ids, n = np.unique(rows["token_id"], return_counts=True)
@@ -98,24 +109,32 @@ def stage_part(fs, part: Part, cfg: CorpusConfig, tokenizer) -> PartCounts:
     return counts
 
 
-def stage_corpus(fs, cfg: CorpusConfig, tokenizer, mapper=None, progress: bool = False):
+def stage_corpus(fs, cfg: CorpusConfig, tokenizer, mapper=None, progress: bool = False,
+                 decoder_start: int | None = None):
     """Tokenize the corpus part by part into the staging area; returns the StagedCorpus and the
     counts of the parts it uses.
 
     ``mapper`` (pipeline/executors/units.py) runs the parts not yet done where the
     executor has CPUs; results are taken in part order and scheduling stops once the
     corpus-wide cuts are reached. Parts done by an earlier, interrupted run are kept.
+    ``decoder_start``: the decoder's start token of input-target pairs (``cfg.target_field``).
     """
     from tqdm.auto import tqdm
 
     from embwalk.corpus.documents import corpus_parts
 
     parts = corpus_parts(cfg)
-    check_staging_identity(fs, staging_identity(cfg, tokenizer))
+    identity = staging_identity(cfg, tokenizer)
+    if cfg.target_field is not None:
+        if decoder_start is None:
+            raise CorpusError("corpus.target_field needs the decoder's start token (an encoder-decoder model)")
+        identity["decoder_start_token_id"] = decoder_start
+    check_staging_identity(fs, identity)
     done = {p.index: PartCounts.from_json(fs.read_bytes(part_file(p.index, ".json")))
             for p in parts if fs.is_file(part_file(p.index, ".json"))}
     todo = (p for p in parts if p.index not in done)
-    shared = (fs.location, cfg, tokenizer)
+    # the start token travels only with pairs: a corpus of texts stages parts exactly as before
+    shared = (fs.location, cfg, tokenizer) + (() if decoder_start is None else (decoder_start,))
     results = mapper(stage_part_at, todo, shared) if mapper else (stage_part_at(p, *shared) for p in todo)
     counts: list[PartCounts] = []
     n_tokens = n_docs = 0
@@ -136,11 +155,13 @@ def stage_corpus(fs, cfg: CorpusConfig, tokenizer, mapper=None, progress: bool =
     return StagedCorpus.from_counts(fs, counts, cfg, _name(tokenizer)), counts
 
 
-def stage_part_at(part: Part, location: str, cfg: CorpusConfig, tokenizer) -> PartCounts:
+def stage_part_at(part: Part, location: str, cfg: CorpusConfig, tokenizer,
+                  decoder_start: int | None = None) -> PartCounts:
     """``stage_part`` for a worker that gets the store's location (a process pool's, Ray's)."""
     from embwalk.store.fs import open_fs
 
-    return stage_part(open_fs(location), part, cfg, tokenizer)
+    pairs = () if decoder_start is None else (decoder_start,)
+    return stage_part(open_fs(location), part, cfg, tokenizer, *pairs)
 
 
 def check_staging_identity(fs, identity: dict) -> None:
@@ -178,6 +199,7 @@ class StagedCorpus:
     n_documents: int  # documents with at least one stored token
     parts: tuple[StagedPart, ...]
     checksum: str  # decides the token rows: part CRCs and counts, and the cuts
+    pairs: bool = False  # input-target pairs: each part's encoder inputs are staged beside its rows
 
     @classmethod
     def from_counts(cls, fs, counts: list[PartCounts], cfg: CorpusConfig, tokenizer_name: str) -> StagedCorpus:
@@ -210,7 +232,7 @@ class StagedCorpus:
             raise CorpusError(f"corpus produced no tokens with tokenizer {tokenizer_name}: {cfg.label}")
         used = [(c.index, c.n_tokens, c.crc, p.n_rows) for c, p in zip(counts, parts, strict=False)]
         checksum = f"{zlib.crc32(json.dumps(used).encode()):08x}"
-        return cls(cfg.mode, cfg.seq_len, row, n_documents, tuple(parts), checksum)
+        return cls(cfg.mode, cfg.seq_len, row, n_documents, tuple(parts), checksum, cfg.target_field is not None)
 
     @property
     def n_sequences(self) -> int:
@@ -243,6 +265,23 @@ class StagedCorpus:
             out["doc_pos"].append(table.column("doc_pos").to_numpy().astype(np.int32))
         empty = {"token_id": np.int32, "doc_id": np.int64, "doc_pos": np.int32}
         return {k: np.concatenate(v) if v else np.zeros(0, empty[k]) for k, v in out.items()}
+
+    def read_inputs(self, fs, doc_start: int, doc_stop: int) -> list[np.ndarray]:
+        """The encoder input ids (int32) of pairs (documents) [doc_start, doc_stop), read from the
+        staged parts: only the row groups that hold them (pairs: every document is a sequence)."""
+        out: list[np.ndarray] = []
+        for part, after in zip(self.parts, self.parts[1:] + (None,), strict=True):
+            lo = max(doc_start, part.doc0)
+            hi = doc_stop if after is None else min(doc_stop, after.doc0)
+            if lo >= hi:
+                continue
+            table = _read_range(fs, part_file(part.index, INPUTS_SUFFIX), lo - part.doc0, hi - part.doc0)
+            column = table.column("input_ids").combine_chunks()
+            values, offsets = column.values.to_numpy().astype(np.int32), column.offsets.to_numpy()
+            out += [values[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+        if len(out) != doc_stop - doc_start:
+            raise StoreError(f"staged encoder inputs of pairs {doc_start}..{doc_stop} are missing from {fs.location}")
+        return out
 
     def token_counts(self, fs, counts: list[PartCounts]) -> tuple[np.ndarray, np.ndarray]:
         """(token ids, counts) over the corpus's rows (for the statistics' top types), from

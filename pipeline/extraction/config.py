@@ -16,6 +16,7 @@ from embwalk.errors import EmbwalkError
 from embwalk.executors.config import ClusterConfig
 from embwalk.generation.config import DecodeConfig
 from embwalk.models.config import ModelConfig
+from embwalk.models.sites import sites_stack
 from embwalk.stats.config import StatsOptions
 from embwalk.store.config import StoreConfig
 
@@ -64,6 +65,9 @@ class ExtractConfig:
 
     def validate(self) -> None:
         """Every option value checked before any work or any file."""
+        # dec.* sites make a decoder store (docs/seq2seq.md): the stack is what workers and the
+        # statistics load, so it lives in the model's options; sites mixing stacks are refused here
+        self.model.stack = sites_stack(list(self.capture.sites))
         self.model.validate()
         self.corpus.validate()
         self.capture.validate()
@@ -73,3 +77,10 @@ class ExtractConfig:
             self.decode.validate()
             if self.corpus.shuffle_tokens:
                 raise EmbwalkError("corpus.shuffle_tokens does not apply to generation prompts yet")
+        if (self.model.stack == "dec") != (self.corpus.target_field is not None):
+            raise EmbwalkError("a decoder store (dec.* sites) is teacher-forced on input-target pairs: set "
+                               "corpus.target_field" if self.model.stack == "dec" else
+                               "corpus.target_field is for decoder stores of encoder-decoder models: capture "
+                               "dec.* sites (dec.resid_post, dec.final, ...)")
+        if self.corpus.target_field is not None and (self.decode is not None or self.corpus.shuffle_tokens):
+            raise EmbwalkError("corpus.target_field does not apply to generation or corpus.shuffle_tokens yet")

@@ -20,12 +20,14 @@ from importlib import metadata
 import torch
 
 from embwalk.corpus import vocabulary_strings
+from embwalk.corpus.pairs import decoder_start_id
 from embwalk.corpus.sequences import ShardTokens
 from embwalk.corpus.shuffle import TokenShuffle
 from embwalk.corpus.staged import StagedCorpus, stage_corpus
 from embwalk.errors import EmbwalkError, SiteError
 from embwalk.extraction.config import ExtractConfig
 from embwalk.extraction.runner import ShardRunner
+from embwalk.extraction.teacher import TeacherForcedForward
 from embwalk.generation.plan import GenerationPlan
 from embwalk.models.capture import CaptureLayout
 from embwalk.models.loading import LoadedModel
@@ -72,6 +74,8 @@ class PreparedJob:
             from embwalk.generation.forward import GenerationForward
 
             forward = GenerationForward(loaded, cfg.decode, self.generation)
+        elif self.corpus.pairs:
+            forward = TeacherForcedForward(loaded)
         return ShardRunner(
             loaded, self.layout, self.tokens_for, writer, vocabulary_strings(loaded.tokenizer),
             dtype=self.dtype, batch_size=cfg.cluster.batch_size, seq_len=self.manifest["seq_len"],
@@ -86,8 +90,12 @@ class PreparedJob:
             first = self.generation.prompts(shard)[0]
             prompts = ShardTokens.from_rows(rows, a, first, self.corpus.mode, self.corpus.seq_len)
             return self.generation.window(prompts, shard)
-        rows = self.corpus.read_rows(open_fs(self.config.store.path), *shard.seq_rows)
+        fs = open_fs(self.config.store.path)
+        rows = self.corpus.read_rows(fs, *shard.seq_rows)
         win = ShardTokens.from_rows(rows, shard.seq_rows[0], shard.seqs[0], self.corpus.mode, self.corpus.seq_len)
+        if self.corpus.pairs:  # a decoder store: its pairs' encoder inputs (one pair per sequence, ids in order)
+            first = int(win.doc_ids[0])
+            win.inputs = self.corpus.read_inputs(fs, first, first + shard.seqs[1] - shard.seqs[0])
         # the shuffled-input control: permuted here, on the worker, per shard; the window holds whole sequences
         return win if self.shuffle is None else self.shuffle.apply(win)
 
@@ -129,7 +137,8 @@ def prepare(cfg: ExtractConfig, model, parts_mapper=None) -> PreparedJob:
     check_store_location(fs)  # before the first staged file: never into a directory that is not a store
     existed = fs.exists()
     try:
-        corpus, counts = stage_corpus(fs, cfg.corpus, model.tokenizer, parts_mapper, cfg.cluster.progress)
+        start = decoder_start_id(model.config) if cfg.corpus.target_field is not None else None
+        corpus, counts = stage_corpus(fs, cfg.corpus, model.tokenizer, parts_mapper, cfg.cluster.progress, start)
     except EmbwalkError:
         if not existed:  # bad input (an empty or binary file ...): leave no store behind
             fs.remove("")
@@ -156,6 +165,7 @@ def prepare(cfg: ExtractConfig, model, parts_mapper=None) -> PreparedJob:
         per_token_layers=layout.array_layers(),
         final=layout.final,
         pattern_layers=layout.pattern_layers,
+        cross_pattern_layers=layout.cross_pattern_layers,
         heads=tuple(heads) if heads is not None else tuple(range(model.n_heads or 0)),  # None: attention-free
         dtype=cfg.store.dtype,
     )
@@ -200,6 +210,8 @@ def _manifest(cfg: ExtractConfig, spec, corpus: StagedCorpus, plan: Plan, sites:
         "store.compressor": cfg.store.compressor,
     }
     extra = {}
+    if cfg.corpus.target_field is not None:  # pairs: the decoder rows start with the model's start token
+        identity["corpus.decoder_start_token_id"] = decoder_start_id(spec.config)
     if shuffle is not None:  # only when on: a store without it keeps the identity it always had
         identity.update(shuffle.identity())
         extra["shuffle"] = shuffle.describe()  # TokenShuffle.from_manifest reads it back

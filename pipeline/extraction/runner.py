@@ -131,7 +131,12 @@ class ShardRunner:
             for obs, state in observed:
                 obs.on_batch(state, got, batch, starts, lengths, shard, win)
             if "pattern" in got and self.store_arrays:
-                self._queue_patterns(got["pattern"], batch, lengths, shard, pattern_files, pattern_writes)
+                self._queue_patterns("pattern", got["pattern"], batch, lengths, lengths, shard, pattern_files,
+                                     pattern_writes)
+            if "cross_pattern" in got and self.store_arrays:  # a decoder store: keys are the encoder's inputs
+                keys = [len(win.inputs[s - win.seq0]) for s in batch]
+                self._queue_patterns("cross_pattern", got["cross_pattern"], batch, lengths, keys, shard,
+                                     pattern_files, pattern_writes)
             if on_tokens:
                 on_tokens(_owned(starts, lengths, shard))
         if self.loaded.device.type == "cuda":
@@ -254,19 +259,23 @@ class ShardRunner:
                 else:
                     buf[lo - r0 : hi - r0].copy_(src, non_blocking=True)
 
-    def _queue_patterns(self, pattern, batch, lengths, shard: Shard, files: dict, writes: list[Future]) -> None:
+    def _queue_patterns(self, name: str, pattern, batch, lengths, keys, shard: Shard, files: dict,
+                        writes: list[Future]) -> None:
+        """Queue the per-sequence array ``name``'s writes: sequence j's ``lengths[j]`` queries over its
+        ``keys[j]`` keys (its own tokens; a decoder store's cross patterns: its encoder inputs)."""
         p0, p1 = shard.pattern_seqs
-        for j, (s, n) in enumerate(zip(batch, lengths, strict=True)):
+        for j, (s, n, m) in enumerate(zip(batch, lengths, keys, strict=True)):
             if not p0 <= s < p1:
                 continue
             # The next batch reuses the capture buffer: copy the sequence out, zeros past its length.
             shape = (1, *pattern.shape[1:3], self.seq_len, self.seq_len)
-            block = (np.empty if n == self.seq_len else np.zeros)(shape, dtype=_np_dtype(self.dtype))
-            block[0, :, :, :n, :n] = pattern[j, :, :, :n, :n].cpu().numpy()
-            writes.append(self.writer_thread.submit(self._write_pattern, s, block, files))
+            full = n == m == self.seq_len
+            block = (np.empty if full else np.zeros)(shape, dtype=_np_dtype(self.dtype))
+            block[0, :, :, :n, :m] = pattern[j, :, :, :n, :m].cpu().numpy()
+            writes.append(self.writer_thread.submit(self._write_pattern, name, s, block, files))
 
-    def _write_pattern(self, seq: int, block: np.ndarray, files: dict[str, dict]) -> None:
-        files.update(self.writer.write_patterns(seq, block))  # on the writer thread, in sequence order
+    def _write_pattern(self, name: str, seq: int, block: np.ndarray, files: dict[str, dict]) -> None:
+        files.update(self.writer.write_patterns(seq, block, name))  # on the writer thread, in sequence order
 
     def _per_token_shapes(self) -> dict[str, tuple[int, ...]]:
         if not self.store_arrays:

@@ -23,6 +23,9 @@ from embwalk.models.families import TAP_KINDS
 from embwalk.models.loading import LoadedModel
 from embwalk.models.sites import Site
 
+# Pattern kind -> its capture buffer and store array (attn_pattern is the store's ``pattern``).
+PATTERN_BUFFERS = {"attn_pattern": "pattern", "cross_pattern": "cross_pattern"}
+
 
 class StopForward(Exception):
     """Raised by the last needed block's hook: the rest of the model is not run."""
@@ -36,6 +39,7 @@ class CaptureLayout:
     final: bool = False
     taps: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (kind, block indices)
     pattern_layers: tuple[int, ...] = ()
+    cross_pattern_layers: tuple[int, ...] = ()  # a T5 decoder's cross-attention, [query: decoder, key: encoder]
     heads: tuple[int, ...] | None = None  # attention heads to keep; None = all
 
     @classmethod
@@ -49,18 +53,24 @@ class CaptureLayout:
             final=any(s.kind == "final" for s in sites),
             taps=tuple((k, layers(k)) for k in TAP_KINDS if layers(k)),
             pattern_layers=layers("attn_pattern"),
+            cross_pattern_layers=layers("cross_pattern"),
             heads=tuple(heads) if heads is not None else None,
         )
 
     def kinds(self) -> list[str]:
         """The optional site kinds (beyond the residual stream) the layout captures."""
-        return [kind for kind, _ in self.taps] + (["attn_pattern"] if self.pattern_layers else [])
+        patterns = [k for k, layers in self.patterns().items() if layers]
+        return [kind for kind, _ in self.taps] + patterns
+
+    def patterns(self) -> dict[str, tuple[int, ...]]:
+        """Pattern kind -> its layers (attn_pattern lands in the buffer and array ``pattern``)."""
+        return {"attn_pattern": self.pattern_layers, "cross_pattern": self.cross_pattern_layers}
 
     def last_block(self, n_layers: int) -> int:
         """The last block whose computation some site needs."""
         if self.final:
             return n_layers - 1
-        needed = [r - 1 for r in self.residual] + list(self.pattern_layers)
+        needed = [r - 1 for r in self.residual] + list(self.pattern_layers) + list(self.cross_pattern_layers)
         needed += [b for _, blocks in self.taps for b in blocks]
         return max(needed, default=0)
 
@@ -112,7 +122,7 @@ class Capturer:
                     self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
                 else:
                     self._handles.append(module.register_forward_hook(hook))
-        if layout.pattern_layers:
+        if layout.pattern_layers or layout.cross_pattern_layers:
             self._install_pattern_sinks()
 
     # -- hooks ---------------------------------------------------------------------------
@@ -152,32 +162,40 @@ class Capturer:
         return hook
 
     def _install_pattern_sinks(self) -> None:
-        for slot, b in enumerate(self.layout.pattern_layers):
-            sink = _PatternSink(self, slot, self.layout.heads)
-            # The attention function gets the module that calls it; marking every
-            # submodule of the block finds it whatever the family calls it.
-            for module in self.blocks[b].modules():
-                module.embwalk_pattern_sink = sink
+        paths = self.loaded.family.patterns
+        for kind, layers in self.layout.patterns().items():
+            for slot, b in enumerate(layers):
+                sink = _PatternSink(self, PATTERN_BUFFERS[kind], slot, self.layout.heads)
+                # The attention function gets the module that calls it. A family that names its
+                # attention modules gets only that one marked (a T5 decoder block holds two: the
+                # self-attention must not catch the cross-attention's call); otherwise every
+                # submodule of the block is, which finds it whatever the family calls it.
+                path = paths.get(kind)
+                for module in [self.blocks[b].get_submodule(path)] if path else self.blocks[b].modules():
+                    module.embwalk_pattern_sink = sink
         model = self.loaded.model
         self._previous_attn = model.config._attn_implementation
         model.set_attn_implementation(sdpa_patterns.register())
 
     # -- running -------------------------------------------------------------------------
 
-    def buffer_shapes(self, batch: int, seq: int) -> dict[str, tuple[int, ...]]:
+    def buffer_shapes(self, batch: int, seq: int, keys: int | None = None) -> dict[str, tuple[int, ...]]:
+        """``keys``: the cross-attention's key length (the encoder's inputs; default ``seq``)."""
         d = self.loaded.d_model
         shapes = {name: (batch, seq, len(layers), d) for name, layers in self.layout.array_layers().items()}
         if self.layout.final:
             shapes["final"] = (batch, seq, d)
-        if self.layout.pattern_layers:
-            n_heads = len(self.layout.heads) if self.layout.heads is not None else self.n_heads
-            shapes["pattern"] = (batch, len(self.layout.pattern_layers), n_heads, seq, seq)
+        n_heads = len(self.layout.heads) if self.layout.heads is not None else self.n_heads
+        for kind, layers in self.layout.patterns().items():
+            if layers:
+                key_len = seq if kind == "attn_pattern" or keys is None else keys
+                shapes[PATTERN_BUFFERS[kind]] = (batch, len(layers), n_heads, seq, key_len)
         return shapes
 
-    def scratch(self, batch: int, seq: int) -> dict[str, torch.Tensor]:
+    def scratch(self, batch: int, seq: int, keys: int | None = None) -> dict[str, torch.Tensor]:
         """Reusable buffers on the model's device, grown only when a batch is larger."""
         out = {}
-        for name, shape in self.buffer_shapes(batch, seq).items():
+        for name, shape in self.buffer_shapes(batch, seq, keys).items():
             buf = self._scratch.get(name)
             if buf is None or buf.numel() < math.prod(shape):
                 buf = torch.empty(math.prod(shape), dtype=self.dtype, device=self.loaded.device)
@@ -241,14 +259,14 @@ class Capturer:
 
 
 class _PatternSink:
-    """Receives one layer's probabilities [batch, heads, query, key]."""
+    """Receives one layer's probabilities [batch, heads, query, key] for the buffer ``name``."""
 
-    def __init__(self, capturer: Capturer, slot: int, heads: tuple[int, ...] | None):
-        self.capturer, self.slot = capturer, slot
+    def __init__(self, capturer: Capturer, name: str, slot: int, heads: tuple[int, ...] | None):
+        self.capturer, self.name, self.slot = capturer, name, slot
         self.heads = list(heads) if heads is not None else None
 
     def __call__(self, probs: torch.Tensor) -> None:
-        dest = self.capturer._out["pattern"][:, self.slot]
+        dest = self.capturer._out[self.name][:, self.slot]
         # A decoding step of a sliding-window layer (Gemma) attends over its cache's window only:
         # the most recent keys, so they are the last columns; the earlier ones stay 0, unseen.
         dest[..., dest.shape[-1] - probs.shape[-1] :].copy_(probs, non_blocking=True)

@@ -19,7 +19,13 @@ class ModelConfig:
     revision: str | None = None
     cache_dir: str | None = None  # GGUF conversion cache; default $EMBWALK_CACHE or ~/.cache/embwalk
     device_map: str | None = None  # e.g. "auto": spread a model too large for one GPU over several (accelerate)
+    # Encoder-decoder models: the stack a store holds, "dec" for a decoder store (loads the whole
+    # model); None: the family's default (T5: the encoder alone). Set by the extraction job from its
+    # capture sites (ExtractConfig.validate), so workers and the statistics load what was stored.
+    stack: str | None = None
 
     def validate(self) -> None:
         if not self.name:  # model=hub
             raise ModelError("missing required option: model.name (bundled name, directory, .gguf file or hub id)")
+        if self.stack not in (None, "enc", "dec"):
+            raise ModelError(f"model.stack must be enc, dec or unset, got {self.stack!r}")

@@ -18,7 +18,8 @@ from embwalk.errors import ModelError
 # A tap is (path inside a block, "input" | "output"): the site is that module's
 # first positional input, or its output (the first element if a tuple).
 Tap = tuple[str, str]
-TAP_KINDS = ("resid_mid", "attn_out", "mlp_out")
+TAP_KINDS = ("resid_mid", "resid_cross", "attn_out", "mlp_out")
+PATTERN_KINDS = ("attn_pattern", "cross_pattern")  # per-sequence attention arrays (cross: a decoder's)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,11 @@ class Family:
     # stack's prefix, and the other stack's are refused (pipeline/models/sites.py).
     stack: str | None = None
     position_bias: bool = False  # a learned relative position bias (T5): kernels from the weights
+    # Pattern kind -> the attention module inside a block whose probabilities it is; empty: every
+    # submodule of the block is marked for attn_pattern (the one attention finds it whatever its name).
+    # A T5 decoder block has two attentions, so each kind must name its own.
+    patterns: dict[str, str] = field(default_factory=dict)
+    n_layers_attr: str = "num_hidden_layers"  # the config's depth of the stored stack (T5's decoder: its own)
 
     def auto_class(self) -> type:
         name = self.auto or ("AutoModelForCausalLM" if self.causal else "AutoModel")
@@ -58,11 +64,16 @@ class Family:
                 self.tap(kind, config)
             elif kind == "attn_pattern" and not self.attention:
                 raise ModelError(f"site kind 'attn_pattern' is not defined for {self.name} models{self._why()}")
+            elif kind == "cross_pattern" and kind not in self.patterns:
+                raise ModelError(f"site kind 'cross_pattern' is not defined for {self.name} models{self._stack_why()}")
 
     def attn_implementation(self, asked: str) -> str:
         """What to load the model with: ``asked``, or eager where SDPA is asked for and transformers
         has none for the family (patterns are still captured by embwalk's own function)."""
         return "eager" if asked == "sdpa" and not self.sdpa else asked
+
+    def _stack_why(self) -> str:
+        return " (cross-attention is the decoder's: dec.* sites)" if self.stack == "enc" else ""
 
     def _why(self) -> str:
         return "" if self.attention else " (attention-free: a block adds one mixer output, no attention or MLP)"
@@ -171,15 +182,48 @@ MODEL_FAMILIES = (
         auto="AutoModelForTextEncoding",
         stack="enc",
         position_bias=True,
+        patterns={"attn_pattern": "layer.0.SelfAttention"},
     ),
 )
 
+# The decoder stack of the same checkpoints (a decoder store, docs/seq2seq.md), loaded whole as
+# T5ForConditionalGeneration: the encoder runs as context only. A decoder block is layer[0]
+# (causal self-attention), layer[1] (cross-attention over the encoder's output), layer[2] (the
+# feed-forward), each x + sublayer(norm(x)); it is causal with an LM head, so the decoding walk
+# and the logit lens apply (pipeline/stats/head.py applies T5's output scaling).
+T5_DECODER = Family(
+    "t5",
+    ("t5", "mt5", "umt5"),
+    blocks="decoder.block",
+    final_norm="decoder.final_layer_norm",
+    causal=True,
+    taps={
+        "resid_mid": ("layer.1", "input"),  # after self-attention, before cross-attention
+        "resid_cross": ("layer.2", "input"),  # after cross-attention, before the feed-forward
+        "attn_out": ("layer.0.SelfAttention", "output"),
+        "mlp_out": ("layer.2.DenseReluDense", "output"),
+    },
+    auto="AutoModelForSeq2SeqLM",
+    stack="dec",
+    position_bias=True,
+    patterns={"attn_pattern": "layer.0.SelfAttention", "cross_pattern": "layer.1.EncDecAttention"},
+    n_layers_attr="num_decoder_layers",
+)
+_OTHER_STACKS = {("t5", "dec"): T5_DECODER}
 
-def family_for(config) -> Family:
-    """The family of a transformers config (by its model_type); ModelError naming the supported ones."""
+
+def family_for(config, stack: str | None = None) -> Family:
+    """The family of a transformers config (by its model_type); ModelError naming the supported ones.
+    ``stack``: of an encoder-decoder model, the stack a store holds (None: the family's default)."""
     for family in MODEL_FAMILIES:
         if config.model_type in family.model_types:
-            return family
+            if stack is None or stack == family.stack:
+                return family
+            other = _OTHER_STACKS.get((family.name, stack))
+            if other is None:
+                raise ModelError(f"{config.model_type!r} models have no {stack!r} stack (dec.* sites are for "
+                                 "encoder-decoder models: T5, Flan-T5, MT5, UMT5)")
+            return other
     supported = ", ".join(t for f in MODEL_FAMILIES for t in f.model_types)
     raise ModelError(
         f"unsupported architecture {config.model_type!r}; supported model types: {supported}"

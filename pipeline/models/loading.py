@@ -113,7 +113,7 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         )
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load model {cfg.name!r}: {first_line(exc)}") from exc
-    family = family_for(hf_config)
+    family = family_for(hf_config, cfg.stack)
     # Decoders load with their LM head (the unembedding the walk statistics need); encoders as
     # the bare body (e.g. sentence-transformer weights); T5-family checkpoints as their encoder.
     try:

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 from embwalk.errors import SiteError
 
-LAYERED_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_pattern", "attn_out", "mlp_out")
+# resid_cross and cross_pattern exist in a T5 decoder only (Family.check_kinds refuses them elsewhere).
+LAYERED_KINDS = ("resid_pre", "resid_mid", "resid_cross", "resid_post", "attn_pattern", "cross_pattern", "attn_out",
+                 "mlp_out")
 UNLAYERED_KINDS = ("final",)
 KINDS = LAYERED_KINDS + UNLAYERED_KINDS
 
@@ -22,7 +24,9 @@ _TL_BLOCK_HOOKS = {
     "hook_resid_pre": "resid_pre",
     "hook_resid_mid": "resid_mid",
     "hook_resid_post": "resid_post",
+    "hook_resid_mid_cross": "resid_cross",
     "attn.hook_pattern": "attn_pattern",
+    "cross_attn.hook_pattern": "cross_pattern",
     "hook_attn_out": "attn_out",
     "hook_mlp_out": "mlp_out",
 }
@@ -117,10 +121,27 @@ def _unstacked(raw: str, stack: str) -> str:
         if head in (ours, tl, f"{tl}_final_ln"):
             if ours != stack:
                 kept = _STACKS[stack]
-                raise SiteError(f"capture site {raw!r} is in the {tl}: the {tl} axis is not stored yet; this model's "
-                                f"store holds its {kept}'s tokens (sites resid_post.L or {stack}.resid_post.L)")
+                raise SiteError(f"capture site {raw!r} is in the {tl}: this store holds the {kept}'s tokens; "
+                                f"write the {tl}'s sites to a second store")
             return {ours: rest, tl: f"blocks.{rest}"}.get(head, f"ln_final.{rest}")
     return raw
+
+
+def sites_stack(names: list[str] | tuple[str, ...] | str) -> str | None:
+    """"dec" when the site names are an encoder-decoder model's decoder sites (``dec.``, ``decoder.``,
+    ``decoder_final_ln.``), None otherwise; SiteError when they mix the decoder with other sites:
+    a store's token axis is one stack's tokens, so encoder and decoder are two stores."""
+    if isinstance(names, str):
+        names = [n for n in re.split(r"[,\s]+", names) if n]
+    names = [str(n).strip() for n in names]
+    dec = [n for n in names if n.partition(".")[0] in ("dec", "decoder", "decoder_final_ln")]
+    if not dec:
+        return None
+    other = [n for n in names if n not in dec]
+    if other:
+        raise SiteError(f"capture sites mix the decoder ({dec[0]!r}) with the encoder ({other[0]!r}): a store holds "
+                        "one stack's tokens; write two stores (encoder sites in one job, dec.* sites in another)")
+    return "dec"
 
 
 def _known() -> str:

@@ -45,7 +45,8 @@ class ModelSpec:
 
     @property
     def n_layers(self) -> int:
-        return self.hf_config.num_hidden_layers  # n_layer etc. are aliases (attribute_map)
+        # n_layer etc. are aliases (attribute_map); a T5 decoder store: the decoder's depth
+        return getattr(self.hf_config, self.family.n_layers_attr)
 
     @property
     def d_model(self) -> int:
@@ -79,6 +80,9 @@ class ModelSpec:
             "vocab_size": self.vocab_size,
             "max_positions": self.max_positions,
             "dtype": str(self.dtype).removeprefix("torch."),
+            # a decoder store of an encoder-decoder model (docs/seq2seq.md); encoder stores' describe
+            # stays as it was (their stack is the family's default)
+            **({"stack": "dec"} if self.family.stack == "dec" else {}),
         }
 
 
@@ -99,7 +103,7 @@ def load_spec(cfg: ModelConfig) -> ModelSpec:
         hf_config = AutoConfig.from_pretrained(source, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"cannot load model {cfg.name!r}: {first_line(exc)}") from exc
-    family = family_for(hf_config)
+    family = family_for(hf_config, cfg.stack)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError, KeyError) as exc:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from embwalk.models.position_bias import LayerScores
+from embwalk.models.seq2seq import logit_scale
 
 
 @dataclass
@@ -21,7 +22,8 @@ class ModelHead:
     + b), applied wherever logits are formed (``logits``); ``attention``: False for an
     attention-free model (Mamba), whose attention statistics do not apply; ``scores``: a model
     with a learned position bias (T5 family) recomputes its scores' terms from each layer's
-    input (pipeline/models/position_bias.py ``LayerScores``: the bias_share statistic).
+    input (pipeline/models/position_bias.py ``LayerScores``: the bias_share statistic). A T5
+    decoder store's ``unembed`` carries the model's output scaling (``from_loaded``).
     """
 
     n_layers: int
@@ -52,13 +54,18 @@ class ModelHead:
         unembed = bias = None
         if head is not None and getattr(head, "weight", None) is not None:
             unembed = head.weight.detach().to(device=device, dtype=torch.float32)
+            if loaded.family.stack == "dec":
+                # T5's LM head reads final * d_model**-0.5 where transformers rescales (seq2seq.py
+                # logit_scale): folded into W once, so every logit formed from ``final`` is the model's
+                unembed = unembed * logit_scale(loaded.model)
             if getattr(head, "bias", None) is not None:
                 bias = head.bias.detach().to(device=device, dtype=torch.float32)
         norm = None
         if loaded.family.final_norm:
             norm = Float32Norm(loaded.trunk.get_submodule(loaded.family.final_norm))
         softcap = getattr(loaded.config, "final_logit_softcapping", None)
-        scores = LayerScores(loaded.model).to(device) if loaded.family.position_bias else None
+        stack = loaded.family.stack or "enc"  # the stored stack's self-attention (a decoder store: the decoder's)
+        scores = LayerScores(loaded.model, stack).to(device) if loaded.family.position_bias else None
         return cls(loaded.n_layers, loaded.d_model, loaded.family.causal, unembed, bias, norm,
                    softcap, loaded.family.attention, scores)
 

@@ -158,13 +158,16 @@ def array_specs(
     pattern_layers: tuple[int, ...],
     heads: tuple[int, ...],
     dtype: str = "float16",
+    cross_pattern_layers: tuple[int, ...] = (),
 ) -> list[ArraySpec]:
     """Specs of every array a capture produces.
 
     Per-token arrays chunk one layer at a time (a reader training on one layer
     decodes only that layer) and shard on ``shard_tokens`` rows, the plan's
     unit. Attention shards one sequence per file, so a shard's sequences are
-    its own files whatever their count.
+    its own files whatever their count. ``cross_pattern_layers``: a T5 decoder store's
+    cross-attention [pair, layer, head, decoder query, encoder key], laid out like ``pattern``
+    (both stacks' inputs are cut to ``seq_len``).
     """
     chunk = chunk_tokens  # divides shard_tokens (plan.shard_tokens_for)
     specs = []
@@ -183,16 +186,18 @@ def array_specs(
                 chunks=(chunk, d_model), shards=(shard_tokens, d_model), dtype=dtype,
             )
         )
-    if pattern_layers:
-        n_l, n_h = len(pattern_layers), len(heads)
-        specs.append(
-            ArraySpec(
-                "pattern", "attention", (n_sequences, n_l, n_h, seq_len, seq_len),
-                ("seq", "layer", "head", "query", "key"),
-                chunks=(1, 1, n_h, seq_len, seq_len), shards=(1, n_l, n_h, seq_len, seq_len), dtype=dtype,
-                attributes={"layers": list(pattern_layers), "heads": list(heads)},
+    for name, layers, layer_axis in (("pattern", pattern_layers, "layer"),
+                                     ("cross_pattern", cross_pattern_layers, "cross_layer")):
+        if layers:
+            n_l, n_h = len(layers), len(heads)
+            specs.append(
+                ArraySpec(
+                    name, "attention", (n_sequences, n_l, n_h, seq_len, seq_len),
+                    ("seq", layer_axis, "head", "query", "key"),
+                    chunks=(1, 1, n_h, seq_len, seq_len), shards=(1, n_l, n_h, seq_len, seq_len), dtype=dtype,
+                    attributes={"layers": list(layers), "heads": list(heads)},
+                )
             )
-        )
     return specs
 
 
@@ -213,6 +218,7 @@ def coordinates(specs: list[ArraySpec]) -> dict[str, dict[str, list[int]]]:
 _LAYER_AXIS = {
     "resid": "residual index: 0 = embeddings (resid_pre.0), i = output of block i-1 (resid_post.{i-1})",
     "resid_mid": "block index: after the block's attention, before its MLP",
+    "resid_cross": "block index: after the block's cross-attention, before its MLP (a T5 decoder)",
     "attn_out": "block index: what the block's attention adds to the residual stream",
     "mlp_out": "block index: what the block's MLP adds to the residual stream",
 }

@@ -131,18 +131,19 @@ class StoreWriter:
             uncommit(self.fs, damage.shard)
         return committed - {d.shard for d in damaged}
 
-    def write_patterns(self, seq0: int, patterns: np.ndarray) -> dict[str, dict]:
+    def write_patterns(self, seq0: int, patterns: np.ndarray, name: str = "pattern") -> dict[str, dict]:
         """Write whole sequences' attention, [seq, layer, head, query, key]: each sequence is its own
-        Zarr shard. Returns each file written with its stat, for the shard's commit record."""
+        Zarr shard. Returns each file written with its stat, for the shard's commit record.
+        ``name``: the per-sequence array (``pattern``, or a T5 decoder store's ``cross_pattern``)."""
         keys = [(s, 0, 0, 0, 0) for s in range(seq0, seq0 + len(patterns))]
-        with disk_errors(self._dir("pattern")):
-            if not self.direct["pattern"]:
-                self._discard("pattern", keys)
-                self.arrays["pattern"][seq0 : seq0 + len(patterns)] = patterns
-                return self._sync_chunks("pattern", keys)
+        with disk_errors(self._dir(name)):
+            if not self.direct[name]:
+                self._discard(name, keys)
+                self.arrays[name][seq0 : seq0 + len(patterns)] = patterns
+                return self._sync_chunks(name, keys)
             # One chunk per layer, in layer order: the layer-major case with one row per chunk.
             return {
-                self._file("pattern", key): self._write_shard_file("pattern", key, seq.reshape(len(seq), 1, -1), 1, 1)
+                self._file(name, key): self._write_shard_file(name, key, seq.reshape(len(seq), 1, -1), 1, 1)
                 for key, seq in zip(keys, patterns, strict=True)
             }
 
