@@ -41,7 +41,8 @@ def part_pairs(part: Part, cfg: CorpusConfig) -> Iterator[tuple[str, str, str]]:
     for where, (text, target) in read(Path(part.path), cfg, (cfg.text_field, cfg.target_field)):
         source = f"{part.label}:{where}"
         if not target.strip():
-            raise CorpusError(f"empty target (field {cfg.target_field!r}) at {where} of corpus file: {part.label}")
+            at = where.replace("line", "line ").replace("row", "row ")  # line7 -> line 7, as the readers' errors say
+            raise CorpusError(f"empty target (field {cfg.target_field!r}) at {at} of corpus file: {part.label}")
         if text and not text.isspace():
             yield source, text, target
 

@@ -64,7 +64,7 @@ def test_an_empty_target_names_its_file_and_record(tmp_path, fmt):
     path = write(tmp_path / f"pairs.{fmt}", [*PAIRS, ("a cat", " ")], fmt)
     with pytest.raises(CorpusError) as err:
         pairs_of(pairs_config(path))
-    where = "line4" if fmt == "jsonl" else "row3"
+    where = "line 4" if fmt == "jsonl" else "row 3"
     check_message(err.value, "empty target", "'tgt'", where, str(path))
 
 
