@@ -3,6 +3,8 @@
     .venv/bin/python scripts/bench_extract.py [--tokens 4096] [--reps 3] [--model smollm2-135m]
     HF_HUB_OFFLINE=1 .venv-bench/bin/python scripts/bench_extract.py --peers   # + nnsight, TransformerLens
     .venv/bin/python scripts/bench_extract.py --model t5-small-random [--t5-tokenizer all-minilm-l6-v2] [--t5-dir DIR]
+    .venv/bin/python scripts/bench_extract.py --model t5-small-random --t5-stack dec \
+        [--t5-input-tokens 64] [--t5-target-tokens 32]
 
 Measures, on the same batches and interleaved over ``--reps`` rounds (the
 median is reported, so a noisy neighbour hurts less):
@@ -23,10 +25,29 @@ median is reported, so a noisy neighbour hurts less):
 ``--model t5-small-random`` is the T5 case: a T5 checkpoint with t5-small's shapes and random
 weights (there is no network here; throughput does not depend on the weight values), built once
 by scripts/t5_small_random.py (under $EMBWALK_CACHE or ~/.cache/embwalk, or ``--t5-dir``) with an
-offline tokenizer, and reused. embwalk stores a T5 checkpoint's encoder only so far, so every
+offline tokenizer, and reused. By default (``--t5-stack enc``) it is the encoder store: every
 method runs the encoder (T5EncoderModel) and bare is the encoder's forward; the decoder is not
 part of the measurement. With ``--peers`` TransformerLens is skipped for it (not wired: it
 boots a whole model by its hub architecture, while the model here is the encoder alone).
+
+``--t5-stack dec`` is the T5 decoder store (docs/seq2seq.md): the script writes a pairs corpus
+(``pairs.jsonl`` in its work dir, random words of the tokenizer's vocabulary, inputs of about
+``--t5-input-tokens`` and targets of about ``--t5-target-tokens`` tokens, each drawn within
++-25%, enough pairs for ``--tokens`` decoder tokens) and every method runs the encoder as
+context, then the decoder teacher-forced on decoder_start_token_id + the target:
+
+- bare:               T5ForConditionalGeneration's encoder then decoder bodies on the same batches
+                      (each shard's pairs longest first, as the runner batches them), SDPA, no hooks,
+                      no LM head;
+- embwalk:            the decoder store through the normal code path (TeacherForcedForward in the
+                      ShardRunner): the residual preset's sites as ``dec.*`` (dec.resid_pre.0, every
+                      dec.resid_post, dec.final);
+- embwalk_attention:  the same plus every dec.attn_pattern and dec.cross_pattern.
+
+Tokens/s counts decoder tokens (the store's token axis); the encoder's tokens are computed by
+every method and stored by none. A pair that straddles two shards is computed by both (alone in
+its batch), as the runner does: that is in embwalk's time, while bare computes each pair once.
+stats_only, hf_loop, hf_eager_attention and the peers are not wired for the decoder case.
 
 For each: tokens/s, MB/s written (the bytes each method left on disk), peak
 extra memory (resident-set high-water mark above the level at the method's
@@ -39,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import platform
 import resource
@@ -95,6 +117,78 @@ def bare(loaded, inputs) -> float:
             loaded.trunk(input_ids=x.to(loaded.device), use_cache=False)
     _sync(loaded.device)
     return time.perf_counter() - start
+
+
+def pair_batches(job: PreparedJob, batch_size: int, pad_id: int) -> list[tuple]:
+    """A decoder store's batches, each pair once (from the shard that stores its first token), each
+    shard's pairs longest first as the runner batches them: (decoder ids, mask, encoder ids, mask)."""
+    out = []
+    for shard in job.plan.shards:
+        win = job.tokens_for(shard)
+        seqs = sorted(range(*shard.pattern_seqs), key=lambda s: np.subtract(*win.sequence_rows(s)))
+        for i in range(0, len(seqs), batch_size):
+            batch = seqs[i : i + batch_size]
+            dec = [win.token_ids[win.rows(*win.sequence_rows(s))] for s in batch]
+            enc = [win.inputs[s - win.seq0] for s in batch]
+            out.append((*_padded(dec, pad_id), *_padded(enc, pad_id)))
+    return out
+
+
+def _padded(seqs: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Right-padded ids and their mask (None when every sequence has the batch's length)."""
+    lengths = [len(x) for x in seqs]
+    ids = torch.full((len(seqs), max(lengths)), pad_id, dtype=torch.long)
+    for j, x in enumerate(seqs):
+        ids[j, : len(x)] = torch.from_numpy(np.asarray(x, dtype=np.int64))
+    if min(lengths) == max(lengths):
+        return ids, None
+    return ids, (torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]).long()
+
+
+def bare_seq2seq(loaded, inputs) -> float:
+    """The encoder then the decoder, teacher-forced (T5ForConditionalGeneration's bodies, no LM head)."""
+    model, device = loaded.model, loaded.device
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for dec, dec_mask, enc, enc_mask in inputs:
+            enc_mask = None if enc_mask is None else enc_mask.to(device)
+            encoded = model.encoder(input_ids=enc.to(device), attention_mask=enc_mask)
+            model.decoder(
+                input_ids=dec.to(device), attention_mask=None if dec_mask is None else dec_mask.to(device),
+                encoder_hidden_states=encoded.last_hidden_state, encoder_attention_mask=enc_mask, use_cache=False,
+            )
+    _sync(loaded.device)
+    return time.perf_counter() - start
+
+
+def write_pairs(path: Path, tokenizer, n_tokens: int, input_tokens: int, target_tokens: int, seed: int = 0) -> int:
+    """A jsonl of input-target pairs of random vocabulary words, about ``input_tokens`` and
+    ``target_tokens`` tokens each (uniform within +-25%), until the decoder inputs (start token +
+    the target's tokens) reach ``n_tokens``. Returns the number of pairs."""
+    rng = np.random.default_rng(seed)
+    special = set(tokenizer.all_special_tokens)
+    # whole lowercase words (a BPE's word-initial mark stripped; WordPiece's ## continuations left out)
+    pieces = {w.lstrip("\u0120\u2581") for w in tokenizer.get_vocab() if w not in special}
+    words = sorted(w for w in pieces if w.isascii() and w.isalpha() and w.islower() and 3 <= len(w) <= 10)
+    kwargs = dict(add_special_tokens=False, return_attention_mask=False, verbose=False)
+    sample = " ".join(rng.choice(words, 2000))
+    per_word = len(tokenizer(sample, **kwargs)["input_ids"]) / 2000  # tokens per word, to size the texts
+
+    def text(tokens: int) -> str:
+        n = max(1, round(rng.integers(round(tokens * 0.75), round(tokens * 1.25) + 1) / per_word))
+        return " ".join(rng.choice(words, n))
+
+    n_pairs = stored = 0
+    with open(path, "w") as f:
+        while stored < n_tokens:
+            batch = [(text(input_tokens), text(target_tokens)) for _ in range(256)]
+            lengths = [1 + len(ids) for ids in tokenizer([t for _, t in batch], verbose=False)["input_ids"]]
+            for (a, b), n in zip(batch, lengths, strict=True):
+                if stored >= n_tokens:
+                    break
+                f.write(json.dumps({"text": a, "target": b}) + "\n")
+                n_pairs, stored = n_pairs + 1, stored + n
+    return n_pairs
 
 
 def embwalk(loaded, job: PreparedJob, store: Path) -> float:
@@ -185,10 +279,19 @@ def prepared_jobs(loaded, args, work: Path) -> dict[str, PreparedJob]:
     jobs = {}
     for method, preset in EMBWALK_PRESETS.items():
         capture = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "capture" / f"{preset}.yaml"))
+        if args.decoder:  # the decoder store: the preset's sites on the decoder, pairs as the corpus
+            if capture.get("stats") is not None:
+                continue  # not wired: statistics in the pass are not run on a decoder store yet
+            capture["sites"] = [f"dec.{site}" for site in capture["sites"]]
+            if "dec.attn_pattern" in capture["sites"]:
+                capture["sites"].append("dec.cross_pattern")
+            corpus = CorpusConfig(path=str(args.pairs), mode="document", seq_len=args.seq_len, target_field="target")
+        else:
+            # A whole number of packed sequences: every batch is full, no method pads.
+            corpus = CorpusConfig(max_tokens=args.tokens // args.seq_len * args.seq_len, seq_len=args.seq_len)
         cfg = ExtractConfig(
             model=model_config(args),
-            # A whole number of packed sequences: every batch is full, no method pads.
-            corpus=CorpusConfig(max_tokens=args.tokens // args.seq_len * args.seq_len, seq_len=args.seq_len),
+            corpus=corpus,
             capture=CaptureConfig(**capture),
             store=StoreConfig(path=str(work / method), shard_tokens=args.shard_tokens),
             cluster=ClusterConfig(batch_size=args.batch_size, progress=False),
@@ -198,7 +301,8 @@ def prepared_jobs(loaded, args, work: Path) -> dict[str, PreparedJob]:
 
 
 def model_config(args) -> ModelConfig:
-    return ModelConfig(name=str(args.model_path), dtype=args.dtype, device=args.device)
+    return ModelConfig(name=str(args.model_path), dtype=args.dtype, device=args.device,
+                       stack="dec" if args.decoder else None)
 
 
 def main() -> None:
@@ -217,10 +321,21 @@ def main() -> None:
         help=f"where {t5_small_random.NAME} is built once and reused (default: under $EMBWALK_CACHE or "
         "~/.cache/embwalk, bench/t5-small-random-TOKENIZER)",
     )
+    parser.add_argument(
+        "--t5-stack", choices=["enc", "dec"], default="enc",
+        help=f"with {t5_small_random.NAME}: the encoder store (enc) or the decoder store, teacher-forced on "
+        "generated input-target pairs (dec; --tokens counts decoder tokens)",
+    )
+    parser.add_argument("--t5-input-tokens", type=int, default=64, help="--t5-stack dec: mean encoder input length")
+    parser.add_argument("--t5-target-tokens", type=int, default=32, help="--t5-stack dec: mean target length")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--tokens", type=int, default=4096)
-    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument(
+        "--seq-len", type=int,
+        help="default 256; --t5-stack dec: 128 (both sides of a pair are cut to it, and each pattern file "
+        "is [layer, head, seq_len, seq_len]), or more for pairs longer than the defaults",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument(
@@ -234,6 +349,12 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="where stores are written (default: a temp dir)")
     args = parser.parse_args()
     t5 = args.model == t5_small_random.NAME
+    args.decoder = t5 and args.t5_stack == "dec"
+    if args.t5_stack == "dec" and not t5:
+        parser.error(f"--t5-stack dec needs --model {t5_small_random.NAME}")
+    if args.seq_len is None:  # a decoder store's pairs are short: patterns padded to 256 would be mostly zeros
+        longest = round(1.25 * max(args.t5_input_tokens, args.t5_target_tokens)) + 4  # + special tokens
+        args.seq_len = max(128, 1 << (longest - 1).bit_length()) if args.decoder else 256
     args.model_path = t5_small_random.build(args.t5_tokenizer, args.t5_dir) if t5 else args.model
 
     work = Path(tempfile.mkdtemp(prefix="embwalk-bench-", dir=args.workdir))
@@ -241,20 +362,34 @@ def main() -> None:
     # makes (pipeline/extraction/allocator.py): set it first, so that no method runs without it.
     keep_freed_memory()
     loaded = load_model(model_config(args))
+    if args.decoder:
+        args.pairs = work / "pairs.jsonl"
+        args.n_pairs = write_pairs(args.pairs, loaded.tokenizer, args.tokens, args.t5_input_tokens,
+                                   args.t5_target_tokens)
     jobs = prepared_jobs(loaded, args, work)
     job = jobs["embwalk"]
-    inputs = batches(job, args.batch_size)
-    n_tokens = sum(x.numel() for x in inputs)
+    if args.decoder:
+        inputs = pair_batches(job, args.batch_size, int(loaded.config.pad_token_id or 0))
+        n_tokens = sum(int(dec.numel() if m is None else m.sum()) for dec, m, _, _ in inputs)
+        args.n_encoder_tokens = sum(int(enc.numel() if m is None else m.sum()) for _, _, enc, m in inputs)
+        run_bare = bare_seq2seq
+    else:
+        inputs = batches(job, args.batch_size)
+        n_tokens = sum(x.numel() for x in inputs)
+        run_bare = bare
     assert all(j.plan.n_tokens == n_tokens for j in jobs.values()), "every method must see the same tokens"
 
-    bare(loaded, inputs[:1])  # warm-up: first-call allocations and kernel selection
-    methods = {"bare": lambda out: bare(loaded, inputs)}
+    run_bare(loaded, inputs[:1])  # warm-up: first-call allocations and kernel selection
+    methods = {"bare": lambda out: run_bare(loaded, inputs)}
     for name, prepared in jobs.items():
         methods[name] = lambda out, prepared=prepared: embwalk(loaded, prepared, out / "store")
-    methods["hf_loop"] = lambda out: peers.hf_loop(loaded, inputs, out)
-    eager = peers.hf_eager_attention_method(loaded)
-    methods["hf_eager_attention"] = lambda out: eager(inputs, out)
-    if args.peers:
+    if not args.decoder:
+        methods["hf_loop"] = lambda out: peers.hf_loop(loaded, inputs, out)
+        eager = peers.hf_eager_attention_method(loaded)
+        methods["hf_eager_attention"] = lambda out: eager(inputs, out)
+    if args.peers and args.decoder:
+        print("peers: not wired for the T5 decoder case (bare, embwalk, embwalk_attention only)", file=sys.stderr)
+    elif args.peers:
         nnsight = peers.nnsight_method(loaded)
         tlens = None if t5 else peers.transformer_lens_method(loaded, HUB_NAMES.get(args.model, args.model))
         if nnsight:
@@ -310,11 +445,29 @@ def summarise(results: dict[str, list[Measurement]], n_tokens: int) -> list[dict
 def markdown(rows: list[dict], results, args, loaded, job: PreparedJob, n_tokens: int) -> str:
     t5 = args.model == t5_small_random.NAME
     case = "T5 encoder (t5-small shapes, random weights): extraction vs the bare encoder forward, " if t5 else ""
+    counted = f"{n_tokens} tokens"
+    notes = []
+    if args.decoder:
+        case = ("T5 decoder (t5-small shapes, random weights), teacher-forced: extraction vs the bare "
+                "encoder + decoder forward, ")
+        counted = (f"{n_tokens} decoder tokens ({args.n_pairs} pairs, {args.n_encoder_tokens} encoder tokens as "
+                   f"context; inputs ~{args.t5_input_tokens}, targets ~{args.t5_target_tokens} tokens)")
+        notes = [
+            f"Tokens/s counts decoder tokens (the store's token axis: decoder_start_token_id then each target's "
+            f"tokens, EOS included). The encoder runs as context in every method, bare included: its "
+            f"{args.n_encoder_tokens} tokens are computed, not stored. Pairs: random words of the tokenizer's "
+            f"vocabulary written by the script (pairs.jsonl), input and target lengths uniform within +-25% of "
+            f"~{args.t5_input_tokens} and ~{args.t5_target_tokens} tokens. embwalk stores dec.resid_pre.0, every "
+            "dec.resid_post and dec.final; embwalk_attention adds every dec.attn_pattern and dec.cross_pattern. "
+            "A pair that straddles two shards is computed by both shards (the runner's way), once by bare.",
+            "",
+        ]
     lines = [
-        f"### {case}{args.model} ({args.dtype}, {loaded.device}), {n_tokens} tokens, "
+        f"### {case}{args.model} ({args.dtype}, {loaded.device}), {counted}, "
         f"seq_len {args.seq_len}, batch {args.batch_size}, shards of {job.plan.shard_tokens}, median of {args.reps}",
         "",
-        *([t5_small_random.describe(args.t5_tokenizer, Path(args.model_path)), ""] if t5 else []),
+        *([t5_small_random.describe(args.t5_tokenizer, Path(args.model_path), args.t5_stack), ""] if t5 else []),
+        *notes,
         f"Machine: {machine()}",
         "",
         "| method | tokens/s | MB/s written | peak extra MB | ratio to bare (wall) | ratio to bare (CPU time) |",

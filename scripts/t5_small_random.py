@@ -5,7 +5,8 @@ d_model 512, d_kv 64, d_ff 2048 (ReLU), 6 encoder + 6 decoder layers, 8 heads, 3
 position buckets over a max distance of 128. The whole encoder-decoder model is saved, as
 t5-small is shipped (safetensors), with a tokenizer that is available offline: all-MiniLM's
 BERT WordPiece (30,522 pieces, the closest to t5-small's 32,128) or SmolLM2's BPE (49,152);
-``vocab_size`` is the tokenizer's length. embwalk loads such a directory as its encoder only.
+``vocab_size`` is the tokenizer's length. embwalk loads such a directory as its encoder only for an
+encoder store, as the whole model for a decoder store (``dec.*`` sites).
 
 Built once into ``default_dir(tokenizer)`` (or a directory of your choice) and reused:
 
@@ -85,18 +86,31 @@ def build(tokenizer: str, out: Path | None = None) -> Path:
     return out
 
 
-def describe(tokenizer: str, path: Path) -> str:
-    """One Markdown paragraph: what the model is, which tokenizer, and what is not measured."""
+def describe(tokenizer: str, path: Path, stack: str = "enc") -> str:
+    """One Markdown paragraph: what the model is, which tokenizer, and what is measured (``stack``:
+    the encoder store, enc, or the decoder store, dec)."""
     s = SHAPES
+    if stack == "dec":
+        measured = (
+            "The decoder store: embwalk loads the whole T5ForConditionalGeneration, runs the encoder as context "
+            "and the decoder teacher-forced under the capture hooks; bare is the encoder then the decoder "
+            "(embeddings, blocks, final norms; no LM head; SDPA, no hooks) on the same decoder inputs."
+        )
+    else:
+        measured = (
+            "The decoder is not part of the measurement: an encoder store loads a T5 checkpoint's encoder alone "
+            "(AutoModelForTextEncoding, the decoder's weights never loaded; `--t5-stack dec` measures a decoder "
+            "store), so bare is the "
+            "encoder's forward (T5EncoderModel: embeddings, blocks, final norm; SDPA, no hooks)."
+        )
+    layers = f"{s['num_layers']} + {s['num_decoder_layers']}" if stack == "dec" else f"{s['num_layers']}"
     return (
         f"Model: `{NAME}`, a T5 checkpoint with t5-small's shapes (d_model {s['d_model']}, d_ff {s['d_ff']} ReLU, "
-        f"{s['num_layers']} layers, {s['num_heads']} heads, relative_attention_num_buckets "
+        f"{layers} layers, {s['num_heads']} heads, relative_attention_num_buckets "
         f"{s['relative_attention_num_buckets']}, max_distance {s['relative_attention_max_distance']}) and "
         f"**random weights** (torch seed {SEED}; throughput does not depend on the weight values), "
         f"with {TOKENIZERS[tokenizer]} (vocab_size {_vocab_size(path)}); built by scripts/t5_small_random.py "
-        f"in `{path}`. The decoder is not part of the measurement: embwalk stores a T5 checkpoint's "
-        "encoder only so far (loaded with AutoModelForTextEncoding, the decoder's weights never loaded), "
-        "so bare is the encoder's forward (T5EncoderModel: embeddings, blocks, final norm; SDPA, no hooks)."
+        f"in `{path}`. {measured}"
     )
 
 
