@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from embwalk.corpus.sequences import ShardTokens
+from embwalk.extraction.runner import right_padded
 from embwalk.models.capture import PATTERN_BUFFERS, Capturer
 from embwalk.models.loading import LoadedModel
 
@@ -29,15 +30,8 @@ class TeacherForcedForward:
     def __call__(self, capturer: Capturer, ids: torch.Tensor, mask: torch.Tensor | None,
                  out: dict[str, torch.Tensor] | None, batch: list[int], starts: list[int],
                  win: ShardTokens) -> dict[str, torch.Tensor]:
-        inputs = [win.inputs[s - win.seq0] for s in batch]
-        lengths = [len(x) for x in inputs]
-        width = max(lengths)
-        enc_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        for j, x in enumerate(inputs):
-            enc_ids[j, : len(x)] = torch.from_numpy(x)
-        enc_mask = None
-        if min(lengths) < width:
-            enc_mask = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
+        enc_ids, enc_mask = right_padded([win.inputs[s - win.seq0] for s in batch], self.pad_id)
+        width = enc_ids.shape[1]
         # The cross patterns' keys are the encoder's inputs: buffers of that width; the per-token
         # views the runner may hand over (straight into its shard buffers) are kept.
         got = capturer.scratch(len(batch), ids.shape[1], width)
