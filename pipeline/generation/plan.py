@@ -140,9 +140,12 @@ class _Continuations:
 
     def __init__(self, corpus, gen: GenerationPlan, fs):
         self.corpus, self.gen = corpus, gen
-        last = 0
-        for _, _, ends in self._prompt_bounds(fs):
-            last = int(ends[-1]) if len(ends) else last
+        # The prompts end where the corpus does (its sequences tile its rows) unless
+        # decode.max_prompts cuts them: only then is a pass over the bounds needed to find where.
+        last = corpus.n_tokens
+        if gen.n_prompts < corpus.n_sequences:
+            for _, _, ends in self._prompt_bounds(fs):
+                last = int(ends[-1]) if len(ends) else last
         self.n_tokens = gen.samples * (last + gen.n_prompts * gen.new_tokens)
 
     def _prompt_bounds(self, fs):

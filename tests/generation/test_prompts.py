@@ -180,3 +180,14 @@ def test_smollm2_padded_prompts_generate_what_each_prompt_generates_alone(tmp_pa
     x, y = a.array("resid")[:], b.array("resid")[:]
     rel = np.linalg.norm(x - y, axis=-1) / np.linalg.norm(y, axis=-1)
     assert rel.max() < 2e-5, rel.max()
+
+
+def test_max_prompts_keeps_the_first_lines_and_plans_only_their_rows(tmp_path, smollm2):
+    cfg = config(tmp_path, shard=8)
+    cfg.decode.max_prompts = 3
+    manifest = extract_local(cfg, tiny_loaded("gpt2", smollm2.tokenizer))
+    prompts = prompt_ids(smollm2.tokenizer)[:3]
+    assert manifest["generation"]["n_prompts"] == 3
+    assert manifest["n_tokens"] == sum(len(p) + N for p in prompts)
+    rows = Store(cfg.store.path).tokens().column("row").to_numpy()
+    assert (rows == np.arange(manifest["n_tokens"])).all()
