@@ -165,7 +165,8 @@ def prepare(cfg: ExtractConfig, model, parts_mapper=None) -> PreparedJob:
         per_token_layers=layout.array_layers(),
         final=layout.final,
         pattern_layers=layout.pattern_layers,
-        cross_pattern_layers=layout.cross_pattern_layers,
+        sequence_layers={store_layout.SEQUENCE_ARRAYS[k]: layers for k, layers in layout.per_sequence().items()
+                         if k != "attn_pattern"},
         heads=tuple(heads) if heads is not None else tuple(range(model.n_heads or 0)),  # None: attention-free
         dtype=cfg.store.dtype,
     )

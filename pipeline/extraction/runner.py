@@ -130,13 +130,13 @@ class ShardRunner:
                 self._scatter(got, starts, lengths, bufs, shard)
             for obs, state in observed:
                 obs.on_batch(state, got, batch, starts, lengths, shard, win)
-            if "pattern" in got and self.store_arrays:
-                self._queue_patterns("pattern", got["pattern"], batch, lengths, lengths, shard, pattern_files,
-                                     pattern_writes)
-            if "cross_pattern" in got and self.store_arrays:  # a decoder store: keys are the encoder's inputs
-                keys = [len(win.inputs[s - win.seq0]) for s in batch]
-                self._queue_patterns("cross_pattern", got["cross_pattern"], batch, lengths, keys, shard,
-                                     pattern_files, pattern_writes)
+            for kind, name in store_layout.SEQUENCE_ARRAYS.items():
+                if name in got and self.store_arrays:
+                    keys = lengths
+                    if kind in store_layout.CROSS_KINDS:  # a decoder store: keys are the pair's encoder inputs
+                        keys = [len(win.inputs[s - win.seq0]) for s in batch]
+                    self._queue_patterns(name, got[name], batch, lengths, keys, shard, pattern_files,
+                                         pattern_writes)
             if on_tokens:
                 on_tokens(_owned(starts, lengths, shard))
         if self.loaded.device.type == "cuda":

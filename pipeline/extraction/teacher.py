@@ -15,8 +15,9 @@ import torch
 
 from embwalk.corpus.sequences import ShardTokens
 from embwalk.extraction.runner import right_padded
-from embwalk.models.capture import PATTERN_BUFFERS, Capturer
+from embwalk.models.capture import Capturer
 from embwalk.models.loading import LoadedModel
+from embwalk.store import layout as store_layout
 
 
 class TeacherForcedForward:
@@ -36,7 +37,7 @@ class TeacherForcedForward:
         # views the runner may hand over (straight into its shard buffers) are kept.
         got = capturer.scratch(len(batch), ids.shape[1], width)
         if out is not None:
-            got.update({name: v for name, v in out.items() if name not in PATTERN_BUFFERS.values()})
+            got.update({name: v for name, v in out.items() if name not in store_layout.SEQUENCE_ARRAYS.values()})
         device = self.loaded.device
         model = self.loaded.model
         enc_mask = None if enc_mask is None else enc_mask.to(device)

@@ -19,12 +19,11 @@ from dataclasses import dataclass
 import torch
 
 from embwalk.models import sdpa_patterns
-from embwalk.models.families import TAP_KINDS
+from embwalk.models.families import PATTERN_KINDS, SCORE_TERMS, TAP_KINDS
 from embwalk.models.loading import LoadedModel
+from embwalk.models.position_bias import ScoreTerms
 from embwalk.models.sites import Site
-
-# Pattern kind -> its capture buffer and store array (attn_pattern is the store's ``pattern``).
-PATTERN_BUFFERS = {"attn_pattern": "pattern", "cross_pattern": "cross_pattern"}
+from embwalk.store.layout import CROSS_KINDS, SEQUENCE_ARRAYS  # per-sequence kind -> its buffer and array
 
 
 class StopForward(Exception):
@@ -40,6 +39,7 @@ class CaptureLayout:
     taps: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (kind, block indices)
     pattern_layers: tuple[int, ...] = ()
     cross_pattern_layers: tuple[int, ...] = ()  # a T5 decoder's cross-attention, [query: decoder, key: encoder]
+    score_terms: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (kind, block indices): attn_score etc. (T5)
     heads: tuple[int, ...] | None = None  # attention heads to keep; None = all
 
     @classmethod
@@ -54,23 +54,28 @@ class CaptureLayout:
             taps=tuple((k, layers(k)) for k in TAP_KINDS if layers(k)),
             pattern_layers=layers("attn_pattern"),
             cross_pattern_layers=layers("cross_pattern"),
+            score_terms=tuple((k, layers(k)) for k in SCORE_TERMS if layers(k)),
             heads=tuple(heads) if heads is not None else None,
         )
 
     def kinds(self) -> list[str]:
         """The optional site kinds (beyond the residual stream) the layout captures."""
-        patterns = [k for k, layers in self.patterns().items() if layers]
-        return [kind for kind, _ in self.taps] + patterns
+        return [kind for kind, _ in self.taps] + list(self.per_sequence())
 
     def patterns(self) -> dict[str, tuple[int, ...]]:
         """Pattern kind -> its layers (attn_pattern lands in the buffer and array ``pattern``)."""
         return {"attn_pattern": self.pattern_layers, "cross_pattern": self.cross_pattern_layers}
 
+    def per_sequence(self) -> dict[str, tuple[int, ...]]:
+        """Every per-sequence kind captured (patterns, score terms) -> its layers (SEQUENCE_ARRAYS: its array)."""
+        kinds = {**self.patterns(), **dict(self.score_terms)}
+        return {kind: layers for kind, layers in kinds.items() if layers}
+
     def last_block(self, n_layers: int) -> int:
         """The last block whose computation some site needs."""
         if self.final:
             return n_layers - 1
-        needed = [r - 1 for r in self.residual] + list(self.pattern_layers) + list(self.cross_pattern_layers)
+        needed = [r - 1 for r in self.residual] + [b for blocks in self.per_sequence().values() for b in blocks]
         needed += [b for _, blocks in self.taps for b in blocks]
         return max(needed, default=0)
 
@@ -122,8 +127,8 @@ class Capturer:
                     self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
                 else:
                     self._handles.append(module.register_forward_hook(hook))
-        if layout.pattern_layers or layout.cross_pattern_layers:
-            self._install_pattern_sinks()
+        if layout.per_sequence():
+            self._install_attention_sinks()
 
     # -- hooks ---------------------------------------------------------------------------
 
@@ -161,21 +166,32 @@ class Capturer:
 
         return hook
 
-    def _install_pattern_sinks(self) -> None:
-        paths = self.loaded.family.patterns
-        for kind, layers in self.layout.patterns().items():
+    def _install_attention_sinks(self) -> None:
+        """Mark each captured layer's attention module with the sinks its attention function feeds:
+        ``embwalk_pattern_sink`` (probabilities) and ``embwalk_terms_sink`` (score terms)."""
+        family = self.loaded.family
+        terms: dict[tuple[int, str | None], dict[str, int]] = {}  # (block, module path) -> {array: slot}
+        for kind, layers in self.layout.per_sequence().items():
+            path = family.attention_module(kind)
             for slot, b in enumerate(layers):
-                sink = _PatternSink(self, PATTERN_BUFFERS[kind], slot, self.layout.heads)
-                # The attention function gets the module that calls it. A family that names its
-                # attention modules gets only that one marked (a T5 decoder block holds two: the
-                # self-attention must not catch the cross-attention's call); otherwise every
-                # submodule of the block is, which finds it whatever the family calls it.
-                path = paths.get(kind)
-                for module in [self.blocks[b].get_submodule(path)] if path else self.blocks[b].modules():
-                    module.embwalk_pattern_sink = sink
+                if kind in PATTERN_KINDS:
+                    self._mark(b, path, "embwalk_pattern_sink",
+                               _PatternSink(self, SEQUENCE_ARRAYS[kind], slot, self.layout.heads))
+                else:
+                    terms.setdefault((b, path), {})[SEQUENCE_ARRAYS[kind]] = slot
+        for (b, path), slots in terms.items():
+            self._mark(b, path, "embwalk_terms_sink", _TermsSink(self, slots, self.layout.heads))
         model = self.loaded.model
         self._previous_attn = model.config._attn_implementation
         model.set_attn_implementation(sdpa_patterns.register())
+
+    def _mark(self, block: int, path: str | None, attr: str, sink) -> None:
+        # The attention function gets the module that calls it. A family that names its attention
+        # modules gets only that one marked (a T5 decoder block holds two: the self-attention must
+        # not catch the cross-attention's call); otherwise every submodule of the block is, which
+        # finds it whatever the family calls it.
+        for module in [self.blocks[block].get_submodule(path)] if path else self.blocks[block].modules():
+            setattr(module, attr, sink)
 
     # -- running -------------------------------------------------------------------------
 
@@ -186,10 +202,9 @@ class Capturer:
         if self.layout.final:
             shapes["final"] = (batch, seq, d)
         n_heads = len(self.layout.heads) if self.layout.heads is not None else self.n_heads
-        for kind, layers in self.layout.patterns().items():
-            if layers:
-                key_len = seq if kind == "attn_pattern" or keys is None else keys
-                shapes[PATTERN_BUFFERS[kind]] = (batch, len(layers), n_heads, seq, key_len)
+        for kind, layers in self.layout.per_sequence().items():
+            key_len = keys if kind in CROSS_KINDS and keys is not None else seq
+            shapes[SEQUENCE_ARRAYS[kind]] = (batch, len(layers), n_heads, seq, key_len)
         return shapes
 
     def scratch(self, batch: int, seq: int, keys: int | None = None) -> dict[str, torch.Tensor]:
@@ -251,8 +266,9 @@ class Capturer:
         self._handles.clear()
         for block in self.blocks:
             for module in block.modules():
-                if hasattr(module, "embwalk_pattern_sink"):
-                    del module.embwalk_pattern_sink
+                for attr in ("embwalk_pattern_sink", "embwalk_terms_sink"):
+                    if hasattr(module, attr):
+                        delattr(module, attr)
         if self._previous_attn is not None:
             self.loaded.model.set_attn_implementation(self._previous_attn)
             self._previous_attn = None
@@ -272,3 +288,28 @@ class _PatternSink:
         dest[..., dest.shape[-1] - probs.shape[-1] :].copy_(probs, non_blocking=True)
 
 
+
+
+class _TermsSink:
+    """Receives one attention call's score terms (position_bias.ScoreTerms) and copies the ones
+    asked for into their buffers (``slots``: array name -> slot on its layer axis): ``content``
+    (q·k times the module's scaling), ``position_bias`` and ``score`` (their sum, pre-softmax), each
+    0 where the query does not see the key, so the arrays hold finite numbers and read as patterns do."""
+
+    def __init__(self, capturer: Capturer, slots: dict[str, int], heads: tuple[int, ...] | None):
+        self.capturer, self.slots = capturer, slots
+        self.heads = list(heads) if heads is not None else None
+
+    def __call__(self, terms: ScoreTerms) -> None:
+        for name, slot in self.slots.items():
+            if name == "content":
+                value = terms.content
+            elif name == "position_bias":
+                value = terms.bias.expand_as(terms.content)
+            else:  # score, cross_score
+                value = terms.content + terms.bias
+            if self.heads is not None:
+                value = value[:, self.heads]
+            if terms.visible is not None:
+                value = value.masked_fill(~terms.visible, 0.0)
+            self.capturer._out[name][:, slot].copy_(value, non_blocking=True)

@@ -20,6 +20,10 @@ from embwalk.errors import ModelError
 Tap = tuple[str, str]
 TAP_KINDS = ("resid_mid", "resid_cross", "attn_out", "mlp_out")
 PATTERN_KINDS = ("attn_pattern", "cross_pattern")  # per-sequence attention arrays (cross: a decoder's)
+# The pre-softmax score's terms, stored like patterns: kind -> the pattern kind of the attention
+# they come from (its module: Family.patterns). Only where the score has a learned position bias.
+SCORE_TERMS = {"attn_score": "attn_pattern", "attn_content": "attn_pattern", "attn_bias": "attn_pattern",
+               "cross_score": "cross_pattern"}
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,12 @@ class Family:
                 raise ModelError(f"site kind 'attn_pattern' is not defined for {self.name} models{self._why()}")
             elif kind == "cross_pattern" and kind not in self.patterns:
                 raise ModelError(f"site kind 'cross_pattern' is not defined for {self.name} models{self._stack_why()}")
+            elif kind in SCORE_TERMS:
+                if not self.position_bias:
+                    raise ModelError(f"site kind {kind!r} is defined for models with a learned relative position "
+                                     f"bias (T5 family) only; {self.name} models have none{self._why()}")
+                if SCORE_TERMS[kind] not in self.patterns:
+                    raise ModelError(f"site kind {kind!r} is not defined for {self.name} models{self._stack_why()}")
 
     def attn_implementation(self, asked: str) -> str:
         """What to load the model with: ``asked``, or eager where SDPA is asked for and transformers
@@ -74,6 +84,11 @@ class Family:
 
     def _stack_why(self) -> str:
         return " (cross-attention is the decoder's: dec.* sites)" if self.stack == "enc" else ""
+
+    def attention_module(self, kind: str) -> str | None:
+        """The path inside a block of the attention a pattern or score-term kind reads (None: the family
+        names none; every submodule of the block is marked then, see Capturer)."""
+        return self.patterns.get(SCORE_TERMS.get(kind, kind))
 
     def _why(self) -> str:
         return "" if self.attention else " (attention-free: a block adds one mixer output, no attention or MLP)"

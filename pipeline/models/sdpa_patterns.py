@@ -19,7 +19,8 @@ captures them. Sliding-window layers need nothing: their mask carries the window
 
 A learned relative position bias (T5 family: ``position_bias``, with ``scaling`` 1.0) is part
 of the score: a captured layer that passes one stores softmax(q k^T * scale + position_bias +
-mask), computed by position_bias.score_terms (the terms seq2seq.py stores), and computes its
+mask), computed by position_bias.score_terms, hands those terms to ``embwalk_terms_sink`` where
+its score terms are captured (attn_score, attn_content, attn_bias, cross_score), and computes its
 output from those probabilities over every head, as eager and seq2seq.py's ``embwalk_t5`` do,
 whichever heads are captured. Layers nobody asked about keep SDPA with the bias as a float mask.
 
@@ -135,14 +136,19 @@ def embwalk_sdpa_attention(
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     sink = getattr(module, "embwalk_pattern_sink", None)
+    terms_sink = getattr(module, "embwalk_terms_sink", None)  # the score's terms (T5: attn_score etc.)
     softcap = kwargs.pop("softcap", None)
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     position_bias = kwargs.get("position_bias")  # T5 family: a learned relative position bias
+    captured = sink is not None or terms_sink is not None
     # Eager's computation, every head: no SDPA kernel soft-caps, and a captured biased layer's
-    # output comes from the very probabilities stored.
-    if softcap is not None or (sink is not None and position_bias is not None):
+    # output comes from the very probabilities (and score terms) stored.
+    if softcap is not None or (captured and position_bias is not None):
         if position_bias is not None:
-            _, probs = score_terms(query, key, position_bias, attention_mask, scaling, causal).probabilities()
+            terms = score_terms(query, key, position_bias, attention_mask, scaling, causal)
+            if terms_sink is not None:
+                terms_sink(terms)
+            _, probs = terms.probabilities()
         else:
             probs = attention_probabilities(query, key, attention_mask, scaling, causal, None, softcap)
         if sink is not None:

@@ -13,9 +13,12 @@ from dataclasses import dataclass
 
 from embwalk.errors import SiteError
 
-# resid_cross and cross_pattern exist in a T5 decoder only (Family.check_kinds refuses them elsewhere).
+# resid_cross and cross_pattern exist in a T5 decoder only, and the score terms (attn_score,
+# attn_content, attn_bias, cross_score) in models with a learned position bias only (T5):
+# Family.check_kinds refuses them elsewhere.
+SCORE_KINDS = ("attn_score", "attn_content", "attn_bias", "cross_score")
 LAYERED_KINDS = ("resid_pre", "resid_mid", "resid_cross", "resid_post", "attn_pattern", "cross_pattern", "attn_out",
-                 "mlp_out")
+                 "mlp_out") + SCORE_KINDS
 UNLAYERED_KINDS = ("final",)
 KINDS = LAYERED_KINDS + UNLAYERED_KINDS
 
@@ -27,6 +30,8 @@ _TL_BLOCK_HOOKS = {
     "hook_resid_mid_cross": "resid_cross",
     "attn.hook_pattern": "attn_pattern",
     "cross_attn.hook_pattern": "cross_pattern",
+    "attn.hook_attn_scores": "attn_score",
+    "cross_attn.hook_attn_scores": "cross_score",
     "hook_attn_out": "attn_out",
     "hook_mlp_out": "mlp_out",
 }
@@ -147,5 +152,6 @@ def sites_stack(names: list[str] | tuple[str, ...] | str) -> str | None:
 def _known() -> str:
     return (
         "resid_pre.L, resid_mid.L, resid_post.L, attn_pattern.L, attn_out.L, mlp_out.L, final "
-        "(L an index, '*' or omitted for all), or blocks.L.hook_resid_post-style aliases"
+        "(L an index, '*' or omitted for all), or blocks.L.hook_resid_post-style aliases; T5 also "
+        "resid_cross.L, cross_pattern.L and the score terms attn_score.L, attn_content.L, attn_bias.L, cross_score.L"
     )

@@ -22,6 +22,7 @@ from embwalk.query.selection import TOKEN_COLUMNS, Selection
 from embwalk.query.selectors import token_condition
 from embwalk.query.tables import Tables
 from embwalk.query.vector_sites import VectorSite, vector_sites
+from embwalk.store.layout import CROSS_KINDS, SEQUENCE_ARRAYS
 from embwalk.store.reader import CommittedRows, Store
 
 if TYPE_CHECKING:  # torch is imported only by code that streams to a trainer
@@ -149,24 +150,34 @@ class QueryStore:
         return torch.from_numpy(self.vectors(rows, sites))
 
     def attention(self, seq: int, layers: list[int | str] | None = None, heads: list[int] | None = None,
-                  labelled: bool = False):
-        """Attention probabilities of one sequence: ``[layer, head, query, key]`` cropped to its length.
+                  labelled: bool = False, kind: str = "attn_pattern"):
+        """Attention of one sequence, ``[layer, head, query, key]`` cropped to its length: the
+        probabilities (``kind="attn_pattern"``), or another per-sequence site kind a store holds:
+        a T5 decoder store's ``cross_pattern`` (keys: the pair's encoder inputs) and the score's
+        terms ``attn_score``, ``attn_content``, ``attn_bias``, ``cross_score`` (docs/seq2seq.md).
 
         ``labelled=True`` returns an xarray DataArray with block and head numbers and the
-        sequence's token texts on the query and key axes.
+        sequence's token texts on the query axis (and the key axis, for its own tokens).
         """
-        data, blocks, heads_ = sequence_pattern(self.reader, self.committed, seq, layers, heads)
+        length = None
+        if kind != "attn_pattern":  # only probabilities show their length by themselves
+            count = self.sql("SELECT count(*) AS n FROM tokens WHERE seq_id = ?", [int(seq)])
+            length = int(count.column("n")[0].as_py())
+        data, blocks, heads_ = sequence_pattern(self.reader, self.committed, seq, layers, heads, kind, length)
         if not labelled:
             return data
         import xarray as xr
 
-        n = data.shape[-1]
+        n = data.shape[-2]
         tokens = self.sql("SELECT token FROM tokens WHERE seq_id = ? ORDER BY row", [int(seq)]).column("token")
         text = tokens.to_pylist()[:n] if len(tokens) >= n else [None] * n
+        coords = {"layer": blocks, "head": heads_, "query_token": ("query", text)}
+        if kind not in CROSS_KINDS:
+            coords["key_token"] = ("key", text)
         return xr.DataArray(
-            data, dims=("layer", "head", "query", "key"),
-            coords={"layer": blocks, "head": heads_, "query_token": ("query", text), "key_token": ("key", text)},
-            name="attention", attrs={"seq": int(seq), "store": self.location},
+            data, dims=("layer", "head", "query", "key"), coords=coords,
+            name=SEQUENCE_ARRAYS[kind] if kind != "attn_pattern" else "attention",
+            attrs={"seq": int(seq), "store": self.location, "kind": kind},
         )
 
     def dataset(self, site: str, **options) -> VectorDataset:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from embwalk.errors import SiteError
 from embwalk.models.sites import Site, parse_sites
+from embwalk.store.layout import SEQUENCE_ARRAYS
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,11 @@ def vector_sites(manifest: dict, names: str | list[str] | tuple[str, ...]) -> li
     return list(out.values())
 
 
-def pattern_index(manifest: dict, layers: list[int | str] | None) -> tuple[list[int], list[int]]:
-    """Block indices and their positions on ``pattern``'s layer axis (all captured layers by default)."""
-    spec = _pattern_spec(manifest)
+def pattern_index(manifest: dict, layers: list[int | str] | None,
+                  kind: str = "attn_pattern") -> tuple[list[int], list[int]]:
+    """Block indices and their positions on the layer axis of ``kind``'s array (``pattern`` for
+    attn_pattern, layout.SEQUENCE_ARRAYS for the rest; all its captured layers by default)."""
+    spec = sequence_spec(manifest, kind)
     stored = list(spec["layers"])
     if layers is None:
         return stored, list(range(len(stored)))
@@ -46,9 +49,9 @@ def pattern_index(manifest: dict, layers: list[int | str] | None) -> tuple[list[
     blocks = []
     for item in layers:
         if isinstance(item, str) and not item.lstrip("-").isdigit():
-            sites = parse_sites([item], n_layers)
-            if any(s.kind != "attn_pattern" for s in sites):
-                raise SiteError(f"{item!r} is not an attention site; use attn_pattern.L or a layer number")
+            sites = parse_sites([item], n_layers, manifest["model"].get("stack"))
+            if any(s.kind != kind for s in sites):
+                raise SiteError(f"{item!r} is not an attention site of kind {kind}; use {kind}.L or a layer number")
             blocks += [s.layer for s in sites]
         else:
             index = int(item)
@@ -57,23 +60,29 @@ def pattern_index(manifest: dict, layers: list[int | str] | None) -> tuple[list[
             blocks.append(index % n_layers)
     missing = [b for b in blocks if b not in stored]
     if missing:
-        raise SiteError(f"attn_pattern.{missing[0]} is not in this store; it has attention of layers {stored}")
+        what = "attention" if kind == "attn_pattern" else kind
+        raise SiteError(f"{kind}.{missing[0]} is not in this store; it has {what} of layers {stored}")
     return blocks, [stored.index(b) for b in blocks]
 
 
-def _pattern_spec(manifest: dict) -> dict:
-    spec = manifest["arrays"].get("pattern")
-    if spec is None:
+def sequence_spec(manifest: dict, kind: str = "attn_pattern") -> dict:
+    """The manifest's entry for the per-sequence array of site kind ``kind``; SiteError if not stored."""
+    if kind not in SEQUENCE_ARRAYS:
+        raise SiteError(f"{kind!r} is not stored per sequence; kinds: {', '.join(SEQUENCE_ARRAYS)}")
+    spec = manifest["arrays"].get(SEQUENCE_ARRAYS[kind])
+    if spec is None and kind == "attn_pattern":
         raise SiteError(
             f"this store has no attention patterns (sites: {_stored(manifest)}); extract with capture=attention"
         )
+    if spec is None:
+        raise SiteError(f"this store has no {kind} (sites: {_stored(manifest)}); extract with {kind} sites")
     return spec
 
 
 def _locate(manifest: dict, site: Site, raw: str) -> VectorSite:
     arrays = manifest["arrays"]
-    if site.kind == "attn_pattern":
-        raise SiteError(f"{raw!r} is attention, not a per-token vector: use store.attention(seq)")
+    if site.kind in SEQUENCE_ARRAYS:
+        raise SiteError(f"{raw!r} is attention, not a per-token vector: use store.attention(seq, kind={site.kind!r})")
     if site.kind == "final":
         if "final" not in arrays:
             raise SiteError(f"site 'final' is not in this store; it has {_stored(manifest)}")
@@ -89,7 +98,7 @@ def _locate(manifest: dict, site: Site, raw: str) -> VectorSite:
 
 
 def _stored(manifest: dict) -> str:
-    sites = [s for s in manifest["sites"] if not s.startswith("attn_pattern")]
+    sites = [s for s in manifest["sites"] if s.partition(".")[0] not in SEQUENCE_ARRAYS]
     if len(sites) > 6:
         return f"{', '.join(sites[:3])}, ..., {', '.join(sites[-2:])}"
     return ", ".join(sites) or "no per-token vectors"

@@ -3,7 +3,7 @@
     STORE/manifest.json
     STORE/plan.parquet                  (document mode) each shard's sequences: what cannot be derived
     STORE/activations.zarr/{resid,final,resid_mid,attn_out,mlp_out}   + coordinates layer, ...
-    STORE/attention.zarr/pattern                                       + coordinates layer, head
+    STORE/attention.zarr/pattern (T5: cross_pattern, score, content, position_bias, cross_score) + coordinates
     STORE/commits/shard-00000.json      a shard's commit record, written just before ...
     STORE/tokens/shard-00000.parquet    ... its token table, whose appearance commits the shard
     STORE/stats/
@@ -158,16 +158,17 @@ def array_specs(
     pattern_layers: tuple[int, ...],
     heads: tuple[int, ...],
     dtype: str = "float16",
-    cross_pattern_layers: tuple[int, ...] = (),
+    sequence_layers: dict[str, tuple[int, ...]] | None = None,
 ) -> list[ArraySpec]:
     """Specs of every array a capture produces.
 
     Per-token arrays chunk one layer at a time (a reader training on one layer
     decodes only that layer) and shard on ``shard_tokens`` rows, the plan's
     unit. Attention shards one sequence per file, so a shard's sequences are
-    its own files whatever their count. ``cross_pattern_layers``: a T5 decoder store's
-    cross-attention [pair, layer, head, decoder query, encoder key], laid out like ``pattern``
-    (both stacks' inputs are cut to ``seq_len``).
+    its own files whatever their count. ``sequence_layers``: a T5 store's other per-sequence
+    arrays by name (SEQUENCE_AXES: cross_pattern, score, content, position_bias, cross_score),
+    laid out like ``pattern``; a decoder store's cross-attention is [pair, layer, head, decoder
+    query, encoder key] (both stacks' inputs are cut to ``seq_len``).
     """
     chunk = chunk_tokens  # divides shard_tokens (plan.shard_tokens_for)
     specs = []
@@ -186,19 +187,38 @@ def array_specs(
                 chunks=(chunk, d_model), shards=(shard_tokens, d_model), dtype=dtype,
             )
         )
-    for name, layers, layer_axis in (("pattern", pattern_layers, "layer"),
-                                     ("cross_pattern", cross_pattern_layers, "cross_layer")):
+    for name, layers in {"pattern": pattern_layers, **(sequence_layers or {})}.items():
         if layers:
             n_l, n_h = len(layers), len(heads)
+            layer_axis, meaning = SEQUENCE_AXES[name]
             specs.append(
                 ArraySpec(
                     name, "attention", (n_sequences, n_l, n_h, seq_len, seq_len),
                     ("seq", layer_axis, "head", "query", "key"),
                     chunks=(1, 1, n_h, seq_len, seq_len), shards=(1, n_l, n_h, seq_len, seq_len), dtype=dtype,
-                    attributes={"layers": list(layers), "heads": list(heads)},
+                    attributes={"layers": list(layers), "heads": list(heads), "values": meaning},
                 )
             )
     return specs
+
+
+# Per-sequence site kind -> its capture buffer and store array [seq, layer, head, query, key]
+# (attn_pattern is the store's ``pattern``; the score terms are a T5 store's, docs/seq2seq.md).
+SEQUENCE_ARRAYS = {"attn_pattern": "pattern", "cross_pattern": "cross_pattern", "attn_score": "score",
+                   "attn_content": "content", "attn_bias": "position_bias", "cross_score": "cross_score"}
+# The kinds whose keys are the encoder's inputs (a T5 decoder's cross-attention), not the sequence's own tokens.
+CROSS_KINDS = ("cross_pattern", "cross_score")
+# Per-sequence arrays: the dimension name of the layer axis, and what the values are.
+_UNSEEN = "; 0 where the query does not see the key and past the sequence's end"
+SEQUENCE_AXES = {
+    "pattern": ("layer", "attention probabilities: softmax of the score over the keys" + _UNSEEN),
+    "cross_pattern": ("cross_layer", "cross-attention probabilities, decoder queries over the encoder's inputs"
+                      + _UNSEEN),
+    "score": ("score_layer", "pre-softmax score: content + position_bias" + _UNSEEN),
+    "content": ("content_layer", "content term of the score: q·k times the attention's scaling (1 in T5)" + _UNSEEN),
+    "position_bias": ("bias_layer", "learned relative position bias of the score at offset key - query" + _UNSEEN),
+    "cross_score": ("cross_score_layer", "cross-attention pre-softmax score: q·k (no position bias)" + _UNSEEN),
+}
 
 
 def coordinates(specs: list[ArraySpec]) -> dict[str, dict[str, list[int]]]:
