@@ -20,7 +20,11 @@ def run_and_describe(cfg: ExtractConfig, tokens_are: str = "") -> dict:
     from embwalk.store.reader import Store
 
     manifest = execute(cfg)
-    print(Store(cfg.store.path).summary())  # a local path or any fsspec URL
+    if "stacks" in manifest:  # a two-stack store (pipeline/store/stacks.py): a store per stack
+        for job in cfg.stack_jobs().values():
+            print(Store(job.store.path).summary())
+    else:
+        print(Store(cfg.store.path).summary())  # a local path or any fsspec URL
     seconds, tokens = manifest.get("run_seconds"), manifest.get("run_tokens")
     if seconds and tokens:
         print(f"this run: {tokens} tokens in {seconds:.1f} s ({tokens / seconds:.0f} tokens/s{tokens_are})")

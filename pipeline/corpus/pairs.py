@@ -11,6 +11,10 @@ that computes the pair to read with its shard's rows.
 A record without either field, or with an empty (or whitespace-only) target, is a one-line
 CorpusError naming the file and the record. A record whose input is blank is skipped, as a blank
 document is, without taking an id.
+
+**Inputs alone** (no ``target_field``): every document of any document-mode corpus is an input,
+and its decoder row is the start token alone: the store holds the decoder's state at its first
+step, the one that predicts the target's first token.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from embwalk.corpus.config import CorpusConfig
-from embwalk.corpus.documents import Part
+from embwalk.corpus.documents import Part, part_texts
 from embwalk.corpus.readers import RECORD_READERS
 from embwalk.corpus.sequences import BATCH_DOCS
 from embwalk.errors import CorpusError
@@ -32,8 +36,13 @@ INPUTS_SUFFIX = ".inputs.parquet"
 INPUT_ROW_GROUP = 4096  # pairs per row group: what a worker reads at least of a part's inputs
 
 
-def part_pairs(part: Part, cfg: CorpusConfig) -> Iterator[tuple[str, str, str]]:
-    """``(source, input, target)`` of every pair of a part whose input is not blank, in order."""
+def part_pairs(part: Part, cfg: CorpusConfig) -> Iterator[tuple[str, str, str | None]]:
+    """``(source, input, target)`` of every pair of a part whose input is not blank, in order;
+    the target is None for inputs alone (no ``cfg.target_field``)."""
+    if cfg.target_field is None:
+        for source, text in part_texts(part, cfg):
+            yield source, text, None
+        return
     read = RECORD_READERS.get(part.format or "")
     if read is None:
         raise CorpusError(f"corpus.target_field needs jsonl, parquet or arrow records, not {part.format or 'builtin'} "
@@ -59,8 +68,11 @@ def tokenize_pairs(part: Part, cfg: CorpusConfig, tokenizer, decoder_start: int
         sources, texts, targets = zip(*batch, strict=True)
         inputs += tokenizer(list(texts), max_length=cfg.seq_len, **kwargs)["input_ids"]
         # the decoder's inputs: its start token, then the target's tokens (the start token takes one of seq_len)
-        decoder += [[decoder_start, *ids] for ids in tokenizer(list(targets), max_length=cfg.seq_len - 1,
-                                                               **kwargs)["input_ids"]]
+        if cfg.target_field is None:  # inputs alone
+            decoder += [[decoder_start] for _ in batch]
+        else:
+            decoder += [[decoder_start, *ids] for ids in tokenizer(list(targets), max_length=cfg.seq_len - 1,
+                                                                   **kwargs)["input_ids"]]
         n_stored += sum(map(len, decoder[-len(batch):]))
         if cfg.max_tokens is not None and n_stored >= cfg.max_tokens:
             break  # the corpus-wide cut is in this batch (StagedCorpus.from_counts applies it)

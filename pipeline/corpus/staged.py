@@ -89,11 +89,12 @@ def _token_rows(token_ids: np.ndarray, doc_lengths: np.ndarray) -> dict[str, np.
 def stage_part(fs, part: Part, cfg: CorpusConfig, tokenizer, decoder_start: int | None = None) -> PartCounts:
     """Tokenize a part into the staging area (or find it done); returns its counts.
     Its counts file is written last, so a part cut off half-way is redone whole.
-    ``decoder_start``: input-target pairs (``cfg.target_field``), the decoder's start token."""
+    ``decoder_start``: a decoder store's corpus (input-target pairs, ``cfg.target_field``, or inputs
+    alone), the decoder's start token."""
     done = part_file(part.index, ".json")
     if fs.is_file(done):
         return PartCounts.from_json(fs.read_bytes(done))
-    if cfg.target_field is None:
+    if decoder_start is None:
         rows, lengths = tokenize_part(part, cfg, tokenizer)
     else:  # the decoder rows, and beside them each pair's encoder inputs
         flat, lengths, inputs = tokenize_pairs(part, cfg, tokenizer, decoder_start)
@@ -117,7 +118,7 @@ def stage_corpus(fs, cfg: CorpusConfig, tokenizer, mapper=None, progress: bool =
     ``mapper`` (pipeline/executors/units.py) runs the parts not yet done where the
     executor has CPUs; results are taken in part order and scheduling stops once the
     corpus-wide cuts are reached. Parts done by an earlier, interrupted run are kept.
-    ``decoder_start``: the decoder's start token of input-target pairs (``cfg.target_field``).
+    ``decoder_start``: the decoder's start token of a decoder store's corpus (pairs, or inputs alone).
     """
     from tqdm.auto import tqdm
 
@@ -125,9 +126,9 @@ def stage_corpus(fs, cfg: CorpusConfig, tokenizer, mapper=None, progress: bool =
 
     parts = corpus_parts(cfg)
     identity = staging_identity(cfg, tokenizer)
-    if cfg.target_field is not None:
-        if decoder_start is None:
-            raise CorpusError("corpus.target_field needs the decoder's start token (an encoder-decoder model)")
+    if cfg.target_field is not None and decoder_start is None:
+        raise CorpusError("corpus.target_field needs the decoder's start token (an encoder-decoder model)")
+    if decoder_start is not None:
         identity["decoder_start_token_id"] = decoder_start
     check_staging_identity(fs, identity)
     done = {p.index: PartCounts.from_json(fs.read_bytes(part_file(p.index, ".json")))
@@ -152,7 +153,7 @@ def stage_corpus(fs, cfg: CorpusConfig, tokenizer, mapper=None, progress: bool =
                     break  # the cut is in this part: later parts are not needed
         finally:
             results.close()  # cancels what is still queued
-    return StagedCorpus.from_counts(fs, counts, cfg, _name(tokenizer)), counts
+    return StagedCorpus.from_counts(fs, counts, cfg, _name(tokenizer), decoder_start is not None), counts
 
 
 def stage_part_at(part: Part, location: str, cfg: CorpusConfig, tokenizer,
@@ -202,7 +203,8 @@ class StagedCorpus:
     pairs: bool = False  # input-target pairs: each part's encoder inputs are staged beside its rows
 
     @classmethod
-    def from_counts(cls, fs, counts: list[PartCounts], cfg: CorpusConfig, tokenizer_name: str) -> StagedCorpus:
+    def from_counts(cls, fs, counts: list[PartCounts], cfg: CorpusConfig, tokenizer_name: str,
+                    pairs: bool | None = None) -> StagedCorpus:
         """Apply the corpus-wide cuts to the parts' counts, in part order (only the part a
         cut falls in is read: its documents' lengths)."""
         parts, row, doc, n_documents = [], 0, 0, 0
@@ -232,7 +234,8 @@ class StagedCorpus:
             raise CorpusError(f"corpus produced no tokens with tokenizer {tokenizer_name}: {cfg.label}")
         used = [(c.index, c.n_tokens, c.crc, p.n_rows) for c, p in zip(counts, parts, strict=False)]
         checksum = f"{zlib.crc32(json.dumps(used).encode()):08x}"
-        return cls(cfg.mode, cfg.seq_len, row, n_documents, tuple(parts), checksum, cfg.target_field is not None)
+        pairs = cfg.target_field is not None if pairs is None else pairs
+        return cls(cfg.mode, cfg.seq_len, row, n_documents, tuple(parts), checksum, pairs)
 
     @property
     def n_sequences(self) -> int:

@@ -7,6 +7,7 @@ rejects unknown keys), and conf/extract.yaml's groups are these sections.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,9 +17,10 @@ from embwalk.errors import EmbwalkError
 from embwalk.executors.config import ClusterConfig
 from embwalk.generation.config import DecodeConfig
 from embwalk.models.config import ModelConfig
-from embwalk.models.sites import sites_stack
+from embwalk.models.sites import is_decoder_site, sites_stack
 from embwalk.stats.config import StatsOptions
 from embwalk.store.config import StoreConfig
+from embwalk.store.stacks import stack_store_path
 
 
 @dataclass
@@ -58,6 +60,26 @@ class ExtractConfig:
         if self.decode is not None and not isinstance(self.decode, DecodeConfig):
             self.decode = from_dict(DecodeConfig, self.decode, "decode")
 
+    def two_stacks(self) -> bool:
+        """Whether the sites span an encoder-decoder model's two stacks (a two-stack store)."""
+        return sites_stack(list(self.capture.sites)) == "both"
+
+    def stack_jobs(self) -> dict[str, ExtractConfig]:
+        """The jobs of a two-stack store (pipeline/extraction/stacks.py): ``dec``, the decoder's
+        sites into STORE/decoder, then ``enc``, the other sites into STORE/encoder over the same
+        records' inputs (no target field: the encoder reads the inputs alone)."""
+        sites = [str(n).strip() for n in self.capture.sites]
+        dec = [n for n in sites if is_decoder_site(n)]
+        jobs = {}
+        for stack, names in (("dec", dec), ("enc", [n for n in sites if n not in dec])):
+            job = copy.deepcopy(self)
+            job.capture.sites = names
+            job.store.path = stack_store_path(self.store.path, stack)
+            if stack == "enc":
+                job.corpus.target_field = None
+            jobs[stack] = job
+        return jobs
+
     @classmethod
     def from_dict(cls, data: dict) -> ExtractConfig:
         """Build from plain dicts (Hydra's resolved config), rejecting unknown keys in one line."""
@@ -66,8 +88,16 @@ class ExtractConfig:
     def validate(self) -> None:
         """Every option value checked before any work or any file."""
         # dec.* sites make a decoder store (docs/seq2seq.md): the stack is what workers and the
-        # statistics load, so it lives in the model's options; sites mixing stacks are refused here
-        self.model.stack = sites_stack(list(self.capture.sites))
+        # statistics load, so it lives in the model's options. Sites of both stacks make a
+        # two-stack store: two jobs, each checked as its own.
+        stack = sites_stack(list(self.capture.sites))
+        if stack == "both":
+            if self.decode is not None:
+                raise EmbwalkError("embwalk generate writes one stack's store: capture dec.* sites alone")
+            for job in self.stack_jobs().values():
+                job.validate()
+            return
+        self.model.stack = stack
         self.model.validate()
         self.corpus.validate()
         self.capture.validate()
@@ -77,10 +107,11 @@ class ExtractConfig:
             self.decode.validate()
             if self.corpus.shuffle_tokens:
                 raise EmbwalkError("corpus.shuffle_tokens does not apply to generation prompts yet")
-        if (self.model.stack == "dec") != (self.corpus.target_field is not None):
-            raise EmbwalkError("a decoder store (dec.* sites) is teacher-forced on input-target pairs: set "
-                               "corpus.target_field" if self.model.stack == "dec" else
-                               "corpus.target_field is for decoder stores of encoder-decoder models: capture "
+        if self.corpus.target_field is not None and self.model.stack != "dec":
+            raise EmbwalkError("corpus.target_field is for decoder stores of encoder-decoder models: capture "
                                "dec.* sites (dec.resid_post, dec.final, ...)")
-        if self.corpus.target_field is not None and (self.decode is not None or self.corpus.shuffle_tokens):
-            raise EmbwalkError("corpus.target_field does not apply to generation or corpus.shuffle_tokens yet")
+        if self.model.stack == "dec" and self.corpus.mode != "document":
+            raise EmbwalkError("a decoder store (dec.* sites) runs one input per sequence: set corpus.mode=document "
+                               "(with corpus.target_field for input-target pairs, without it for inputs alone)")
+        if self.model.stack == "dec" and (self.decode is not None or self.corpus.shuffle_tokens):
+            raise EmbwalkError("decoder stores (dec.* sites) do not take generation or corpus.shuffle_tokens yet")

@@ -15,6 +15,7 @@ from dataclasses import replace
 
 from tqdm.auto import tqdm
 
+from embwalk.errors import EmbwalkError
 from embwalk.executors.base import Executor
 from embwalk.extraction.config import ExtractConfig
 from embwalk.extraction.job import prepare
@@ -29,6 +30,12 @@ def run_extraction(cfg: ExtractConfig, executor: Executor, loaded: LoadedModel |
     and ``run_tokens`` of this run). ``loaded`` is an in-memory model (tests); otherwise the
     driver plans from the model's description and the workers load it."""
     cfg.validate()  # every option value, before a cluster starts or a model loads
+    if cfg.two_stacks():  # encoder and dec.* sites: a store per stack, each its own run of this driver
+        from embwalk.extraction.stacks import run_two_stacks
+
+        if loaded is not None:
+            raise EmbwalkError("a two-stack store loads each stack from model.name; an in-memory model holds one")
+        return run_two_stacks(cfg, lambda job: run_extraction(job, executor))
     executor.start(cfg)
     # The driver plans from the model's description (config, tokenizer, fingerprint), never its weights.
     if loaded is None:

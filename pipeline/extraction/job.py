@@ -117,10 +117,7 @@ def prepare(cfg: ExtractConfig, model, parts_mapper=None) -> PreparedJob:
         raise EmbwalkError(f"{what} is above the model's limit of {model.max_positions} positions ({model.model_id})")
     if cfg.decode is not None and not model.family.causal:
         raise EmbwalkError(f"embwalk generate needs a causal language model; {model.model_id} is not one")
-    sites = parse_sites(list(cfg.capture.sites), model.n_layers, model.family.stack)
-    heads = _heads(cfg.capture.heads, model.n_heads)
-    layout = CaptureLayout.from_sites(sites, heads)
-    model.family.check_kinds(layout.kinds(), model.config)  # a site the family lacks: one line, before any work
+    sites, heads, layout = capture_layout(cfg, model)
     generating = cfg.decode is not None
     families = None
     if cfg.capture.stats is not None:  # asked for and not computable from this capture: refused before any work
@@ -137,7 +134,7 @@ def prepare(cfg: ExtractConfig, model, parts_mapper=None) -> PreparedJob:
     check_store_location(fs)  # before the first staged file: never into a directory that is not a store
     existed = fs.exists()
     try:
-        start = decoder_start_id(model.config) if cfg.corpus.target_field is not None else None
+        start = decoder_start_id(model.config) if cfg.model.stack == "dec" else None  # pairs, or inputs alone
         corpus, counts = stage_corpus(fs, cfg.corpus, model.tokenizer, parts_mapper, cfg.cluster.progress, start)
     except EmbwalkError:
         if not existed:  # bad input (an empty or binary file ...): leave no store behind
@@ -178,6 +175,16 @@ def prepare(cfg: ExtractConfig, model, parts_mapper=None) -> PreparedJob:
                        generation)
 
 
+def capture_layout(cfg: ExtractConfig, model) -> tuple[list, list[int] | None, CaptureLayout]:
+    """The job's sites, heads and capture layout on ``model`` (a ModelSpec or LoadedModel); a one-line
+    error for a site or head the model lacks, before any work."""
+    sites = parse_sites(list(cfg.capture.sites), model.n_layers, model.family.stack)
+    heads = _heads(cfg.capture.heads, model.n_heads)
+    layout = CaptureLayout.from_sites(sites, heads)
+    model.family.check_kinds(layout.kinds(), model.config)
+    return sites, heads, layout
+
+
 def _heads(heads: list[int] | None, n_heads: int | None) -> list[int] | None:
     if heads is None:
         return None
@@ -211,7 +218,7 @@ def _manifest(cfg: ExtractConfig, spec, corpus: StagedCorpus, plan: Plan, sites:
         "store.compressor": cfg.store.compressor,
     }
     extra = {}
-    if cfg.corpus.target_field is not None:  # pairs: the decoder rows start with the model's start token
+    if cfg.model.stack == "dec":  # pairs or inputs alone: the decoder rows start with the model's start token
         identity["corpus.decoder_start_token_id"] = decoder_start_id(spec.config)
     if shuffle is not None:  # only when on: a store without it keeps the identity it always had
         identity.update(shuffle.identity())

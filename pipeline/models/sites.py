@@ -132,21 +132,21 @@ def _unstacked(raw: str, stack: str) -> str:
     return raw
 
 
+def is_decoder_site(name: str) -> bool:
+    """Whether a site name is an encoder-decoder model's decoder's (``dec.``, ``decoder.``, ``decoder_final_ln.``)."""
+    return str(name).strip().partition(".")[0] in ("dec", "decoder", "decoder_final_ln")
+
+
 def sites_stack(names: list[str] | tuple[str, ...] | str) -> str | None:
-    """"dec" when the site names are an encoder-decoder model's decoder sites (``dec.``, ``decoder.``,
-    ``decoder_final_ln.``), None otherwise; SiteError when they mix the decoder with other sites:
-    a store's token axis is one stack's tokens, so encoder and decoder are two stores."""
+    """"dec" when the site names are an encoder-decoder model's decoder sites, "both" when they
+    are the decoder's and others (the encoder's: a two-stack store, one store per token axis,
+    pipeline/extraction/stacks.py), None when none is the decoder's."""
     if isinstance(names, str):
         names = [n for n in re.split(r"[,\s]+", names) if n]
-    names = [str(n).strip() for n in names]
-    dec = [n for n in names if n.partition(".")[0] in ("dec", "decoder", "decoder_final_ln")]
+    dec = [n for n in names if is_decoder_site(n)]
     if not dec:
         return None
-    other = [n for n in names if n not in dec]
-    if other:
-        raise SiteError(f"capture sites mix the decoder ({dec[0]!r}) with the encoder ({other[0]!r}): a store holds "
-                        "one stack's tokens; write two stores (encoder sites in one job, dec.* sites in another)")
-    return "dec"
+    return "dec" if len(dec) == len(names) else "both"
 
 
 def _known() -> str:

@@ -24,14 +24,31 @@ from embwalk.query.tables import Tables
 from embwalk.query.vector_sites import VectorSite, vector_sites
 from embwalk.store.layout import CROSS_KINDS, SEQUENCE_ARRAYS
 from embwalk.store.reader import CommittedRows, Store
+from embwalk.store.stacks import STACK_DIRS, read_stacks
 
 if TYPE_CHECKING:  # torch is imported only by code that streams to a trainer
     from embwalk.query.dataset import VectorDataset
 
 
-def open_store(location: str | Path, storage_options: dict | None = None) -> QueryStore:
-    """Open a store at a local path or an fsspec URL (``s3://bucket/store``, ``memory://x``)."""
+def open_store(location: str | Path, storage_options: dict | None = None, stack: str | None = None) -> QueryStore:
+    """Open a store at a local path or an fsspec URL (``s3://bucket/store``, ``memory://x``).
+
+    ``stack``: of a two-stack store (an encoder-decoder model's, pipeline/store/stacks.py), the
+    stack whose tokens to read, "enc" or "dec" (the same as opening ``location/encoder`` or
+    ``location/decoder``); sequence s is the same record in both."""
+    if stack is not None:
+        location = _stack_location(location, stack)
     return QueryStore(location, storage_options)
+
+
+def _stack_location(location: str | Path, stack: str) -> str:
+    if stack not in STACK_DIRS:
+        raise StoreError(f"stack must be one of {', '.join(STACK_DIRS)}, got {stack!r}")
+    stacks = read_stacks(str(location))
+    if stacks is None:
+        raise StoreError(f"{location} is not a two-stack store (an encoder-decoder model's encoder and decoder "
+                         "tokens): open it without stack=")
+    return stacks[stack]
 
 
 class QueryStore:

@@ -32,6 +32,7 @@ from embwalk.errors import StoreError
 from embwalk.plan import pack_shards
 from embwalk.store import layout
 from embwalk.store.fs import StoreFS, open_fs
+from embwalk.store.stacks import is_two_stack, two_stack_error
 
 
 def read_manifest(store: StoreFS | str | Path) -> dict:
@@ -40,17 +41,20 @@ def read_manifest(store: StoreFS | str | Path) -> dict:
     fs = open_fs(store)
     if not fs.is_file(layout.MANIFEST):
         raise StoreError(f"not an embwalk store (no {layout.MANIFEST}): {fs.location}")
-    manifest = parse_manifest(fs.read_bytes(layout.MANIFEST), fs.describe(layout.MANIFEST))
+    manifest = parse_manifest(fs.read_bytes(layout.MANIFEST), fs.describe(layout.MANIFEST), fs.location)
     manifest["shards"] = _shards(fs, manifest)
     return manifest
 
 
-def parse_manifest(raw: bytes, where: str) -> dict:
-    """Decode a manifest and check it is one this version reads (``where`` names it in errors)."""
+def parse_manifest(raw: bytes, where: str, location: str | None = None) -> dict:
+    """Decode a manifest and check it is one this version reads (``where`` names it in errors;
+    ``location``, the store's, names a two-stack store's stacks)."""
     try:
         manifest = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise StoreError(f"unreadable manifest {where}: {exc}") from exc
+    if is_two_stack(manifest):
+        raise two_stack_error(location or where)
     fmt, version = manifest.get("format"), manifest.get("format_version")
     if fmt == layout.FORMAT and isinstance(version, int) and version < layout.FORMAT_VERSION:
         raise StoreError(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from embwalk.errors import SiteError
+from embwalk.errors import EmbwalkError
 from embwalk.executors.config import ClusterConfig
 from embwalk.executors.local import extract_local
 from embwalk.models.config import ModelConfig
@@ -40,12 +40,13 @@ def test_a_t5_directory_extracts_its_encoder_and_gets_encoder_statistics(tmp_pat
 
 
 @pytest.mark.parametrize("site", ["dec.resid_post.0", "decoder.1.hook_resid_post", "decoder_final_ln.hook_normalized"])
-def test_decoder_sites_beside_encoder_sites_are_one_line_errors_before_any_work(tmp_path, site):
+def test_decoder_sites_beside_encoder_sites_in_pack_mode_are_one_line_errors_before_any_work(tmp_path, site):
+    # both stacks make a two-stack store (tests/extraction/test_two_stacks.py): one input per sequence
     path = save_t5(tmp_path, "t5")
     cfg = _config(tmp_path, corpus_file(tmp_path), sites=["resid_post.0", site])
     cfg.model = ModelConfig(name=str(path), device="cpu")
-    with pytest.raises(SiteError) as err:
+    with pytest.raises(EmbwalkError) as err:
         extract_local(cfg)
     message = str(err.value)
-    assert "write two stores" in message and site in message and "\n" not in message
+    assert "corpus.mode=document" in message and "\n" not in message
     assert not (tmp_path / "store").exists()

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from embwalk.corpus.config import CorpusConfig
-from embwalk.errors import CorpusError, EmbwalkError, SiteError
+from embwalk.errors import CorpusError, EmbwalkError
 from embwalk.executors.config import ClusterConfig
 from embwalk.executors.local import extract_local
 from embwalk.extraction.config import CaptureConfig, ExtractConfig
@@ -157,22 +157,47 @@ def test_a_bad_pair_is_a_one_line_error_and_leaves_no_store(tmp_path, record, wh
     assert not (tmp_path / "store").exists()
 
 
-@pytest.mark.parametrize("sites", [["dec.resid_post.0", "resid_post.0"], ["enc.final", "decoder.1.hook_resid_post"]])
-def test_mixing_encoder_and_decoder_sites_is_one_line(tmp_path, sites):
-    cfg = decoder_config(tmp_path, pairs_file(tmp_path), sites=sites)
-    with pytest.raises(SiteError, match="write two stores") as err:
+def test_decoder_sites_need_document_mode_and_pairs_need_decoder_sites(tmp_path):
+    cfg = decoder_config(tmp_path, pairs_file(tmp_path))
+    cfg.corpus.target_field, cfg.corpus.mode = None, "pack"
+    with pytest.raises(EmbwalkError, match="corpus.mode=document") as err:
         extract_local(cfg)
     assert "\n" not in str(err.value) and not (tmp_path / "store").exists()
-
-
-def test_decoder_sites_need_pairs_and_pairs_need_decoder_sites(tmp_path):
-    cfg = decoder_config(tmp_path, pairs_file(tmp_path))
-    cfg.corpus.target_field = None
-    with pytest.raises(EmbwalkError, match="corpus.target_field"):
-        extract_local(cfg)
     cfg = decoder_config(tmp_path, pairs_file(tmp_path), sites=["resid_post.0"])
     with pytest.raises(EmbwalkError, match="dec.. sites"):
         extract_local(cfg)
+
+
+def test_inputs_alone_store_the_decoders_first_step_on_each_input(tmp_path):
+    # no corpus.target_field: the decoder is fed its start token alone, after any document-mode corpus
+    corpus = tmp_path / "inputs.txt"
+    corpus.write_text("\n".join(text for text, _ in PAIRS) + "\n")
+    cfg = decoder_config(tmp_path, corpus, sites=["dec.resid_pre", "dec.resid_post", "dec.final", "dec.cross_pattern"])
+    cfg.corpus.target_field, cfg.corpus.txt_unit = None, "line"
+    manifest = extract_local(cfg)
+    assert manifest["complete"] and manifest["n_tokens"] == manifest["n_sequences"] == len(PAIRS)
+    assert "target_field" not in manifest["identity"]["corpus"]
+    loaded = load_model(cfg.model)
+    tok, model = loaded.tokenizer, loaded.model
+    start = model.config.decoder_start_token_id
+    assert manifest["identity"]["corpus.decoder_start_token_id"] == start
+    store = Store(cfg.store.path)
+    tokens = store.tokens().to_pandas()
+    assert tokens["token_id"].tolist() == [start] * len(PAIRS) and not tokens["pos"].any()
+    assert tokens["seq_id"].tolist() == tokens["doc_id"].tolist() == list(range(len(PAIRS)))
+    resid, final, cross = store.array("resid")[:], store.array("final")[:], store.array("cross_pattern")[:]
+    head = ModelHead.from_loaded(loaded, "cpu")
+    for seq, (text, _) in enumerate(PAIRS):
+        enc_ids = tok(text)["input_ids"]
+        ref = reference(model, enc_ids, [start])
+        hs = [h[0].numpy() for h in ref.decoder_hidden_states]
+        for i in range(3):  # resid_pre.i (the last block's output is before the final norm)
+            close(resid[seq, i], hs[i][0])
+        close(final[seq], hs[3][0])
+        for i in range(3):
+            close(cross[seq, i, :, :1, : len(enc_ids)], ref.cross_attentions[i][0].numpy())
+            assert not cross[seq, i, :, :, len(enc_ids):].any() and not cross[seq, i, :, 1:].any()
+        close(logits(torch.from_numpy(final[seq : seq + 1]), head.unembed, head.bias), ref.logits[0].numpy())
 
 
 def test_self_patterns_alone_are_the_self_attention_not_the_cross_attention(tmp_path):
