@@ -160,6 +160,7 @@ def prepare(cfg: ExtractConfig, model, parts_mapper=None) -> PreparedJob:
         shard_tokens=plan.shard_tokens,
         chunk_tokens=cfg.store.chunk_tokens,
         per_token_layers=layout.array_layers(),
+        widths={name: model.family.site_width(name, model.config, model.d_model) for name in layout.array_layers()},
         final=layout.final,
         pattern_layers=layout.pattern_layers,
         sequence_layers={store_layout.SEQUENCE_ARRAYS[k]: layers for k, layers in layout.per_sequence().items()
@@ -181,7 +182,7 @@ def capture_layout(cfg: ExtractConfig, model) -> tuple[list, list[int] | None, C
     sites = parse_sites(list(cfg.capture.sites), model.n_layers, model.family.stack)
     heads = _heads(cfg.capture.heads, model.n_heads)
     layout = CaptureLayout.from_sites(sites, heads)
-    model.family.check_kinds(layout.kinds(), model.config)
+    model.family.check_kinds(layout.kinds(), model.config, layout.taps)
     return sites, heads, layout
 
 

@@ -275,11 +275,9 @@ class ShardRunner:
     def _per_token_shapes(self) -> dict[str, tuple[int, ...]]:
         if not self.store_arrays:
             return {}
-        d = self.loaded.d_model
-        shapes = {name: (len(layers), d) for name, layers in self.layout.array_layers().items()}
-        if self.layout.final:
-            shapes["final"] = (d,)
-        return shapes
+        arrays = self.writer.manifest["arrays"]  # [token, layer, width]: d_model, or a router's experts
+        names = [*self.layout.array_layers(), *(["final"] if self.layout.final else [])]
+        return {name: tuple(arrays[name]["shape"][1:]) for name in names}
 
     def _token_table(self, shard: Shard, win: ShardTokens) -> pa.Table:
         r0, r1 = shard.rows

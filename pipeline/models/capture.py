@@ -94,7 +94,7 @@ class Capturer:
         self.loaded, self.layout, self.dtype = loaded, layout, dtype
         self.trunk = loaded.trunk
         family, n_layers = loaded.family, loaded.n_layers
-        family.check_kinds(layout.kinds(), loaded.config)  # one line for a site the family lacks
+        family.check_kinds(layout.kinds(), loaded.config, layout.taps)  # one line for a site the family lacks
         self.blocks = self.trunk.get_submodule(family.blocks)
         self.n_heads = loaded.n_heads
         self._out: dict[str, torch.Tensor] = {}
@@ -134,7 +134,10 @@ class Capturer:
 
     def _write(self, name: str, slot: int | None, hidden: torch.Tensor) -> None:
         dest = self._out[name]
-        (dest if slot is None else dest[:, :, slot]).copy_(hidden, non_blocking=True)
+        dest = dest if slot is None else dest[:, :, slot]
+        if hidden.dim() == 2 and dest.dim() == 3:  # a router's logits come flat: [batch * seq, experts]
+            hidden = hidden.view(dest.shape)
+        dest.copy_(hidden, non_blocking=True)
 
     def _block_input_hook(self, slot: int):
         def hook(module, args, kwargs):
@@ -197,8 +200,9 @@ class Capturer:
 
     def buffer_shapes(self, batch: int, seq: int, keys: int | None = None) -> dict[str, tuple[int, ...]]:
         """``keys``: the cross-attention's key length (the encoder's inputs; default ``seq``)."""
-        d = self.loaded.d_model
-        shapes = {name: (batch, seq, len(layers), d) for name, layers in self.layout.array_layers().items()}
+        d, family, config = self.loaded.d_model, self.loaded.family, self.loaded.config
+        shapes = {name: (batch, seq, len(layers), family.site_width(name, config, d))
+                  for name, layers in self.layout.array_layers().items()}
         if self.layout.final:
             shapes["final"] = (batch, seq, d)
         n_heads = len(self.layout.heads) if self.layout.heads is not None else self.n_heads

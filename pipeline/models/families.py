@@ -18,7 +18,9 @@ from embwalk.errors import ModelError
 # A tap is (path inside a block, "input" | "output"): the site is that module's
 # first positional input, or its output (the first element if a tuple).
 Tap = tuple[str, str]
-TAP_KINDS = ("resid_mid", "resid_cross", "attn_out", "mlp_out")
+TAP_KINDS = ("resid_mid", "resid_cross", "attn_out", "mlp_out", "router_logits")
+# Per-token sites whose vectors are not d_model wide: a mixture-of-experts router's logits [token, expert].
+ROUTER_KIND = "router_logits"
 PATTERN_KINDS = ("attn_pattern", "cross_pattern")  # per-sequence attention arrays (cross: a decoder's)
 # The pre-softmax score's terms, stored like patterns: kind -> the pattern kind of the attention
 # they come from (its module: Family.patterns). Only where the score has a learned position bias.
@@ -53,16 +55,32 @@ class Family:
         name = self.auto or ("AutoModelForCausalLM" if self.causal else "AutoModel")
         return getattr(transformers, name)
 
-    def tap(self, kind: str, config) -> Tap:
+    def tap(self, kind: str, config, layer: int | None = None) -> Tap:
         tap = self.taps.get(kind)
         if kind == "resid_mid" and getattr(config, "use_parallel_residual", False):
             tap = None  # parallel attention+MLP: no point between them exists
         if tap is None:
             raise ModelError(f"site kind {kind!r} is not defined for {self.name} models{self._why()}")
+        if kind == ROUTER_KIND:
+            routed = router_layers(config)
+            if not routed:
+                raise ModelError(f"site kind {kind!r} is defined for mixture-of-experts models only; "
+                                 f"{config.model_type!r} has no router")
+            if layer is not None and layer not in routed:
+                raise ModelError(f"site {kind}.{layer}: block {layer} of this {config.model_type!r} model has a dense "
+                                 f"MLP, no router (routed blocks: {routed})")
         return tap
 
-    def check_kinds(self, kinds: Iterable[str], config) -> None:
-        """Raise a one-line ModelError for the first site kind this family cannot capture."""
+    def site_width(self, kind: str, config, d_model: int) -> int:
+        """The last axis of a per-token site's vectors: d_model, or a router's number of experts."""
+        return n_experts(config) if kind == ROUTER_KIND else d_model
+
+    def check_kinds(self, kinds: Iterable[str], config, taps: Iterable[tuple[str, Iterable[int]]] = ()) -> None:
+        """Raise a one-line ModelError for the first site kind this family cannot capture (``taps``:
+        (kind, blocks) of the layout, for sites that exist in some blocks only: a router's)."""
+        for kind, blocks in taps:
+            for b in blocks:
+                self.tap(kind, config, b)
         for kind in kinds:
             if kind in TAP_KINDS:
                 self.tap(kind, config)
@@ -98,6 +116,9 @@ _LLAMA_TAPS = {
     "resid_mid": ("post_attention_layernorm", "input"),
     "attn_out": ("self_attn", "output"),
     "mlp_out": ("mlp", "output"),
+    # Mixtral / Qwen2-MoE: the router (a TopKRouter returning (logits, weights, indices)); its logits
+    # [batch * seq, experts] decide which experts each token goes to (the top num_experts_per_tok).
+    "router_logits": ("mlp.gate", "output"),
 }
 
 # Gemma 2/3 norm each sublayer's output before adding it (post_attention_layernorm and
@@ -225,6 +246,20 @@ T5_DECODER = Family(
     n_layers_attr="num_decoder_layers",
 )
 _OTHER_STACKS = {("t5", "dec"): T5_DECODER}
+
+
+def n_experts(config) -> int:
+    """A mixture-of-experts model's number of routed experts (0: a dense model)."""
+    return int(getattr(config, "num_local_experts", None) or getattr(config, "num_experts", None) or 0)
+
+
+def router_layers(config) -> list[int]:
+    """The blocks whose MLP is routed: every block of Mixtral; Qwen2-MoE's sparse ones (every
+    ``decoder_sparse_step``-th, minus ``mlp_only_layers``), as its decoder layers decide."""
+    if not n_experts(config):
+        return []
+    step, dense = getattr(config, "decoder_sparse_step", 1) or 1, set(getattr(config, "mlp_only_layers", []) or [])
+    return [b for b in range(config.num_hidden_layers) if b not in dense and (b + 1) % step == 0]
 
 
 def family_for(config, stack: str | None = None) -> Family:

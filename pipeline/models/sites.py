@@ -17,8 +17,9 @@ from embwalk.errors import SiteError
 # attn_content, attn_bias, cross_score) in models with a learned position bias only (T5):
 # Family.check_kinds refuses them elsewhere.
 SCORE_KINDS = ("attn_score", "attn_content", "attn_bias", "cross_score")
+# router_logits: a mixture-of-experts block's router (Mixtral, Qwen2-MoE), [token, expert].
 LAYERED_KINDS = ("resid_pre", "resid_mid", "resid_cross", "resid_post", "attn_pattern", "cross_pattern", "attn_out",
-                 "mlp_out") + SCORE_KINDS
+                 "mlp_out", "router_logits") + SCORE_KINDS
 UNLAYERED_KINDS = ("final",)
 KINDS = LAYERED_KINDS + UNLAYERED_KINDS
 
@@ -153,5 +154,6 @@ def _known() -> str:
     return (
         "resid_pre.L, resid_mid.L, resid_post.L, attn_pattern.L, attn_out.L, mlp_out.L, final "
         "(L an index, '*' or omitted for all), or blocks.L.hook_resid_post-style aliases; T5 also "
-        "resid_cross.L, cross_pattern.L and the score terms attn_score.L, attn_content.L, attn_bias.L, cross_score.L"
+        "resid_cross.L, cross_pattern.L and the score terms attn_score.L, attn_content.L, attn_bias.L, cross_score.L; "
+        "mixture-of-experts models router_logits.L"
     )

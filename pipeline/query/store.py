@@ -159,6 +159,10 @@ class QueryStore:
         if isinstance(sites, str) and len(resolved) == 1:
             return parts[0]
         d = int(self.manifest["model"]["d_model"])
+        for site, part in zip(resolved, parts, strict=True):
+            if part.shape[-1] != d:  # a router's logits: one per expert
+                raise QueryError(f"{site.name} is {part.shape[-1]} wide, not d_model ({d}): read it alone, "
+                                 f"vectors(rows, {site.name!r})")
         return np.stack(parts, axis=1) if parts else np.empty((len(rows), 0, d))
 
     def tensor(self, rows, sites: str | list[str]):

@@ -159,6 +159,7 @@ def array_specs(
     heads: tuple[int, ...],
     dtype: str = "float16",
     sequence_layers: dict[str, tuple[int, ...]] | None = None,
+    widths: dict[str, int] | None = None,
 ) -> list[ArraySpec]:
     """Specs of every array a capture produces.
 
@@ -168,15 +169,18 @@ def array_specs(
     its own files whatever their count. ``sequence_layers``: a T5 store's other per-sequence
     arrays by name (SEQUENCE_AXES: cross_pattern, score, content, position_bias, cross_score),
     laid out like ``pattern``; a decoder store's cross-attention is [pair, layer, head, decoder
-    query, encoder key] (both stacks' inputs are cut to ``seq_len``).
+    query, encoder key] (both stacks' inputs are cut to ``seq_len``). ``widths``: a per-token
+    array's last axis where it is not ``d_model`` (a router's logits: one per expert).
     """
     chunk = chunk_tokens  # divides shard_tokens (plan.shard_tokens_for)
     specs = []
     for name, layers in per_token_layers.items():
+        width = (widths or {}).get(name, d_model)
+        last = "expert" if name == "router_logits" else "d_model"
         specs.append(
             ArraySpec(
-                name, "activations", (n_tokens, len(layers), d_model), ("token", layer_dim(name), "d_model"),
-                chunks=(chunk, 1, d_model), shards=(shard_tokens, len(layers), d_model), dtype=dtype,
+                name, "activations", (n_tokens, len(layers), width), ("token", layer_dim(name), last),
+                chunks=(chunk, 1, width), shards=(shard_tokens, len(layers), width), dtype=dtype,
                 attributes={"layers": list(layers), "layer_axis": _LAYER_AXIS[name]},
             )
         )
@@ -241,4 +245,6 @@ _LAYER_AXIS = {
     "resid_cross": "block index: after the block's cross-attention, before its MLP (a T5 decoder)",
     "attn_out": "block index: what the block's attention adds to the residual stream",
     "mlp_out": "block index: what the block's MLP adds to the residual stream",
+    "router_logits": "block index: the block's mixture-of-experts router, one logit per expert (its top "
+                     "num_experts_per_tok are the experts the token is sent to)",
 }

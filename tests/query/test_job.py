@@ -110,7 +110,7 @@ def test_command_line(packed):
         "embwalk: error: unknown capture site 'bogus.1'; known: resid_pre.L, resid_mid.L, resid_post.L, "
         "attn_pattern.L, attn_out.L, mlp_out.L, final (L an index, '*' or omitted for all), "
         "or blocks.L.hook_resid_post-style aliases; T5 also resid_cross.L, cross_pattern.L and the score terms "
-        "attn_score.L, attn_content.L, attn_bias.L, cross_score.L")
+        "attn_score.L, attn_content.L, attn_bias.L, cross_score.L; mixture-of-experts models router_logits.L")
 
 
 def test_command_line_datasets_export(packed, tmp_path):
