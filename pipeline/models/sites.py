@@ -40,6 +40,14 @@ _TL_GLOBAL_HOOKS = {"ln_final.hook_normalized": "final", "hook_embed": "resid_pr
 
 # An encoder-decoder model's stacks: seq2seq.py's prefix, TransformerLens' (HookedEncoderDecoder).
 _STACKS = {"enc": "encoder", "dec": "decoder"}
+# The stack a family's store holds when its manifest names none (families.py: T5's encoder).
+_DEFAULT_STACKS = {"t5": "enc"}
+
+
+def stored_stack(manifest: dict) -> str | None:
+    """The stack of an encoder-decoder model a store holds ("enc", "dec"); None for other models."""
+    model = manifest["model"]
+    return model.get("stack") or _DEFAULT_STACKS.get(model.get("family"))
 
 _OURS = re.compile(r"^(?P<kind>[a-z_]+)(?:\.(?P<layer>\*|-?\d+))?$")
 _TL = re.compile(r"^blocks\.(?P<layer>\*|\d+)\.(?P<hook>.+)$")

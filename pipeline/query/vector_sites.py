@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from embwalk.errors import SiteError
-from embwalk.models.sites import Site, parse_sites
+from embwalk.models.sites import Site, parse_sites, stored_stack
 from embwalk.store.layout import SEQUENCE_ARRAYS
 
 
@@ -31,7 +31,7 @@ def vector_sites(manifest: dict, names: str | list[str] | tuple[str, ...]) -> li
     n_layers = manifest["model"]["n_layers"]
     out: dict[str, VectorSite] = {}
     for raw in names:
-        for site in parse_sites([str(raw)], n_layers):
+        for site in parse_sites([str(raw)], n_layers, stored_stack(manifest)):
             resolved = _locate(manifest, site, str(raw))
             out.setdefault(resolved.name, resolved)
     return list(out.values())
@@ -49,7 +49,7 @@ def pattern_index(manifest: dict, layers: list[int | str] | None,
     blocks = []
     for item in layers:
         if isinstance(item, str) and not item.lstrip("-").isdigit():
-            sites = parse_sites([item], n_layers, manifest["model"].get("stack"))
+            sites = parse_sites([item], n_layers, stored_stack(manifest))
             if any(s.kind != kind for s in sites):
                 raise SiteError(f"{item!r} is not an attention site of kind {kind}; use {kind}.L or a layer number")
             blocks += [s.layer for s in sites]

@@ -63,6 +63,16 @@ def test_one_job_writes_a_store_per_stack_over_the_same_records(tmp_path):
         close(cross[seq, 0, :, : len(dec_ids), : len(enc_ids)], ref.cross_attentions[2][0].numpy())
         assert enc.attention(seq, kind="attn_score").shape == (1, 4, len(enc_ids), len(enc_ids))
 
+    # each store's sites read in their stack's spellings; the other stack's are a one-line error
+    rows = enc.select(seq=2)
+    np.testing.assert_array_equal(enc.vectors(rows, "enc.final"), enc.vectors(rows, "final"))
+    np.testing.assert_array_equal(enc.vectors(rows, "encoder.1.hook_resid_post"), enc.vectors(rows, "resid_post.1"))
+    rows = dec.select(seq=2)
+    np.testing.assert_array_equal(dec.vectors(rows, "dec.resid_post.0"), dec.vectors(rows, "resid_post.0"))
+    np.testing.assert_array_equal(dec.vectors(rows, "decoder_final_ln.hook_normalized"), dec.vectors(rows, "final"))
+    with pytest.raises(SiteError, match="in the encoder: this store holds the decoder's tokens"):
+        dec.vectors(rows, "enc.final")
+
     again = extract_local(two_stack_config(tmp_path, shard_tokens=16))  # a rerun resumes both stacks: nothing redone
     assert again["run_tokens"] == 0 and again["stacks"]["enc"]["complete"]
 
