@@ -3,7 +3,8 @@
 An extraction whose forward pass is a decoding loop (pipeline/generation/): the same model,
 corpus, capture, store and cluster groups, plus ``decode``. Prompts are the corpus's packed
 sequences of corpus.seq_len tokens, or one per document (corpus.mode=document: a line of a
-prompts file with corpus.txt_unit=line).
+prompts file with corpus.txt_unit=line). On an encoder-decoder model (T5 family) ``dec.*`` sites make
+each document an encoder input and the decoder generates from its start token (docs/generation.md).
 """
 
 from __future__ import annotations

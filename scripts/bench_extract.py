@@ -42,10 +42,13 @@ context, then the decoder teacher-forced on decoder_start_token_id + the target:
 - embwalk:            the decoder store through the normal code path (TeacherForcedForward in the
                       ShardRunner): the residual preset's sites as ``dec.*`` (dec.resid_pre.0, every
                       dec.resid_post, dec.final);
-- embwalk_attention:  the same plus every dec.attn_pattern and dec.cross_pattern.
+- embwalk_attention:  the same plus every dec.attn_pattern and dec.cross_pattern;
+- embwalk_two_stacks: the two-stack store of the same pairs (docs/seq2seq.md): embwalk's decoder
+                      job, then the encoder's job (the encoder loaded alone) storing resid_pre.0,
+                      every resid_post and final of the encoder: the encoder's forward runs twice.
 
 Tokens/s counts decoder tokens (the store's token axis); the encoder's tokens are computed by
-every method and stored by none. A pair that straddles two shards is computed by both (alone in
+every method and stored by none but embwalk_two_stacks. A pair that straddles two shards is computed by both (alone in
 its batch), as the runner does: that is in embwalk's time, while bare computes each pair once.
 stats_only, hf_loop, hf_eager_attention and the peers are not wired for the decoder case.
 
@@ -59,6 +62,7 @@ machine description, to FILE and ``--csv FILE`` writes the rows as CSV.
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import os
@@ -69,7 +73,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -300,6 +304,16 @@ def prepared_jobs(loaded, args, work: Path) -> dict[str, PreparedJob]:
     return jobs
 
 
+def encoder_job(enc_loaded, dec_job: PreparedJob, work: Path) -> PreparedJob:
+    """The encoder's job of the two-stack store whose decoder's job is ``dec_job`` (ExtractConfig.stack_jobs):
+    the same sites on the encoder, over the decoder store's records' inputs."""
+    cfg = copy.deepcopy(dec_job.config)
+    cfg.capture.sites = [site.removeprefix("dec.") for site in cfg.capture.sites]
+    cfg.corpus.target_field, cfg.corpus.max_documents = None, dec_job.corpus.n_documents
+    cfg.model.stack, cfg.store.path = None, str(work / "two_stacks_encoder")
+    return prepare(cfg, enc_loaded)
+
+
 def model_config(args) -> ModelConfig:
     return ModelConfig(name=str(args.model_path), dtype=args.dtype, device=args.device,
                        stack="dec" if args.decoder else None)
@@ -383,6 +397,11 @@ def main() -> None:
     methods = {"bare": lambda out: run_bare(loaded, inputs)}
     for name, prepared in jobs.items():
         methods[name] = lambda out, prepared=prepared: embwalk(loaded, prepared, out / "store")
+    if args.decoder:  # both token axes: the decoder's job, then the encoder's (loaded alone, as its store loads it)
+        enc_loaded = load_model(replace(model_config(args), stack=None))
+        enc_job = encoder_job(enc_loaded, job, work)
+        methods["embwalk_two_stacks"] = lambda out: (embwalk(loaded, job, out / "decoder")
+                                                     + embwalk(enc_loaded, enc_job, out / "encoder"))
     if not args.decoder:
         methods["hf_loop"] = lambda out: peers.hf_loop(loaded, inputs, out)
         eager = peers.hf_eager_attention_method(loaded)
@@ -458,7 +477,9 @@ def markdown(rows: list[dict], results, args, loaded, job: PreparedJob, n_tokens
             f"{args.n_encoder_tokens} tokens are computed, not stored. Pairs: random words of the tokenizer's "
             f"vocabulary written by the script (pairs.jsonl), input and target lengths uniform within +-25% of "
             f"~{args.t5_input_tokens} and ~{args.t5_target_tokens} tokens. embwalk stores dec.resid_pre.0, every "
-            "dec.resid_post and dec.final; embwalk_attention adds every dec.attn_pattern and dec.cross_pattern. "
+            "dec.resid_post and dec.final; embwalk_attention adds every dec.attn_pattern and dec.cross_pattern; "
+            "embwalk_two_stacks is embwalk's decoder job then the encoder's job storing the same sites of the "
+            "encoder (its tokens/s still counts decoder tokens). "
             "A pair that straddles two shards is computed by both shards (the runner's way), once by bare.",
             "",
         ]

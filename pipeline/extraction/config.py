@@ -20,7 +20,6 @@ from embwalk.models.config import ModelConfig
 from embwalk.models.sites import is_decoder_site, sites_stack
 from embwalk.stats.config import StatsOptions
 from embwalk.store.config import StoreConfig
-from embwalk.store.stacks import stack_store_path
 
 
 @dataclass
@@ -68,6 +67,8 @@ class ExtractConfig:
         """The jobs of a two-stack store (pipeline/extraction/stacks.py): ``dec``, the decoder's
         sites into STORE/decoder, then ``enc``, the other sites into STORE/encoder over the same
         records' inputs (no target field: the encoder reads the inputs alone)."""
+        from embwalk.store.stacks import stack_store_path  # lazily: pyarrow (the CLI's help imports this module)
+
         sites = [str(n).strip() for n in self.capture.sites]
         dec = [n for n in sites if is_decoder_site(n)]
         jobs = {}
@@ -113,5 +114,8 @@ class ExtractConfig:
         if self.model.stack == "dec" and self.corpus.mode != "document":
             raise EmbwalkError("a decoder store (dec.* sites) runs one input per sequence: set corpus.mode=document "
                                "(with corpus.target_field for input-target pairs, without it for inputs alone)")
-        if self.model.stack == "dec" and (self.decode is not None or self.corpus.shuffle_tokens):
-            raise EmbwalkError("decoder stores (dec.* sites) do not take generation or corpus.shuffle_tokens yet")
+        if self.model.stack == "dec" and (self.corpus.shuffle_tokens or (self.decode and self.corpus.target_field)):
+            raise EmbwalkError(
+                "decoder stores (dec.* sites) do not take corpus.shuffle_tokens yet" if self.corpus.shuffle_tokens
+                else "embwalk generate continues each input from the decoder's start token: drop corpus.target_field "
+                "(generating after a given target is not built)")

@@ -11,7 +11,6 @@ into the store's staging area by whatever CPUs the executor has
 
 from __future__ import annotations
 
-import dataclasses
 import platform
 import sys
 from dataclasses import asdict, dataclass
@@ -72,8 +71,11 @@ class PreparedJob:
         forward = None
         if self.generation is not None:
             from embwalk.generation.forward import GenerationForward
+            from embwalk.generation.seq2seq import Seq2SeqGenerationForward
 
-            forward = GenerationForward(loaded, cfg.decode, self.generation)
+            # a decoder store's prompts are encoder inputs: its decoder generates (pipeline/generation/seq2seq.py)
+            kind = Seq2SeqGenerationForward if self.corpus.pairs else GenerationForward
+            forward = kind(loaded, cfg.decode, self.generation)
         elif self.corpus.pairs:
             forward = TeacherForcedForward(loaded)
         return ShardRunner(
@@ -84,13 +86,16 @@ class PreparedJob:
 
     def tokens_for(self, shard: Shard) -> ShardTokens:
         """A shard's corpus rows, read from the store's staging area (what a worker reads)."""
+        fs = open_fs(self.config.store.path)
         if self.generation is not None:  # its prompts, and rows for what will be generated
             a, b = self.generation.corpus_rows(shard)
-            rows = self.corpus.read_rows(open_fs(self.config.store.path), a, b)
+            rows = self.corpus.read_rows(fs, a, b)
             first = self.generation.prompts(shard)[0]
             prompts = ShardTokens.from_rows(rows, a, first, self.corpus.mode, self.corpus.seq_len)
+            if self.corpus.pairs:  # a decoder store: the prompts' encoder inputs (one per prompt, ids in order)
+                doc = int(prompts.doc_ids[0])
+                prompts.inputs = self.corpus.read_inputs(fs, doc, doc + len(prompts.seq_offsets) - 1)
             return self.generation.window(prompts, shard)
-        fs = open_fs(self.config.store.path)
         rows = self.corpus.read_rows(fs, *shard.seq_rows)
         win = ShardTokens.from_rows(rows, shard.seq_rows[0], shard.seqs[0], self.corpus.mode, self.corpus.seq_len)
         if self.corpus.pairs:  # a decoder store: its pairs' encoder inputs (one pair per sequence, ids in order)
@@ -116,17 +121,10 @@ def prepare(cfg: ExtractConfig, model, parts_mapper=None) -> PreparedJob:
         what = f"corpus.seq_len={cfg.corpus.seq_len}" + (f" + decode.max_new_tokens={new_tokens}" if new_tokens else "")
         raise EmbwalkError(f"{what} is above the model's limit of {model.max_positions} positions ({model.model_id})")
     if cfg.decode is not None and not model.family.causal:
-        raise EmbwalkError(f"embwalk generate needs a causal language model; {model.model_id} is not one")
+        hint = ": capture dec.* sites, its decoder generates" if model.family.stack == "enc" else ""  # T5's encoder
+        raise EmbwalkError(f"embwalk generate needs a causal language model; {model.model_id} is not one{hint}")
     sites, heads, layout = capture_layout(cfg, model)
     generating = cfg.decode is not None
-    families = None
-    if cfg.capture.stats is not None:  # asked for and not computable from this capture: refused before any work
-        bias = model.family.position_bias
-        families = check_capture(cfg.capture.stats.families_for(generating, bias), layout, model.n_layers,
-                                 model.family.causal, cfg.capture.stats.exclude_massive,  # decoders: LM head
-                                 store_layout.GENERATION_COLUMNS.names if generating else (),
-                                 default=cfg.capture.stats.families is None, attention=model.family.attention,
-                                 position_bias=bias)
     shard_tokens = shard_tokens_for(
         cfg.store.shard_tokens, cfg.store.chunk_tokens, cfg.corpus.seq_len, cfg.corpus.mode
     )
@@ -151,7 +149,6 @@ def prepare(cfg: ExtractConfig, model, parts_mapper=None) -> PreparedJob:
         ids, n = corpus.token_counts(fs, counts)
         stats = cfg.capture.stats.stats_config(counts=(ids, n), n_resid=len(layout.residual), generation=generating,
                                                position_bias=model.family.position_bias)
-        stats = dataclasses.replace(stats, families=families)  # the default set: what this capture feeds
     specs = [] if not cfg.capture.store_arrays else store_layout.array_specs(
         n_tokens=plan.n_tokens,
         n_sequences=plan.n_sequences,
@@ -178,11 +175,20 @@ def prepare(cfg: ExtractConfig, model, parts_mapper=None) -> PreparedJob:
 
 def capture_layout(cfg: ExtractConfig, model) -> tuple[list, list[int] | None, CaptureLayout]:
     """The job's sites, heads and capture layout on ``model`` (a ModelSpec or LoadedModel); a one-line
-    error for a site or head the model lacks, before any work."""
+    error for a site or head the model lacks, or in-pass statistics the capture cannot feed, before any work."""
     sites = parse_sites(list(cfg.capture.sites), model.n_layers, model.family.stack)
     heads = _heads(cfg.capture.heads, model.n_heads)
     layout = CaptureLayout.from_sites(sites, heads)
     model.family.check_kinds(layout.kinds(), model.config, layout.taps)
+    # Statistics asked for and not computable from this capture: refused too. The default set's
+    # families the capture cannot feed are skipped by each shard's WalkStats, with the reason.
+    if cfg.capture.stats is not None:
+        generating, bias = cfg.decode is not None, model.family.position_bias
+        check_capture(cfg.capture.stats.families_for(generating, bias), layout, model.n_layers,
+                      model.family.causal, cfg.capture.stats.exclude_massive,  # decoders: LM head
+                      store_layout.GENERATION_COLUMNS.names if generating else (),
+                      default=cfg.capture.stats.families is None, attention=model.family.attention,
+                      position_bias=bias, stack=cfg.model.stack)
     return sites, heads, layout
 
 

@@ -31,20 +31,26 @@ class TeacherForcedForward:
     def __call__(self, capturer: Capturer, ids: torch.Tensor, mask: torch.Tensor | None,
                  out: dict[str, torch.Tensor] | None, batch: list[int], starts: list[int],
                  win: ShardTokens) -> dict[str, torch.Tensor]:
-        enc_ids, enc_mask = right_padded([win.inputs[s - win.seq0] for s in batch], self.pad_id)
-        width = enc_ids.shape[1]
+        encoded, enc_mask = encode(self.loaded, [win.inputs[s - win.seq0] for s in batch], self.pad_id)
         # The cross patterns' keys are the encoder's inputs: buffers of that width; the per-token
         # views the runner may hand over (straight into its shard buffers) are kept.
-        got = capturer.scratch(len(batch), ids.shape[1], width)
+        got = capturer.scratch(len(batch), ids.shape[1], encoded.shape[1])
         if out is not None:
             got.update({name: v for name, v in out.items() if name not in store_layout.SEQUENCE_ARRAYS.values()})
         device = self.loaded.device
-        model = self.loaded.model
-        enc_mask = None if enc_mask is None else enc_mask.to(device)
         with capturer.writing_to(got):
-            encoded = model.encoder(input_ids=enc_ids.to(device), attention_mask=enc_mask)
-            model.decoder(
+            self.loaded.model.decoder(
                 input_ids=ids.to(device), attention_mask=None if mask is None else mask.to(device),
-                encoder_hidden_states=encoded.last_hidden_state, encoder_attention_mask=enc_mask, use_cache=False,
+                encoder_hidden_states=encoded, encoder_attention_mask=enc_mask, use_cache=False,
             )
         return got
+
+
+def encode(loaded: LoadedModel, inputs: list, pad_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A batch's encoder inputs (lists of ids) right-padded through the encoder, as context: its last
+    hidden state [B, K, d] and mask [B, K] on the model's device (None: no padding). The capture
+    hooks sit on the decoder's blocks, so nothing of the encoder is captured."""
+    ids, mask = right_padded(inputs, pad_id)
+    device = loaded.device
+    mask = None if mask is None else mask.to(device)
+    return loaded.model.encoder(input_ids=ids.to(device), attention_mask=mask).last_hidden_state, mask

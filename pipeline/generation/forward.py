@@ -14,11 +14,16 @@ and a padded position holds a copy of its row's first token, so the repetition p
 sees only what the prompt holds. The capture buffers are written in the batch's
 coordinates and each row is then shifted left by its padding: what is stored starts at the
 prompt's first token, and no padded position is ever stored or read by a real one.
+
+How the model is called is a ``ModelCalls``: ``CausalCalls`` here (a causal LM over its left-padded
+prompts), ``EncodedCalls`` for an encoder-decoder model's decoder (pipeline/generation/seq2seq.py);
+the decoding loop, the capture and the records are the same for both.
 """
 
 from __future__ import annotations
 
 import inspect
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -29,16 +34,36 @@ from embwalk.generation.decode import Decoder
 from embwalk.generation.plan import GenerationPlan
 from embwalk.models.capture import Capturer
 from embwalk.models.loading import LoadedModel
-from embwalk.store.layout import GENERATION_COLUMNS
+from embwalk.store.layout import CROSS_KINDS, GENERATION_COLUMNS, SEQUENCE_ARRAYS
 
 # Token-table columns each step fills (null on prompt rows); their types are the store format's.
 STEP_COLUMNS = ("prob", "rank", "entropy", "sample_prob", "path_logprob", "top_ids", "top_probs", "beam")
+# Per-sequence capture buffers [batch, layer, head, query, key]: keys over the sequence's own tokens
+# (self-attention patterns and score terms), or over an encoder's inputs (a decoder's cross-attention).
+_CROSS = frozenset(SEQUENCE_ARRAYS[k] for k in CROSS_KINDS)
+_SELF = frozenset(SEQUENCE_ARRAYS.values()) - _CROSS
 
 
 def _numpy_dtype(name: str) -> np.dtype:
     """The numpy dtype of a step column, or of a list column's items (store.layout.GENERATION_COLUMNS)."""
     kind = GENERATION_COLUMNS.field(name).type
     return np.dtype((kind.value_type if hasattr(kind, "value_type") else kind).to_pandas_dtype())
+
+
+class ModelCalls(Protocol):
+    """How one batch's model is called while it generates (the KV cache is the model's own)."""
+
+    keys: int | None  # the cross-attention's key length (an encoder's inputs); None: no cross-attention
+
+    def prefill(self, ids: torch.Tensor):
+        """The prompts ``ids`` [B, W] through the model, with the cache; returns its output (logits)."""
+
+    def feed(self, tokens: torch.Tensor, cache, t: int, last: bool):
+        """The tokens chosen at step ``t`` [B, 1] through the model with the cache; ``last``: for their
+        vectors only (no LM head: nobody reads those logits)."""
+
+    def beams(self, rows: list[int], k: int) -> ModelCalls:
+        """The calls of rows ``rows`` of the batch, each repeated ``k`` times in a row (a prompt's beams)."""
 
 
 class GenerationForward:
@@ -59,50 +84,53 @@ class GenerationForward:
         n = self.plan.new_tokens
         lengths = [win.sequence_rows(g)[1] - a for g, a in zip(batch, starts, strict=True)]
         pad = _Padding([t - n for t in lengths], self.loaded.device, self.loaded.family.attention)
-        got = out if out is not None else capturer.scratch(len(batch), pad.width + n)
-        if "pattern" in got:
-            got["pattern"].zero_()  # rows see only their past: the keys after it stay 0, as in an extraction
+        calls = self._calls(pad, batch, win)
+        got = _buffers(capturer, out, len(batch), pad.width + n, calls.keys)
         prompts = pad.left(ids)
         if self.decoder.cfg.strategy == "beam":
-            self._beam(capturer, prompts, pad, got, batch, starts, win)
+            self._beam(capturer, prompts, pad, calls, got, batch, starts, win)
         else:
-            self._sample(capturer, prompts, pad, got, batch, starts, win)
+            self._sample(capturer, prompts, pad, calls, got, batch, starts, win)
         pad.align(got)
         return got
 
-    def _sample(self, capturer: Capturer, history: torch.Tensor, pad: _Padding, got: dict[str, torch.Tensor],
-                batch: list[int], starts: list[int], win: ShardTokens) -> None:
+    def _calls(self, pad: _Padding, batch: list[int], win: ShardTokens) -> ModelCalls:
+        """How this batch's model is called: a causal LM over its prompts, left-padded by ``pad``."""
+        return CausalCalls(self.loaded, pad, self.keep_last, self.cache_arg)
+
+    def _sample(self, capturer: Capturer, history: torch.Tensor, pad: _Padding, calls: ModelCalls,
+                got: dict[str, torch.Tensor], batch: list[int], starts: list[int], win: ShardTokens) -> None:
         """Greedy decoding or sampling, one token per continuation and step."""
-        model, n, w = self.loaded.model, self.plan.new_tokens, pad.width
+        n, w = self.plan.new_tokens, pad.width
         generators = self.decoder.generators(batch, self.loaded.device)
         with capturer.writing_to(_rows(got, 0, w)):
-            res = model(input_ids=history, use_cache=True, **self.keep_last, **pad.prefill())
+            res = calls.prefill(history)
         records = []
         for t in range(n):
             step = self.decoder.step(res.logits[:, -1], history, generators)
             records.append(step.records)
             history = torch.cat([history, step.tokens[:, None]], dim=1)
             with capturer.writing_to(_rows(got, w + t, w + t + 1)):
-                res = self._feed(step.tokens[:, None], _cache(res), pad.step(t), last=t == n - 1)
+                res = calls.feed(step.tokens[:, None], _cache(res), t, last=t == n - 1)
         self._fill(win, starts, pad.lengths + n, history[:, w:].cpu().numpy(), records)
 
-    def _beam(self, capturer: Capturer, ids: torch.Tensor, pad: _Padding, got: dict[str, torch.Tensor],
-              batch: list[int], starts: list[int], win: ShardTokens) -> None:
+    def _beam(self, capturer: Capturer, ids: torch.Tensor, pad: _Padding, calls: ModelCalls,
+              got: dict[str, torch.Tensor], batch: list[int], starts: list[int], win: ShardTokens) -> None:
         """Beam search over the batch's prompts, as ``generate(num_beams=K)`` searches: each step
         ranks every beam's continuations by the beam's score plus the processed log-probabilities,
         keeps the best K, and reorders the KV cache, the beams' captured rows and their records
         by the beam each came from. Continuation ``sample`` k of a prompt is its k-th best beam."""
         cfg, w, n = self.decoder.cfg, pad.width, self.plan.new_tokens
         k, samples = int(cfg.num_beams), self.plan.samples
-        model, device = self.loaded.model, self.loaded.device
+        device = self.loaded.device
         prompts = sorted({g // samples for g in batch})  # a prompt's continuations may share the batch
         first = [next(j for j, g in enumerate(batch) if g // samples == q) for q in prompts]
         history = ids[first].repeat_interleave(k, dim=0)  # [prompts * K, W]
-        beams = pad.rows(first).repeat(k)  # the beams of a prompt share its padding, whatever their parents
+        beams = calls.beams(first, k)  # the beams of a prompt share its padding (and input), whatever their parents
         work = {name: torch.zeros(shape, dtype=capturer.dtype, device=device)
-                for name, shape in capturer.buffer_shapes(len(history), w + n).items()}
+                for name, shape in capturer.buffer_shapes(len(history), w + n, calls.keys).items()}
         with capturer.writing_to(_rows(work, 0, w)):
-            res = model(input_ids=history, use_cache=True, **self.keep_last, **beams.prefill())
+            res = beams.prefill(history)
         scores = torch.full((len(prompts), k), -1e9, device=device)
         scores[:, 0] = 0.0  # the K copies of a prompt start as one beam
         base = torch.arange(len(prompts), device=device)[:, None] * k
@@ -125,20 +153,12 @@ class GenerationForward:
             cache = _cache(res)
             cache.reorder_cache(parent)
             with capturer.writing_to(_rows(work, w + t, w + t + 1)):
-                res = self._feed(tokens[:, None], cache, beams.step(t), last=t == n - 1)
+                res = beams.feed(tokens[:, None], cache, t, last=t == n - 1)
         rows = [prompts.index(g // samples) * k + g % samples for g in batch]  # beams come best first
         for name, buf in got.items():
             buf.copy_(work[name][rows])
         steps = [{name: v[rows, t].cpu().numpy() for name, v in records.items()} for t in range(n)]
         self._fill(win, starts, pad.lengths + n, history[rows, w:].cpu().numpy(), steps)
-
-    def _feed(self, tokens: torch.Tensor, cache, padding: dict, last: bool):
-        """One decoding step with the KV cache. The last one runs for its token's vectors only: the
-        transformer body alone, no LM head for logits nobody reads."""
-        kwargs = {self.cache_arg: cache, **padding}
-        if last:
-            return self.loaded.trunk(input_ids=tokens, use_cache=True, **kwargs)
-        return self.loaded.model(input_ids=tokens, use_cache=True, **self.keep_last, **kwargs)
 
     def _fill(self, win: ShardTokens, starts: list[int], lengths: list[int], new: np.ndarray,
               records: list[dict]) -> None:
@@ -160,14 +180,54 @@ class GenerationForward:
                 cols[name][rows] = values[j]
 
 
+class CausalCalls:
+    """A causal LM's calls: its prompts left-padded (``_Padding``: the mask and position ids)."""
+
+    keys = None
+
+    def __init__(self, loaded: LoadedModel, pad: _Padding, keep_last: dict, cache_arg: str):
+        self.loaded, self.pad, self.keep_last, self.cache_arg = loaded, pad, keep_last, cache_arg
+
+    def prefill(self, ids: torch.Tensor):
+        return self.loaded.model(input_ids=ids, use_cache=True, **self.keep_last, **self.pad.prefill())
+
+    def feed(self, tokens: torch.Tensor, cache, t: int, last: bool):
+        kwargs = {self.cache_arg: cache, **self.pad.step(t)}
+        if last:  # the transformer body alone
+            return self.loaded.trunk(input_ids=tokens, use_cache=True, **kwargs)
+        return self.loaded.model(input_ids=tokens, use_cache=True, **self.keep_last, **kwargs)
+
+    def beams(self, rows: list[int], k: int) -> CausalCalls:
+        return CausalCalls(self.loaded, self.pad.rows(rows).repeat(k), self.keep_last, self.cache_arg)
+
+
+def _buffers(capturer: Capturer, out: dict[str, torch.Tensor] | None, batch: int, rows: int,
+             keys: int | None) -> dict[str, torch.Tensor]:
+    """A batch's capture buffers: the per-token views ``out`` the runner hands over (its shard buffers)
+    where it does, scratch for the rest; the per-sequence ones zeroed, as an extraction leaves what
+    a query does not see (later keys, an input's padding)."""
+    got = capturer.scratch(batch, rows, keys)
+    if out is not None:
+        got.update({name: v for name, v in out.items() if name not in _SELF | _CROSS})
+    for name in got.keys() & (_SELF | _CROSS):
+        got[name].zero_()
+    return got
+
+
 def _cache(output) -> object:
     return output.cache if getattr(output, "cache", None) is not None else output.past_key_values
 
 
 def _rows(bufs: dict[str, torch.Tensor], a: int, b: int) -> dict[str, torch.Tensor]:
-    """The capture buffers' views for positions [a, b): per-token arrays [batch, b - a, ...];
-    the pattern's rows a..b-1 over keys 0..b-1 (what those queries see)."""
-    return {name: (v[:, :, :, a:b, :b] if name == "pattern" else v[:, a:b]) for name, v in bufs.items()}
+    """The capture buffers' views for positions [a, b): per-token arrays [batch, b - a, ...]; the
+    per-sequence ones' query rows a..b-1, over keys 0..b-1 (what those queries see) or, for a
+    cross-attention, over every encoder input."""
+    def view(name: str, v: torch.Tensor) -> torch.Tensor:
+        if name in _SELF:
+            return v[:, :, :, a:b, :b]
+        return v[:, :, :, a:b] if name in _CROSS else v[:, a:b]
+
+    return {name: view(name, v) for name, v in bufs.items()}
 
 
 class _Padding:
@@ -225,7 +285,9 @@ class _Padding:
             if not p:
                 continue
             for name, buf in bufs.items():
-                if name == "pattern":
+                if name in _SELF:
                     buf[j, :, :, :-p, :-p] = buf[j, :, :, p:, p:].clone()
+                elif name in _CROSS:
+                    buf[j, :, :, :-p] = buf[j, :, :, p:].clone()
                 else:
                     buf[j, :-p] = buf[j, p:].clone()

@@ -15,6 +15,10 @@ store is cut like a document-mode corpus (``plan_staged`` over the continuations
 streamed part by part): a continuation may straddle two shards, and then both generate it,
 each alone in a batch of its own (pipeline/extraction/runner.py), so both compute the same
 tokens and values and each stores its rows.
+
+An encoder-decoder model's decoder store (inputs alone, docs/seq2seq.md): the corpus's rows are
+each input's decoder row, its start token alone (P_q = 1), and the inputs themselves, staged beside
+them, are the encoder's prompts: each continuation's window carries its prompt's (``inputs``).
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ class GenerationPlan:
     mode: str  # the corpus's: pack | document
     # document mode: per shard, the corpus rows [a, b) of the prompts it continues (the plan's size)
     spans: tuple[tuple[int, int], ...] = ()
+    # a decoder store: prompts are encoder inputs (of up to max_prompt_len tokens), decoder rows start alone
+    encoder_inputs: bool = False
 
     @classmethod
     def for_corpus(cls, corpus, decode: DecodeConfig, fs, shard_tokens: int,
@@ -56,7 +62,7 @@ class GenerationPlan:
         if n < 1:
             raise EmbwalkError(f"the corpus holds {corpus.n_tokens} tokens: not one prompt of "
                                f"corpus.seq_len={corpus.seq_len} tokens")
-        gen = cls(n_new, samples, n, corpus.seq_len, corpus.mode)
+        gen = cls(n_new, samples, n, corpus.seq_len, corpus.mode, encoder_inputs=corpus.pairs)
         if corpus.mode == "pack":
             t = gen.max_seq_len
             n_rows = n * samples * t
@@ -66,7 +72,7 @@ class GenerationPlan:
         size = shard_tokens_for(shard_tokens, chunk_tokens, gen.max_seq_len, "document")
         plan = plan_staged(continuations, fs, size)
         spans = continuations.prompt_spans(fs, [gen.prompts(s) for s in plan.shards])
-        return cls(n_new, samples, n, corpus.seq_len, corpus.mode, spans), plan
+        return cls(n_new, samples, n, corpus.seq_len, corpus.mode, spans, corpus.pairs), plan
 
     @property
     def prompt_len(self) -> int | None:
@@ -75,7 +81,10 @@ class GenerationPlan:
 
     @property
     def max_seq_len(self) -> int:
-        """The rows of the longest continuation: the store's seq_len."""
+        """The store's seq_len: the rows of the longest continuation; for encoder inputs, which the
+        cross-attention's keys are, the longer of an input and a decoder row (start token + N)."""
+        if self.encoder_inputs:
+            return max(self.max_prompt_len, 1 + self.new_tokens)
         return self.max_prompt_len + self.new_tokens
 
     @property
@@ -124,12 +133,15 @@ class GenerationPlan:
             "step": np.ma.masked_less(step, 0),
             "generated": step >= 0,
         }
+        if prompts.inputs is not None:  # a decoder store: each continuation's encoder input, its prompt's
+            win.inputs = [prompts.inputs[q] for q in local.tolist()]
         return win
 
     def describe(self) -> dict:
         return {"prompt_len": self.prompt_len, "max_prompt_len": self.max_prompt_len, "new_tokens": self.new_tokens,
                 "samples": self.samples, "n_prompts": self.n_prompts, "seq_len": self.max_seq_len,
-                "prompts": "packed" if self.mode == "pack" else "one per document"}
+                "prompts": "packed" if self.mode == "pack" else
+                "one encoder input per document" if self.encoder_inputs else "one per document"}
 
 
 class _Continuations:

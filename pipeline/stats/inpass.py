@@ -44,26 +44,30 @@ def required_sites(families: Sequence[str]) -> list[str]:
 
 def check_capture(families: Sequence[str], layout, n_layers: int, has_unembed: bool,
                   exclude_massive: bool = False, columns: Sequence[str] = (), default: bool = False,
-                  attention: bool = True, position_bias: bool = False) -> tuple[str, ...]:
+                  attention: bool = True, position_bias: bool = False, stack: str | None = None) -> tuple[str, ...]:
     """The families to compute in the pass. Refuse, before any work, statistics the capture cannot
     feed: each family asked for must be computable from the captured sites (and ``decoding``
     from a captured ``final``, never a final norm re-applied to the last block), naming the
     sites to add. ``default``: nobody named ``families`` (the default set), so the ones the
     capture cannot feed are left out instead. ``attention``: False for an attention-free model;
-    ``position_bias``: the model learns a relative position bias (T5)."""
+    ``position_bias``: the model learns a relative position bias (T5); ``stack``: ``dec`` for a
+    decoder store (model.stack), whose sites are named with the ``dec.`` prefix (a plain name is
+    an encoder site: adding one would make the job a two-stack store, the decoder still lacking it)."""
     offer = Offer(n_layers, tuple(layout.residual) or None, bool(layout.final),
                   tuple(layout.pattern_layers) or None, has_unembed, final_from_resid=False,
                   columns=frozenset(columns), attention=attention, position_bias=position_bias)
     held = {site for name in offer.arrays for site in SITES[name]}
+    prefix = "dec." if stack == "dec" else ""
     problems = []
     feedable, missing = plan_families(families, offer)
     for family, why in ({} if default else missing).items():
-        lacking = [site for site in required_sites([family])
+        lacking = [prefix + site for site in required_sites([family])
                    if site not in held and (attention or site != "attn_pattern")]  # never a site the model lacks
         add = f": add {', '.join(lacking)} to capture.sites" if lacking else ""
-        problems.append(f"{family} {why}{add}")
+        problems.append(f"{family} {why.replace('(resid_pre.L)', f'({prefix}resid_pre.L)')}{add}")
     if exclude_massive and not layout.residual:  # massive activations are found in the residual stream
-        problems.append(f"exclude_massive needs resid: add {', '.join(SITES['resid'])} to capture.sites")
+        problems.append(f"exclude_massive needs resid: add {', '.join(prefix + s for s in SITES['resid'])} "
+                        "to capture.sites")
     if problems:
         raise EmbwalkError("capture.stats cannot compute " + "; ".join(problems)
                            + " (or leave the family out of capture.stats.families)")

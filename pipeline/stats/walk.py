@@ -75,6 +75,7 @@ class WalkStats:
         has_resid: bool = True,
         has_final: bool = True,
         columns: Sequence[str] = (),
+        final_from_resid: bool = True,
     ):
         self.config, self.head = config, head
         self.resid_layers = list(range(head.n_layers + 1) if resid_layers is None else resid_layers)
@@ -85,6 +86,7 @@ class WalkStats:
             head.n_layers, tuple(self.resid_layers) if has_resid else None, has_final,
             tuple(self.pattern_layers) if self.pattern_layers else None, head.unembed is not None,
             columns=frozenset(columns), attention=head.attention, position_bias=head.scores is not None,
+            final_from_resid=final_from_resid,
         )
         self.families, self.skipped = plan_families(config.families, self.offer)
         ids = [shard_ids] if isinstance(shard_ids, str) else list(shard_ids)
@@ -107,12 +109,14 @@ class WalkStats:
     def for_layout(cls, config: StatsConfig, head: ModelHead, shard_index: int, layout,
                    columns: Sequence[str] = ()) -> WalkStats:
         """For an extraction shard: laid out like a ``embwalk.models.capture.CaptureLayout``;
-        ``columns``: the token-table columns its rows have beyond the token ids."""
+        ``columns``: the token-table columns its rows have beyond the token ids. ``final`` is the
+        captured one only (never the final norm re-applied to the last block: check_capture), and
+        a family the capture cannot feed is listed in ``skipped`` with the reason."""
         return cls(
             config, head, shard_label(shard_index),
             resid_layers=list(layout.residual) or None, pattern_layers=list(layout.pattern_layers) or None,
             pattern_heads=None if layout.heads is None else list(layout.heads),
-            has_resid=bool(layout.residual), has_final=bool(layout.final), columns=columns,
+            has_resid=bool(layout.residual), has_final=bool(layout.final), columns=columns, final_from_resid=False,
         )
 
     def reads(self) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import subprocess
@@ -187,3 +188,32 @@ def test_generation_on_two_workers_equals_the_local_run(ray_instance, tmp_path, 
     manifest = extract_ray(gen(tmp_path / "ray-gen", "ray", workers=2), model)
     assert manifest["complete"] and len(manifest["shards"]) >= 4
     assert_same_contents(_contents(tmp_path / "ray-gen"), _contents(tmp_path / "local-gen"))
+
+
+def test_a_two_stack_store_of_pairs_on_two_workers_equals_the_local_run(ray_instance, tmp_path):
+    """Input-target pairs on Ray (docs/seq2seq.md): a two-stack store, each stack cut into several
+    shards, written by two workers that load the saved T5 checkpoint themselves from model.name,
+    holds what the same job run here with one thread holds, in both stacks."""
+    from tests.extraction.test_t5_decoder import decoder_config, pairs_file
+
+    sites = ["enc.resid_pre.0", "enc.resid_post", "enc.final", "enc.attn_pattern.1", "dec.resid_pre.0",
+             "dec.resid_post", "dec.final", "dec.attn_pattern.0", "dec.cross_pattern"]
+    base = decoder_config(tmp_path, pairs_file(tmp_path), sites=sites, shard_tokens=16)  # saves the checkpoint once
+
+    def job(store: str, kind: str, workers: int | None) -> ExtractConfig:
+        cfg = copy.deepcopy(base)
+        cfg.store.path = str(tmp_path / store)
+        cfg.cluster = replace(cfg.cluster, kind=kind, threads=1, workers=workers)
+        return cfg
+
+    local = extract_local(job("local", "local", None))
+    got = extract_ray(job("ray", "ray", 2))
+    for stack, sub in (("enc", "encoder"), ("dec", "decoder")):
+        manifest = got["stacks"][stack]
+        assert manifest["complete"] and len(manifest["shards"]) > 2, stack
+        assert manifest["n_tokens"] == local["stacks"][stack]["n_tokens"], stack
+        ray_contents, local_contents = _contents(tmp_path / "ray" / sub), _contents(tmp_path / "local" / sub)
+        assert {"resid", "final", "pattern"} <= ray_contents.keys(), stack
+        assert_same_contents(ray_contents, local_contents)
+    assert "cross_pattern" in _contents(tmp_path / "ray" / "decoder")
+    assert got["run_tokens"] == local["run_tokens"] > 0

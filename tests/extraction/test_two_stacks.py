@@ -15,6 +15,7 @@ from embwalk.executors.local import extract_local
 from embwalk.models.config import ModelConfig
 from embwalk.models.loading import load_model
 from embwalk.query import open_store
+from embwalk.stats.config import StatsOptions
 from embwalk.store.reader import Store
 from tests.extraction.test_t5_decoder import PAIRS, close, decoder_config, pairs_file, reference
 
@@ -98,6 +99,14 @@ def test_an_empty_target_fails_before_any_work_on_either_stack(tmp_path):
 def test_a_bad_site_of_either_stack_fails_before_any_work(tmp_path, site, error):
     cfg = two_stack_config(tmp_path, sites=["enc.resid_post.0", "dec.resid_post.0", site])
     with pytest.raises(error) as err:
+        extract_local(cfg)
+    assert "\n" not in str(err.value) and not (tmp_path / "store").exists()
+
+
+def test_in_pass_statistics_one_stack_cannot_feed_fail_before_either_stack_runs(tmp_path):
+    cfg = two_stack_config(tmp_path, sites=["enc.resid_post.0", "dec.resid_post.0", "dec.final"])
+    cfg.capture.stats = StatsOptions(families=["decoding"])  # the encoder has no final (nor an LM head)
+    with pytest.raises(EmbwalkError, match="capture.stats cannot compute decoding") as err:
         extract_local(cfg)
     assert "\n" not in str(err.value) and not (tmp_path / "store").exists()
 

@@ -3,7 +3,6 @@ computed in the pass (the stats job runs it by default on generation stores)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pyarrow.parquet as pq
 import torch
 
@@ -13,6 +12,7 @@ from embwalk.extraction.config import CaptureConfig
 from embwalk.stats.config import StatsOptions
 from embwalk.stats.job import compute_store_stats
 from tests.conftest import tiny_loaded
+from tests.stats.helpers import assert_same_tables
 from tests.stats.stores import peaked
 
 from .test_generate import config
@@ -42,15 +42,7 @@ def test_in_pass_equals_two_step_on_a_generation_store(tmp_path, smollm2):
     assert "generation" in summary["families"] and "generation" not in summary["skipped"]
     two_step = tables(root)
     assert in_pass.keys() == two_step.keys()
-    for name, a in in_pass.items():
-        b = two_step[name]
-        assert a.schema == b.schema and a.num_rows == b.num_rows, name
-        for col in a.column_names:
-            x, y = a[col].to_numpy(zero_copy_only=False), b[col].to_numpy(zero_copy_only=False)
-            if x.dtype.kind == "f":
-                np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-12, err_msg=f"{name}.{col}")
-            else:
-                assert (x == y).all(), f"{name}.{col}"
+    assert_same_tables(in_pass, two_step)
     steps = two_step["generation_self"].column("step").to_pylist()
     assert sorted(steps) == [-1, *range(cfg.decode.max_new_tokens)]
 

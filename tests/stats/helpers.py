@@ -227,3 +227,17 @@ def ref_attention(p: np.ndarray, x: np.ndarray | None, causal: bool, include_sel
             if len(a_list) >= 2:
                 res["corr"][layer, h] = np.corrcoef(a_list, c_list)[0, 1]
     return res, baseline, kernel
+
+
+def assert_same_tables(got: dict, want: dict, rtol: float = 1e-9, atol: float = 1e-12) -> None:
+    """Statistics tables ({name: pyarrow Table}) of two routes: the same schema and rows, floats
+    within ``rtol`` / ``atol``, everything else equal."""
+    for name, a in got.items():
+        b = want[name]
+        assert a.schema == b.schema and a.num_rows == b.num_rows, name
+        for col in a.column_names:
+            x, y = a[col].to_numpy(zero_copy_only=False), b[col].to_numpy(zero_copy_only=False)
+            if x.dtype.kind == "f":
+                np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=f"{name}.{col}")
+            else:
+                assert (x == y).all(), f"{name}.{col}"
