@@ -302,6 +302,10 @@ class ShardRunner:
             table = table.append_column(pa.field(SOURCE_POS, pa.int32()), pa.array(win.source_positions[rows]))
         for name, values in (win.columns or {}).items():  # a generation's (pipeline/generation/)
             table = table.append_column(name, _arrow(values[rows]))
+        if win.inputs is not None:  # a decoder store: each row's encoder input length (its cross-attention's keys)
+            lengths = np.fromiter(map(len, win.inputs), dtype=np.int32, count=len(win.inputs))
+            table = table.append_column(pa.field(store_layout.INPUT_LEN, pa.int32()),
+                                        pa.array(lengths[seq_ids - win.seq0]))
         return table
 
 

@@ -7,7 +7,8 @@ extraction (plan, shards, commits, resume) into its own stack's store: first the
 encoder's over the same records' inputs. Each stack's rows are cut into shards of its own
 length, so a shard of one is not a shard of the other and the encoder runs in both jobs: the
 decoder's uses it as context only. The encoder takes exactly the decoder store's records
-(``corpus.max_tokens`` counts the decoder's tokens), so sequence s is the same record in both.
+(``corpus.max_tokens`` counts the decoder's tokens; without it both read every record, or the
+same ``corpus.max_documents``), so sequence s is the same record in both.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ def run_two_stacks(cfg: ExtractConfig, run_one: RunOne) -> dict:
     try:
         manifests["dec"] = run_one(jobs["dec"])
         enc = jobs["enc"]
-        # the decoder store's records, no more: its token cut decided how many there are
-        enc.corpus.max_tokens, enc.corpus.max_documents = None, manifests["dec"]["n_documents"]
+        if enc.corpus.max_tokens is not None:  # a cut of the decoder's tokens: the records it kept, no more
+            enc.corpus.max_tokens, enc.corpus.max_documents = None, manifests["dec"]["n_documents"]
         manifests["enc"] = run_one(enc)
     except EmbwalkError:
         if not existed and not any(fs.exists(d) for d in STACK_DIRS.values()):

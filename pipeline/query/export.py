@@ -47,18 +47,24 @@ def export(
     if fmt not in FORMATS:
         raise QueryError(f"cannot tell the export format of {path}; use a .npy or .safetensors name, or a "
                          f"directory with format=datasets (one of: {', '.join(FORMATS)})")
-    names = [s.name for s in source.sites(sites)]
+    resolved = source.sites(sites)
+    names = [s.name for s in resolved]
+    widths = {s.name: int(source.manifest["arrays"][s.array]["shape"][-1]) for s in resolved}
+    if fmt == "npy" and len(set(widths.values())) > 1:  # a router's logits beside d_model vectors
+        sizes = sorted(set(widths.values()))
+        raise QueryError(f"cannot export {', '.join(names)} as one .npy: their vectors are {sizes} wide; export "
+                         "them apart, or as safetensors or datasets (a tensor or column per site)")
     if not path.parent.is_dir():
         raise QueryError(f"cannot write {path}: its directory does not exist")
     if fmt == "datasets":
-        _datasets(source, rows, table, path, names)
+        _datasets(source, rows, table, path, widths)
         return path
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         if fmt == "npy":
-            _npy(source, rows, tmp, sites if isinstance(sites, str) and len(names) == 1 else names)
+            _npy(source, rows, tmp, sites if isinstance(sites, str) and len(names) == 1 else names, widths)
         else:
-            _safetensors(source, rows, tmp, names)
+            _safetensors(source, rows, tmp, widths)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -71,8 +77,8 @@ def _pieces(n: int, step: int | None = None):
         yield start, min(start + step, n)
 
 
-def _npy(store: VectorSource, rows: np.ndarray, path: Path, sites: str | list[str]) -> None:
-    d = int(store.manifest["model"]["d_model"])
+def _npy(store: VectorSource, rows: np.ndarray, path: Path, sites: str | list[str], widths: dict[str, int]) -> None:
+    (d,) = set(widths.values())  # one width: d_model, or a router's experts
     shape = (len(rows), d) if isinstance(sites, str) else (len(rows), len(sites), d)
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(store.manifest["dtype"]), shape=shape)
     for a, b in _pieces(len(rows)):
@@ -81,16 +87,18 @@ def _npy(store: VectorSource, rows: np.ndarray, path: Path, sites: str | list[st
     del out
 
 
-def _safetensors(store: VectorSource, rows: np.ndarray, path: Path, names: list[str]) -> None:
-    """The safetensors layout: u64 header size, JSON header (offsets into the data), then raw bytes."""
+def _safetensors(store: VectorSource, rows: np.ndarray, path: Path, widths: dict[str, int]) -> None:
+    """The safetensors layout: u64 header size, JSON header (offsets into the data), then raw bytes.
+    ``widths``: each site's vector width (d_model, or a router's experts), in order."""
     dtype = np.dtype(store.manifest["dtype"])
-    d = int(store.manifest["model"]["d_model"])
+    names = list(widths)
     header: dict = {"__metadata__": {
         "store": store.location, "model": store.manifest["model"]["id"], "sites": json.dumps(names),
         "format": "embwalk selection: one [n, d_model] tensor per site, row = token row in the store",
     }}
     offset = 0
-    for name, dt, shape in [("row", np.dtype(np.int64), [len(rows)])] + [(n, dtype, [len(rows), d]) for n in names]:
+    tensors = [("row", np.dtype(np.int64), [len(rows)])] + [(n, dtype, [len(rows), widths[n]]) for n in names]
+    for name, dt, shape in tensors:
         size = int(np.prod(shape)) * dt.itemsize
         header[name] = {"dtype": _SAFETENSORS_DTYPES[dt.name], "shape": shape, "data_offsets": [offset, offset + size]}
         offset += size
@@ -107,31 +115,32 @@ def _safetensors(store: VectorSource, rows: np.ndarray, path: Path, names: list[
         os.fsync(f.fileno())
 
 
-def _datasets(store: VectorSource, rows: np.ndarray, table: pa.Table, path: Path, names: list[str]) -> None:
-    """The token columns (and any extra ones) plus one fixed-size-list column per site."""
+def _datasets(store: VectorSource, rows: np.ndarray, table: pa.Table, path: Path, widths: dict[str, int]) -> None:
+    """The token columns (and any extra ones) plus one fixed-size-list column per site (``widths``:
+    each site's vector width, in order)."""
+    names = list(widths)
     datasets = datasets_module("exporting to a HuggingFace dataset")
     clash = sorted(set(names) & set(table.column_names))
     if clash:
         raise QueryError(f"cannot export site(s) {', '.join(clash)}: the selection has columns of the same name")
     check_dataset_target(path)
     dtype = pa.from_numpy_dtype(np.dtype(store.manifest["dtype"]))
-    d = int(store.manifest["model"]["d_model"])
     # a piece holds every site's vectors of its rows: bound it in bytes, not only rows
-    step = max(1, min(PIECE_ROWS, PIECE_BYTES // max(1, len(names) * d * dtype.byte_width)))
+    step = max(1, min(PIECE_ROWS, PIECE_BYTES // max(1, sum(widths.values()) * dtype.byte_width)))
 
     def pieces():
         for a, b in _pieces(len(rows), step):
             columns = table.slice(a, b - a).columns
             for name in names:
                 flat = store.vectors(rows[a:b], name).reshape(-1)
-                columns.append(pa.FixedSizeListArray.from_arrays(pa.array(flat, type=dtype), d))
+                columns.append(pa.FixedSizeListArray.from_arrays(pa.array(flat, type=dtype), widths[name]))
             yield pa.Table.from_arrays(columns, names=[*table.column_names, *names])
 
     about = {"store": store.location, "model": store.manifest["model"]["id"], "sites": names,
              "format": "embwalk selection: token columns, one [d_model] vector column per site"}
     schema = table.schema
     for name in names:
-        schema = schema.append(pa.field(name, pa.list_(dtype, d)))
+        schema = schema.append(pa.field(name, pa.list_(dtype, widths[name])))
     save_dataset(pieces(), schema, datasets.DatasetInfo(description=json.dumps(about)), path)
 
 

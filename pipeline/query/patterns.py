@@ -14,14 +14,15 @@ from embwalk.store.reader import Store
 def sequence_pattern(
     store: Store, committed: list[int], seq: int,
     layers: list[int | str] | None = None, heads: list[int] | None = None,
-    kind: str = "attn_pattern", length: int | None = None,
+    kind: str = "attn_pattern", length: int | None = None, keys: int | None = None,
 ) -> tuple[np.ndarray, list[int], list[int]]:
     """``[layer, head, query, key]`` of site kind ``kind`` cropped to the sequence, with the block
     and head numbers.
 
     Probabilities (attn_pattern) are cropped where their rows stop summing to 1; the other kinds
     to ``length`` queries (the caller counts the sequence's rows), with keys ``length`` too, or for
-    the cross-attention's (keys: the encoder's inputs) up to the last key any stored value is nonzero at.
+    the cross-attention's (keys: the encoder's inputs) ``keys`` (the token table's input_len; in a
+    store written before it, up to the last key any stored value of the sequence is nonzero at).
     The pattern of a sequence is stored by the shard holding its first token,
     so that shard's commit (in ``committed``, the caller's snapshot) is what makes it readable.
     """
@@ -48,8 +49,9 @@ def sequence_pattern(
         length = int(np.count_nonzero(data[0, 0].astype(np.float32).sum(axis=-1) > 0.5))
     elif length is None:
         raise ValueError(f"the sequence's length is needed to crop {kind}")
-    keys = length
-    if kind in CROSS_KINDS:
-        seen = np.flatnonzero(data[:, :, :length].any(axis=(0, 1, 2)))
+    if kind not in CROSS_KINDS:
+        keys = length
+    elif keys is None:  # every layer and head of the sequence: the crop does not depend on the selection
+        seen = np.flatnonzero(np.asarray(array[seq]).any(axis=(0, 1, 2)))
         keys = int(seen[-1]) + 1 if len(seen) else 0
     return data[:, :, :length, :keys], blocks, head_list

@@ -29,6 +29,8 @@ def sae_metadata(store, site: str) -> dict:
     """What an SAE trained on ``site``'s vectors of ``store`` (a QueryStore) should record."""
     manifest = store.manifest
     (resolved,) = store.sites(site)
+    if resolved.array == "router_logits":
+        raise QueryError(f"{resolved.name} is a router's logits, not a residual-stream vector an SAE reads")
     (parsed,) = parse_sites([resolved.name], manifest["model"]["n_layers"])
     model = manifest["model"]
     name = manifest["config"]["model"]["name"]

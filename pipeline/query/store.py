@@ -22,7 +22,7 @@ from embwalk.query.selection import TOKEN_COLUMNS, Selection
 from embwalk.query.selectors import token_condition
 from embwalk.query.tables import Tables
 from embwalk.query.vector_sites import VectorSite, vector_sites
-from embwalk.store.layout import CROSS_KINDS, SEQUENCE_ARRAYS
+from embwalk.store.layout import CROSS_KINDS, INPUT_LEN, SEQUENCE_ARRAYS
 from embwalk.store.reader import CommittedRows, Store
 from embwalk.store.stacks import STACK_DIRS, read_stacks
 
@@ -37,14 +37,14 @@ def open_store(location: str | Path, storage_options: dict | None = None, stack:
     stack whose tokens to read, "enc" or "dec" (the same as opening ``location/encoder`` or
     ``location/decoder``); sequence s is the same record in both."""
     if stack is not None:
-        location = _stack_location(location, stack)
+        location = _stack_location(location, stack, storage_options)
     return QueryStore(location, storage_options)
 
 
-def _stack_location(location: str | Path, stack: str) -> str:
+def _stack_location(location: str | Path, stack: str, storage_options: dict | None) -> str:
     if stack not in STACK_DIRS:
         raise StoreError(f"stack must be one of {', '.join(STACK_DIRS)}, got {stack!r}")
-    stacks = read_stacks(str(location))
+    stacks = read_stacks(str(location), storage_options)
     if stacks is None:
         raise StoreError(f"{location} is not a two-stack store (an encoder-decoder model's encoder and decoder "
                          "tokens): open it without stack=")
@@ -180,11 +180,10 @@ class QueryStore:
         ``labelled=True`` returns an xarray DataArray with block and head numbers and the
         sequence's token texts on the query axis (and the key axis, for its own tokens).
         """
-        length = None
+        length = keys = None
         if kind != "attn_pattern":  # only probabilities show their length by themselves
-            count = self.sql("SELECT count(*) AS n FROM tokens WHERE seq_id = ?", [int(seq)])
-            length = int(count.column("n")[0].as_py())
-        data, blocks, heads_ = sequence_pattern(self.reader, self.committed, seq, layers, heads, kind, length)
+            length, keys = self._sequence_extent(int(seq), kind in CROSS_KINDS)
+        data, blocks, heads_ = sequence_pattern(self.reader, self.committed, seq, layers, heads, kind, length, keys)
         if not labelled:
             return data
         import xarray as xr
@@ -200,6 +199,22 @@ class QueryStore:
             name=SEQUENCE_ARRAYS[kind] if kind != "attn_pattern" else "attention",
             attrs={"seq": int(seq), "store": self.location, "kind": kind},
         )
+
+    def _sequence_extent(self, seq: int, cross: bool) -> tuple[int, int | None]:
+        """A sequence's committed rows and, for a cross-attention, its encoder input's length (the
+        token table's ``input_len``; None in a store written before it). A sequence that runs on into
+        a shard not committed yet is refused rather than cut short."""
+        cross = cross and INPUT_LEN in self.sql("SELECT * FROM tokens LIMIT 0").column_names
+        extra = f", max({INPUT_LEN}) AS k" if cross else ""
+        got = self.sql(f"SELECT count(*) AS n, max(row) AS last{extra} FROM tokens WHERE seq_id = ?", [seq])
+        n, last = got.column("n")[0].as_py(), got.column("last")[0].as_py()
+        shards = self.manifest["shards"]
+        end = next((s for s in shards if last is not None and s["rows"][0] <= last < s["rows"][1]), None)
+        if end is not None and last == end["rows"][1] - 1 and end["index"] + 1 < len(shards):
+            after = shards[end["index"] + 1]
+            if after["seqs"][0] <= seq < after["seqs"][1] and after["index"] not in self.committed:
+                raise StoreError(f"sequence {seq} runs on into shard {after['index']}, which is not committed (yet)")
+        return int(n), (int(got.column("k")[0].as_py()) if cross else None)
 
     def dataset(self, site: str, **options) -> VectorDataset:
         """A torch IterableDataset over one site; see ``VectorDataset`` for the options."""

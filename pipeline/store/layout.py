@@ -42,6 +42,10 @@ TOKEN_SCHEMA = pa.schema(
 )
 
 
+# The token-table column a T5 decoder store adds (last): each row's pair's encoder input length,
+# the key length of its cross-attention arrays (cross_pattern, cross_score).
+INPUT_LEN = "input_len"
+
 # The token-table columns a generation store adds (embwalk generate, pipeline/generation/), in
 # order after TOKEN_SCHEMA's: which continuation and step a row is, and each step's record
 # (null on prompt rows). docs/generation.md describes them.

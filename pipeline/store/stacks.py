@@ -40,9 +40,9 @@ def two_stack_error(location: str) -> StoreError:
                       f"read one of its stacks: {enc} or {dec}")
 
 
-def read_stacks(store: StoreFS | str) -> dict[str, str] | None:
+def read_stacks(store: StoreFS | str, storage_options: dict | None = None) -> dict[str, str] | None:
     """``{"enc": location, "dec": location}`` of a two-stack store; None for anything else."""
-    fs = open_fs(store)
+    fs = open_fs(store, storage_options)
     if not fs.is_file(layout.MANIFEST):
         return None
     try:

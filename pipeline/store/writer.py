@@ -43,6 +43,7 @@ from embwalk.store.config import check_compressor
 from embwalk.store.durable import disk_errors
 from embwalk.store.fs import StoreFS, open_fs
 from embwalk.store.shardfile import supports_direct_write, write_shard_file
+from embwalk.store.stacks import read_stacks, stack_store_path
 from embwalk.store.verify import check_shards
 
 log = logging.getLogger(__name__)
@@ -238,8 +239,15 @@ def _check_same_job(fs: StoreFS, old: dict, new: dict) -> None:
 
 def check_store_location(fs: StoreFS) -> None:
     """A job writes into an embwalk store of its own, or a missing or empty directory (or
-    what a run killed before its manifest left there: staged tokens, a partial layout)."""
-    if fs.is_file(layout.MANIFEST) or not fs.exists():
+    what a run killed before its manifest left there: staged tokens, a partial layout). Never a
+    two-stack store's root: one stack's job writes into its stack's store (checked before any tokenizing)."""
+    if fs.is_file(layout.MANIFEST):
+        if read_stacks(fs) is not None:
+            enc, dec = (stack_store_path(fs.location, s) for s in ("enc", "dec"))
+            raise StoreError(f"store {fs.location} is a two-stack store: a job of one stack's sites writes {enc} "
+                             f"or {dec} (or give it both stacks' sites)")
+        return
+    if not fs.exists():
         return
     if not fs.is_dir():
         raise StoreError(f"store path exists and is not a directory: {fs.location}")

@@ -12,6 +12,7 @@ import xarray as xr
 from embwalk.errors import ModelError
 from embwalk.executors.local import extract_local
 from embwalk.query import open_store
+from embwalk.query.errors import QueryError
 from embwalk.store.reader import Store
 from tests.conftest import TINY_CONFIGS, tiny_loaded
 from tests.extraction.test_extract import _config
@@ -70,13 +71,24 @@ def test_router_logits_of_a_dense_model_or_block_are_one_line_errors(tmp_path, s
     assert manifest["arrays"]["router_logits"]["layers"] == [1]
 
 
-def test_router_logits_beside_vectors_are_read_apart(tmp_path, smollm2):
+def test_router_logits_beside_vectors_are_read_and_exported_apart(tmp_path, smollm2):
+    from safetensors.numpy import load_file
+
     cfg = _config(tmp_path, corpus_file(tmp_path), sites=["resid_post.0", "router_logits.0"])
     extract_local(cfg, tiny_loaded("mixtral", smollm2.tokenizer))
     q = open_store(cfg.store.path)
-    with pytest.raises(Exception, match="router_logits.0 is 4 wide") as err:
+    with pytest.raises(QueryError, match="router_logits.0 is 4 wide") as err:
         q.vectors([0, 1], ["resid_post.0", "router_logits.0"])
     assert "\n" not in str(err.value)
+    sel = q.select(seq=0)
+    want = q.vectors(sel, "router_logits.0")
+    np.testing.assert_array_equal(np.load(sel.export(tmp_path / "r.npy", "router_logits.0")), want)
+    both = load_file(sel.export(tmp_path / "r.safetensors", ["resid_post.0", "router_logits.0"]))
+    assert both["router_logits.0"].shape == want.shape and both["resid_post.0"].shape == (len(want), 32)
+    np.testing.assert_array_equal(both["router_logits.0"], want)
+    with pytest.raises(QueryError, match="as one .npy: their vectors are"):
+        sel.export(tmp_path / "both.npy", ["resid_post.0", "router_logits.0"])
+    assert not list(tmp_path.glob("*both*"))
 
 
 def test_router_logits_while_generating_are_a_teacher_forced_passs(tmp_path, smollm2):

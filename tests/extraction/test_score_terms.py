@@ -12,7 +12,7 @@ import pytest
 import torch
 import xarray as xr
 
-from embwalk.errors import ModelError, SiteError
+from embwalk.errors import ModelError, SiteError, StoreError
 from embwalk.executors.local import extract_local
 from embwalk.models.config import ModelConfig
 from embwalk.models.loading import load_model
@@ -145,8 +145,9 @@ def test_decoder_score_terms_and_cross_scores_are_eagers_self_and_cross_attentio
                 got = stored["cross_score"][seq, layer - 1]
                 close(got[:, :n, :m], cross)  # q·k over the encoder's inputs: no bias, every key seen
                 assert not got[:, :, m:].any() and not got[:, n:].any()
-        crossed = q.attention(seq, kind="cross_score")
+        crossed = q.attention(seq, kind="cross_score")  # keys cropped to the token table's input_len
         np.testing.assert_array_equal(crossed, stored["cross_score"][seq, :, :, :n, :m])
+        assert q.sql("SELECT DISTINCT input_len FROM tokens WHERE seq_id = ?", [seq]).column(0).to_pylist() == [m]
 
 
 @pytest.mark.parametrize("site", ["attn_score.0", "attn_content", "attn_bias.1", "blocks.0.attn.hook_attn_scores"])
@@ -158,6 +159,20 @@ def test_score_terms_of_a_model_without_a_position_bias_are_one_line_errors(tmp_
         extract_local(cfg, tiny_loaded("llama", smollm2.tokenizer))
     assert "learned relative position bias" in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "store").exists()
+
+
+def test_terms_of_a_sequence_running_into_an_uncommitted_shard_are_refused_not_cut(tmp_path):
+    cfg = _config(tmp_path, corpus_file(tmp_path), mode="document", seq_len=24, shard_tokens=16,
+                  sites=["resid_post.0", "attn_score.0"])
+    cfg.model = ModelConfig(name=str(save_t5(tmp_path, "t5")), device="cpu")
+    manifest = extract_local(cfg)
+    shards = manifest["shards"]
+    # a sequence that starts in one shard and ends in the next
+    k, seq = next((s["index"], s["seqs"][1] - 1) for s in shards[:-1]
+                  if shards[s["index"] + 1]["seqs"][0] == s["seqs"][1] - 1)
+    (tmp_path / "store" / "tokens" / f"shard-{k + 1:05d}.parquet").unlink()  # un-commit the next shard
+    with pytest.raises(StoreError, match=f"sequence {seq} runs on into shard {k + 1}, which is not committed"):
+        open_store(cfg.store.path).attention(seq, kind="attn_score")
 
 
 def test_cross_scores_of_an_encoder_store_and_unstored_terms_are_one_line_errors(tmp_path):

@@ -111,6 +111,15 @@ def test_in_pass_statistics_one_stack_cannot_feed_fail_before_either_stack_runs(
     assert "\n" not in str(err.value) and not (tmp_path / "store").exists()
 
 
+def test_a_one_stack_job_into_a_two_stack_root_fails_before_tokenizing(tmp_path):
+    extract_local(two_stack_config(tmp_path, sites=["enc.resid_post.0", "dec.resid_post.0"]))
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "store").rglob("*"))
+    with pytest.raises(StoreError, match="is a two-stack store: a job of one stack's sites writes") as err:
+        extract_local(two_stack_config(tmp_path, sites=["dec.final"]))
+    assert "\n" not in str(err.value)
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "store").rglob("*")) == before  # nothing staged
+
+
 def test_a_two_stack_job_refuses_a_one_stack_store_and_pack_mode(tmp_path):
     extract_local(two_stack_config(tmp_path, sites=["dec.resid_post.0"]))  # a decoder store at tmp_path/store
     with pytest.raises(StoreError, match="holds one stack's tokens"):
