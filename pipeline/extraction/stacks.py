@@ -14,13 +14,14 @@ same ``corpus.max_documents``), so sequence s is the same record in both.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 
 from embwalk.errors import EmbwalkError, StoreError
 from embwalk.extraction.config import ExtractConfig
 from embwalk.store import layout
 from embwalk.store.fs import open_fs
-from embwalk.store.stacks import STACK_DIRS, is_two_stack, stack_manifest
+from embwalk.store.stacks import STACK_DIRS, read_stacks, stack_manifest
 
 RunOne = Callable[[ExtractConfig], dict]
 
@@ -67,9 +68,7 @@ def check_sites_before_any_work(jobs: dict[str, ExtractConfig]) -> None:
 
 def _check_location(fs) -> None:
     if fs.is_file(layout.MANIFEST):
-        import json
-
-        if not is_two_stack(json.loads(fs.read_bytes(layout.MANIFEST))):
+        if read_stacks(fs) is None:
             raise StoreError(f"store {fs.location} holds one stack's tokens; a job with encoder and dec.* sites "
                              "writes a two-stack store: give it a new store path")
         return
@@ -78,6 +77,4 @@ def _check_location(fs) -> None:
 
 
 def _json(data: dict) -> bytes:
-    import json
-
     return json.dumps(data, indent=2, default=str).encode()

@@ -35,6 +35,8 @@ PAIRS = [  # several lengths on both sides: padded batches of both stacks
     ("a", "the dog sat"),
     ("the door", "small red cat sat on the mat while it slept"),
 ]
+# The arrays check_decoder_sequence reads: what SITES store.
+SEQUENCE_CHECKED = ("resid", "resid_mid", "resid_cross", "final", "pattern", "cross_pattern")
 SITES = ["dec.resid_pre", "dec.resid_mid", "dec.resid_cross", "dec.resid_post", "dec.final", "dec.attn_pattern",
          "dec.cross_pattern"]
 
@@ -73,6 +75,23 @@ def reference(model, enc_ids, dec_ids):
     return out
 
 
+def check_decoder_sequence(arrays: dict, seq: int, r, ref, n_enc: int) -> None:
+    """A decoder store's sequence ``seq`` (rows ``r``) against ``reference``: residuals, the streams
+    after self- and cross-attention, final, self and cross patterns (zeros past each length)."""
+    hs = [h[0].numpy() for h in ref.decoder_hidden_states]  # [0] embeddings ... [3] after the final norm
+    for i in range(3):
+        close(arrays["resid"][r, i], hs[i])  # resid_pre.i = resid_post.(i - 1)
+        close(arrays["resid_mid"][r, i], ref.between[i, 1][0].numpy())  # after self-attention
+        close(arrays["resid_cross"][r, i], ref.between[i, 2][0].numpy())  # after cross-attention
+    close(arrays["final"][r], hs[3])
+    pattern, cross = arrays["pattern"], arrays["cross_pattern"]
+    n = len(r)
+    for i in range(3):
+        close(pattern[seq, i, :, :n, :n], ref.decoder_attentions[i][0].numpy())
+        close(cross[seq, i, :, :n, :n_enc], ref.cross_attentions[i][0].numpy())
+        assert not pattern[seq, i, :, n:].any() and not cross[seq, i, :, :, n_enc:].any()
+
+
 def close(got, want, rel=REL):
     want = np.asarray(want)
     scale = max(float(np.abs(want).max()), 1e-30)
@@ -93,9 +112,7 @@ def test_decoder_store_equals_transformers_pair_by_pair(tmp_path, name):
     store = Store(cfg.store.path)
     tokens = store.tokens().to_pandas()
     assert tokens["row"].tolist() == list(range(manifest["n_tokens"]))
-    resid, final = store.array("resid")[:], store.array("final")[:]
-    mid, cross = store.array("resid_mid")[:], store.array("resid_cross")[:]
-    pattern, cross_pattern = store.array("pattern")[:], store.array("cross_pattern")[:]
+    arrays = {name: store.array(name)[:] for name in SEQUENCE_CHECKED}
     head = ModelHead.from_loaded(loaded, "cpu")
     straddlers = 0
     for seq, (text, target) in enumerate(PAIRS):
@@ -106,22 +123,9 @@ def test_decoder_store_equals_transformers_pair_by_pair(tmp_path, name):
         r = rows["row"].to_numpy()
         straddlers += r[0] // 24 != r[-1] // 24
         ref = reference(model, enc_ids, dec_ids)
-        hs = [h[0].numpy() for h in ref.decoder_hidden_states]  # [0] embeddings ... [L] after the final norm
-        for i in range(3):
-            close(resid[r, i], hs[i])  # resid_pre.i
-        for i in range(2):
-            close(resid[r, i + 1], hs[i + 1])  # resid_post.i (the last block's output is before the final norm)
-        close(final[r], hs[3])
-        n, m = len(dec_ids), len(enc_ids)
-        for i in range(3):
-            close(pattern[seq, i, :, :n, :n], ref.decoder_attentions[i][0].numpy())
-            close(cross_pattern[seq, i, :, :n, :m], ref.cross_attentions[i][0].numpy())
-            assert not pattern[seq, i, :, n:].any() and not cross_pattern[seq, i, :, :, m:].any()
+        check_decoder_sequence(arrays, seq, r, ref, len(enc_ids))
         # logits from the stored dec.final are the model's (T5's output scaling in the head)
-        close(logits(torch.from_numpy(final[r]), head.unembed, head.bias), ref.logits[0].numpy())
-        for i in range(3):  # resid_mid / resid_cross: after each block's self- and cross-attention
-            close(mid[r, i], ref.between[i, 1][0].numpy())
-            close(cross[r, i], ref.between[i, 2][0].numpy())
+        close(logits(torch.from_numpy(arrays["final"][r]), head.unembed, head.bias), ref.logits[0].numpy())
     assert straddlers >= 1  # a pair computed by two shards, stored once, still equals transformers
 
 
